@@ -1,0 +1,128 @@
+//! Assembles a running cedargate from a [`Config`]: loads the policy set, binds both listeners
+//! (port 0 works, so tests and benches run the real server), serves, and shuts down on request.
+//! [`build`] returns only once both listeners are bound and the policy set is loaded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+
+use crate::config::{Config, PolicySource};
+use crate::policy::{PolicyLoadError, Snapshot, store};
+use crate::server::{CheckService, Shared, reflection};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Policy(#[from] PolicyLoadError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("admin server failed: {0}")]
+    Admin(#[source] std::io::Error),
+    #[error("server task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct App {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    admin: JoinHandle<std::io::Result<()>>,
+}
+
+/// Loads the policy set named by `source`.
+pub fn load_policies(source: &PolicySource) -> Result<Snapshot, PolicyLoadError> {
+    match source {
+        PolicySource::Dir(dir) => store::load_dir(dir),
+        PolicySource::Embedded => store::load_embedded(),
+    }
+}
+
+/// Loads policies, binds the listeners and starts serving.
+pub async fn build(config: Config) -> Result<App, AppError> {
+    let snapshot = load_policies(&config.policies)?;
+    let shared = Arc::new(Shared::new(snapshot, config.limits));
+    // Touch the recorder so /metrics works before the first check.
+    crate::telemetry::prometheus();
+
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Bind { addr, source })
+    };
+    let grpc_listener = bind(config.listen.grpc).await?;
+    let admin_listener = bind(config.listen.admin).await?;
+    let local = |l: &TcpListener, addr| {
+        l.local_addr()
+            .map_err(|source| AppError::Bind { addr, source })
+    };
+    let grpc_addr = local(&grpc_listener, config.listen.grpc)?;
+    let admin_addr = local(&admin_listener, config.listen.admin)?;
+
+    let (shutdown, signal) = watch::channel(false);
+    let stopped = |mut signal: watch::Receiver<bool>| async move {
+        let _ = signal.wait_for(|stop| *stop).await;
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AuthorizationServer<CheckService>>()
+        .await;
+    let limits = config.limits;
+    let check = AuthorizationServer::new(CheckService::new(shared.clone()))
+        .max_decoding_message_size(limits.max_request_bytes);
+    let grpc = tonic::transport::Server::builder()
+        .timeout(limits.check_timeout)
+        .add_service(health_service)
+        .add_service(reflection::service()?)
+        .add_service(check)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            stopped(signal.clone()),
+        );
+    let grpc = tokio::spawn(grpc);
+
+    let admin = axum::serve(admin_listener, crate::admin::router(shared.clone()))
+        .with_graceful_shutdown(stopped(signal));
+    let admin = tokio::spawn(async move { admin.await });
+
+    shared.ready.store(true, Ordering::Release);
+    tracing::info!(%grpc_addr, %admin_addr, "cedargate serving");
+    Ok(App {
+        grpc_addr,
+        admin_addr,
+        shared,
+        shutdown,
+        grpc,
+        admin,
+    })
+}
+
+impl App {
+    /// Stops accepting, lets in-flight checks finish, and waits for both listeners to close.
+    pub async fn shutdown(self) -> Result<(), AppError> {
+        self.shared.ready.store(false, Ordering::Release);
+        let _ = self.shutdown.send(true);
+        self.grpc.await??;
+        self.admin.await?.map_err(AppError::Admin)?;
+        Ok(())
+    }
+}

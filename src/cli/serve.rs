@@ -1,0 +1,96 @@
+//! `cedargate serve`: load the configuration (or the embedded default), start the server, and
+//! stop gracefully on SIGINT or SIGTERM. Start-up errors are printed whole and exit non-zero.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::config::{Config, LogFormat, PolicySource};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file (YAML). Without it, the embedded default serves the example policies
+    /// on 127.0.0.1:9191 (gRPC) and 127.0.0.1:9192 (admin).
+    #[arg(long, short, env = "CEDARGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Policy directory; overrides `policies.dir` of the configuration.
+    #[arg(long)]
+    pub policies: Option<PathBuf>,
+    /// Log format; overrides `log.format` of the configuration.
+    #[arg(long, value_parser = ["json", "text"])]
+    pub log_format: Option<String>,
+}
+
+pub fn run(args: ServeArgs) -> ExitCode {
+    let ServeArgs {
+        config,
+        policies,
+        log_format,
+    } = args;
+    let mut config = match config {
+        Some(path) => match Config::load(&path) {
+            Ok(config) => config,
+            Err(err) => {
+                eprintln!("cedargate: {err}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(dir) = policies {
+        config.policies = PolicySource::Dir(dir);
+    }
+    match log_format.as_deref() {
+        Some("text") => config.log = LogFormat::Text,
+        Some("json") => config.log = LogFormat::Json,
+        _ => {}
+    }
+    crate::telemetry::init_logging(config.log);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cedargate: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("cedargate: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), crate::app::AppError> {
+    let app = crate::app::build(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight checks");
+    app.shutdown().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

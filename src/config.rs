@@ -1,0 +1,388 @@
+//! Configuration: one YAML file (`cedargate.yaml`), parsed into raw serde structs that reject
+//! unknown fields, then turned into validated types by [`Config::from_yaml`].
+//!
+//! Every problem is reported at once with the file, the field, the value and the fix. Relative
+//! paths in the file are resolved against the file's own directory. Without a file,
+//! [`Config::default`] serves the example policy set compiled into the binary on 127.0.0.1.
+//! This module never reads policies: it only says where they are.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration could not be used; every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the configuration file: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}:{line}:{column}: {message}\n  fix: correct the YAML; every field is listed in README.md, section Configuration"
+    )]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: invalid configuration:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+/// One invalid field: where, what, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: &'static str,
+    pub value: String,
+    pub fix: &'static str,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` = `{}`: {}", self.field, self.value, self.fix)
+    }
+}
+
+/// The validated configuration the server runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Listen,
+    pub policies: PolicySource,
+    pub limits: Limits,
+    pub log: LogFormat,
+}
+
+/// Where the gRPC Check service and the admin HTTP listener bind.
+#[derive(Debug, Clone, Copy)]
+pub struct Listen {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Where the policy set comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// A directory with `*.cedar`, one `*.cedarschema`, optional `entities.json` and `routes.yaml`.
+    Dir(PathBuf),
+    /// The example policy set from `policies/`, compiled into the binary.
+    Embedded,
+}
+
+/// Bounds on what one Check may cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted gRPC message (a CheckRequest), in bytes.
+    pub max_request_bytes: usize,
+    /// Longest accepted request target (path and query), in bytes; longer is HTTP 414.
+    pub max_path_bytes: usize,
+    /// Checks evaluated at once; more are refused at once with `UNAVAILABLE`.
+    pub max_inflight: usize,
+    /// Upper bound on the time one Check may take.
+    pub check_timeout: Duration,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 1024 * 1024,
+            max_path_bytes: 8 * 1024,
+            max_inflight: 512,
+            check_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for Config {
+    /// The embedded default: the example policies, gRPC on 127.0.0.1:9191, admin on 127.0.0.1:9192.
+    fn default() -> Self {
+        Self {
+            listen: Listen {
+                grpc: SocketAddr::from(([127, 0, 0, 1], 9191)),
+                admin: SocketAddr::from(([127, 0, 0, 1], 9192)),
+            },
+            policies: PolicySource::Embedded,
+            limits: Limits::default(),
+            log: LogFormat::Json,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    listen: RawListen,
+    #[serde(default)]
+    policies: Option<RawPolicies>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    grpc: Option<String>,
+    admin: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicies {
+    dir: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_request_bytes: Option<usize>,
+    max_path_bytes: Option<usize>,
+    max_inflight: Option<usize>,
+    check_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(path, &text)
+    }
+
+    /// Validates configuration text; `path` names it in errors and anchors relative paths.
+    pub fn from_yaml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        // An empty file is the all-defaults configuration, as `{}` is.
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|err| {
+                let (line, column) = err.location().map_or((0, 0), |l| (l.line(), l.column()));
+                ConfigError::Parse {
+                    path: path.to_owned(),
+                    line,
+                    column,
+                    message: err.to_string(),
+                }
+            })?
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        build(raw, base).map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })
+    }
+}
+
+fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
+    let RawConfig {
+        listen,
+        policies,
+        limits,
+        log,
+    } = raw;
+    let defaults = Config::default();
+    let mut problems = Vec::new();
+
+    let RawListen { grpc, admin } = listen;
+    let grpc = socket_addr(grpc, "listen.grpc", defaults.listen.grpc, &mut problems);
+    let admin = socket_addr(admin, "listen.admin", defaults.listen.admin, &mut problems);
+    if grpc == admin && grpc.port() != 0 {
+        problems.push(Problem {
+            field: "listen.admin",
+            value: admin.to_string(),
+            fix: "the admin listener needs an address of its own; use another port than listen.grpc",
+        });
+    }
+
+    let policies = match policies {
+        Some(RawPolicies { dir }) if dir.as_os_str().is_empty() => {
+            problems.push(Problem {
+                field: "policies.dir",
+                value: String::new(),
+                fix: "name the directory that holds the *.cedar files and the schema",
+            });
+            PolicySource::Embedded
+        }
+        Some(RawPolicies { dir }) => PolicySource::Dir(base.join(dir)),
+        None => PolicySource::Embedded,
+    };
+
+    let RawLimits {
+        max_request_bytes,
+        max_path_bytes,
+        max_inflight,
+        check_timeout,
+    } = limits;
+    let d = defaults.limits;
+    let limits = Limits {
+        max_request_bytes: positive(
+            max_request_bytes,
+            "limits.max_request_bytes",
+            d.max_request_bytes,
+            &mut problems,
+        ),
+        max_path_bytes: positive(
+            max_path_bytes,
+            "limits.max_path_bytes",
+            d.max_path_bytes,
+            &mut problems,
+        ),
+        max_inflight: positive(
+            max_inflight,
+            "limits.max_inflight",
+            d.max_inflight,
+            &mut problems,
+        ),
+        check_timeout: duration(
+            check_timeout,
+            "limits.check_timeout",
+            d.check_timeout,
+            &mut problems,
+        ),
+    };
+
+    let RawLog { format } = log;
+    let config = Config {
+        listen: Listen { grpc, admin },
+        policies,
+        limits,
+        log: format.unwrap_or(defaults.log),
+    };
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
+}
+
+fn socket_addr(
+    value: Option<String>,
+    field: &'static str,
+    default: SocketAddr,
+    problems: &mut Vec<Problem>,
+) -> SocketAddr {
+    let Some(value) = value else { return default };
+    value.parse().unwrap_or_else(|_| {
+        problems.push(Problem {
+            field,
+            value,
+            fix: "write an IP address and port, such as 127.0.0.1:9191 or [::1]:9191",
+        });
+        default
+    })
+}
+
+fn positive(
+    value: Option<usize>,
+    field: &'static str,
+    default: usize,
+    problems: &mut Vec<Problem>,
+) -> usize {
+    match value {
+        Some(0) => {
+            problems.push(Problem {
+                field,
+                value: "0".into(),
+                fix: "must be at least 1",
+            });
+            default
+        }
+        Some(v) => v,
+        None => default,
+    }
+}
+
+fn duration(
+    value: Option<String>,
+    field: &'static str,
+    default: Duration,
+    problems: &mut Vec<Problem>,
+) -> Duration {
+    let Some(value) = value else { return default };
+    match humantime::parse_duration(&value) {
+        Ok(d) if !d.is_zero() => d,
+        _ => {
+            problems.push(Problem {
+                field,
+                value,
+                fix: "write a positive duration such as 250ms, 5s or 1m",
+            });
+            default
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(Path::new("/etc/cedargate/cedargate.yaml"), text)
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let config = parse("").unwrap();
+        assert_eq!(config.listen.grpc.to_string(), "127.0.0.1:9191");
+        assert_eq!(config.policies, PolicySource::Embedded);
+        assert_eq!(config.limits.max_inflight, 512);
+    }
+
+    #[test]
+    fn relative_policy_dir_is_anchored_at_the_file() {
+        let config = parse("policies: { dir: policies }").unwrap();
+        assert_eq!(
+            config.policies,
+            PolicySource::Dir(PathBuf::from("/etc/cedargate/policies"))
+        );
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_field() {
+        let err = parse("listen:\n  grcp: 127.0.0.1:1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/etc/cedargate/cedargate.yaml:2:"), "{err}");
+        assert!(err.contains("unknown field `grcp`"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err =
+            parse("listen: { grpc: nowhere }\nlimits: { max_inflight: 0, check_timeout: soon }\n")
+                .unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        let fields: Vec<_> = problems.iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            ["listen.grpc", "limits.max_inflight", "limits.check_timeout"]
+        );
+    }
+}

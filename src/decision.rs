@@ -1,0 +1,288 @@
+//! A decision and the one place that turns it into an answer for Envoy: gRPC code, HTTP status,
+//! headers, body and dynamic metadata ([`Decision::answer`], one exhaustive match).
+//!
+//! Rules quoted from the brief:
+//! - allow → OK with identity headers that always replace a client-sent header of the same name,
+//!   and client-sent `x-cedargate-*` headers removed, so a client can never forge its identity;
+//! - policy deny → PERMISSION_DENIED, HTTP 403, JSON body `{"error","request_id"}`;
+//! - anything unexpected → deny; never allow because something broke.
+//!
+//! Internal failures are answered as a denied response, not Envoy's `error_response`: Envoy
+//! would honour `failure_mode_allow` for an error response, and a misconfigured filter must not
+//! turn cedargate's failure into an allow. No protobuf types here; the server translates.
+
+use serde_json::{Map, Value, json};
+use tonic::Code;
+
+use crate::policy::engine::PolicyFailure;
+use crate::policy::mapping::MappingError;
+use crate::request::RequestError;
+
+/// Prefix reserved for the identity headers cedargate sends upstream.
+pub const IDENTITY_HEADER_PREFIX: &str = "x-cedargate-";
+/// The Cedar principal of an allowed request, e.g. `Workload::"spiffe://…"`.
+pub const PRINCIPAL_HEADER: &str = "x-cedargate-principal";
+/// The Cedar action of an allowed request.
+pub const ACTION_HEADER: &str = "x-cedargate-action";
+/// The SPIFFE ID of the peer, when it presented one.
+pub const PEER_HEADER: &str = "x-cedargate-peer-spiffe-id";
+
+/// The outcome of one Check, with what was decided about and why.
+#[derive(Debug)]
+pub struct Decision {
+    pub request_id: String,
+    pub outcome: Outcome,
+    pub principal: Option<String>,
+    pub action: Option<String>,
+    pub resource: Option<String>,
+    pub peer_spiffe_id: Option<String>,
+    /// Determining policies (allow or deny), or the policies that failed (policy error).
+    pub policy_ids: Vec<String>,
+    /// Names of headers the client sent under [`IDENTITY_HEADER_PREFIX`].
+    pub client_identity_headers: Vec<String>,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Allow,
+    Deny(DenyReason),
+}
+
+/// Why a request was denied, classified by source (client, policy, cedargate itself).
+#[derive(Debug, thiserror::Error)]
+pub enum DenyReason {
+    #[error("no policy permits this request")]
+    PolicyDenied,
+    #[error("policy evaluation failed: {}", .0.iter().map(|f| format!("`{}`: {}", f.policy_id, f.message)).collect::<Vec<_>>().join("; "))]
+    PolicyError(Vec<PolicyFailure>),
+    #[error("no route or action for this request: {0}")]
+    NoRoute(#[source] MappingError),
+    #[error("malformed request: {0}")]
+    BadRequest(#[source] RequestError),
+    #[error("cannot map the request to Cedar: {0}")]
+    Mapping(#[source] MappingError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl DenyReason {
+    /// The stable reason code used in bodies, metrics and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::PolicyDenied => "policy_denied",
+            Self::PolicyError(_) => "policy_error",
+            Self::NoRoute(_) => "no_route",
+            Self::BadRequest(e) if e.is_too_long() => "path_too_long",
+            Self::BadRequest(_) => "malformed_request",
+            Self::Mapping(_) => "mapping_error",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    fn status(&self) -> (Code, u16) {
+        match self {
+            Self::PolicyDenied | Self::PolicyError(_) | Self::NoRoute(_) => {
+                (Code::PermissionDenied, 403)
+            }
+            Self::BadRequest(e) if e.is_too_long() => (Code::InvalidArgument, 414),
+            Self::BadRequest(_) => (Code::InvalidArgument, 400),
+            Self::Mapping(_) | Self::Internal(_) => (Code::Internal, 500),
+        }
+    }
+}
+
+/// What Envoy is told, before it becomes protobuf.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub code: Code,
+    /// HTTP status for a deny; `None` on allow.
+    pub http_status: Option<u16>,
+    /// Headers to set (allow: upstream request, overwriting; deny: the response to the client).
+    pub headers: Vec<(String, String)>,
+    /// Upstream request headers to remove (allow only).
+    pub headers_to_remove: Vec<String>,
+    pub body: String,
+    /// Emitted as Envoy dynamic metadata under the ext_authz filter's namespace.
+    pub metadata: Map<String, Value>,
+}
+
+impl Decision {
+    /// A decision reached before any principal, action or resource was known.
+    pub fn early(request_id: String, reason: DenyReason) -> Self {
+        Self {
+            request_id,
+            outcome: Outcome::Deny(reason),
+            principal: None,
+            action: None,
+            resource: None,
+            peer_spiffe_id: None,
+            policy_ids: Vec::new(),
+            client_identity_headers: Vec::new(),
+        }
+    }
+
+    pub fn is_allow(&self) -> bool {
+        matches!(self.outcome, Outcome::Allow)
+    }
+
+    /// `allow`, or the deny reason code.
+    pub fn reason_code(&self) -> &'static str {
+        match &self.outcome {
+            Outcome::Allow => "allow",
+            Outcome::Deny(reason) => reason.code(),
+        }
+    }
+
+    /// The one translation from decision to answer.
+    pub fn answer(&self) -> Answer {
+        let mut metadata = Map::new();
+        metadata.insert(
+            "decision".into(),
+            json!(if self.is_allow() { "allow" } else { "deny" }),
+        );
+        metadata.insert("reason".into(), json!(self.reason_code()));
+        metadata.insert("request_id".into(), json!(self.request_id));
+        for (key, value) in [
+            ("principal", &self.principal),
+            ("action", &self.action),
+            ("resource", &self.resource),
+        ] {
+            if let Some(value) = value {
+                metadata.insert(key.into(), json!(value));
+            }
+        }
+        metadata.insert("policy_ids".into(), json!(self.policy_ids));
+
+        match &self.outcome {
+            Outcome::Allow => {
+                let mut headers = Vec::new();
+                let identity = [
+                    (PRINCIPAL_HEADER, &self.principal),
+                    (ACTION_HEADER, &self.action),
+                    (PEER_HEADER, &self.peer_spiffe_id),
+                ];
+                for (name, value) in identity {
+                    if let Some(value) = value {
+                        headers.push((name.to_owned(), value.clone()));
+                    }
+                }
+                let headers_to_remove = self
+                    .client_identity_headers
+                    .iter()
+                    .filter(|name| !headers.iter().any(|(set, _)| set == *name))
+                    .cloned()
+                    .collect();
+                Answer {
+                    code: Code::Ok,
+                    http_status: None,
+                    headers,
+                    headers_to_remove,
+                    body: String::new(),
+                    metadata,
+                }
+            }
+            Outcome::Deny(reason) => {
+                let (code, status) = reason.status();
+                let body =
+                    json!({ "error": reason.code(), "request_id": self.request_id }).to_string();
+                Answer {
+                    code,
+                    http_status: Some(status),
+                    headers: vec![("content-type".into(), "application/json".into())],
+                    headers_to_remove: Vec::new(),
+                    body,
+                    metadata,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed() -> Decision {
+        Decision {
+            request_id: "r1".into(),
+            outcome: Outcome::Allow,
+            principal: Some(r#"Workload::"spiffe://td/a""#.into()),
+            action: Some(r#"Action::"orders:create""#.into()),
+            resource: Some(r#"Collection::"orders""#.into()),
+            peer_spiffe_id: None,
+            policy_ids: vec!["p1".into()],
+            client_identity_headers: vec![
+                PRINCIPAL_HEADER.into(),
+                PEER_HEADER.into(),
+                "x-cedargate-x".into(),
+            ],
+        }
+    }
+
+    #[test]
+    fn allow_sets_identity_and_removes_forgeries() {
+        let answer = allowed().answer();
+        assert_eq!(answer.code, Code::Ok);
+        assert_eq!(answer.http_status, None);
+        assert_eq!(
+            answer.headers[0],
+            (
+                PRINCIPAL_HEADER.into(),
+                r#"Workload::"spiffe://td/a""#.into()
+            )
+        );
+        // The principal header is overwritten, not removed; the others the client sent are removed.
+        assert_eq!(
+            answer.headers_to_remove,
+            vec![PEER_HEADER.to_owned(), "x-cedargate-x".to_owned()]
+        );
+        assert_eq!(answer.metadata["policy_ids"], json!(["p1"]));
+    }
+
+    #[test]
+    fn denies_map_to_status_and_body() {
+        let cases = [
+            (
+                DenyReason::PolicyDenied,
+                Code::PermissionDenied,
+                403,
+                "policy_denied",
+            ),
+            (
+                DenyReason::PolicyError(vec![]),
+                Code::PermissionDenied,
+                403,
+                "policy_error",
+            ),
+            (
+                DenyReason::BadRequest(RequestError::DotSegment),
+                Code::InvalidArgument,
+                400,
+                "malformed_request",
+            ),
+            (
+                DenyReason::BadRequest(RequestError::PathTooLong { len: 9, max: 8 }),
+                Code::InvalidArgument,
+                414,
+                "path_too_long",
+            ),
+            (
+                DenyReason::Internal("x".into()),
+                Code::Internal,
+                500,
+                "internal",
+            ),
+        ];
+        for (reason, code, status, text) in cases {
+            let answer = Decision::early("rid".into(), reason).answer();
+            assert_eq!(
+                (answer.code, answer.http_status),
+                (code, Some(status)),
+                "{text}"
+            );
+            let body: Value = serde_json::from_str(&answer.body).unwrap();
+            assert_eq!(body, json!({ "error": text, "request_id": "rid" }));
+            assert!(answer.headers_to_remove.is_empty());
+        }
+    }
+}

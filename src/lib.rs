@@ -1,0 +1,21 @@
+//! cedargate: an external authorizer for Envoy and Istio. Envoy asks over the ext_authz gRPC API
+//! whether a request may pass; cedargate normalises the request, establishes who is asking,
+//! maps both into a Cedar request and answers with Cedar's decision, failing closed.
+//!
+//! Data flow, one module per stage: [`server`] (protobuf in) → [`request`] (normalise) →
+//! [`identity`] (who) → [`policy`] (routes, mapping, engine) → [`decision`] (answer) →
+//! [`server`] (protobuf out). Around it: [`config`], [`app`], [`admin`], [`telemetry`], [`cli`].
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod decision;
+pub mod identity;
+pub mod policy;
+pub mod request;
+pub mod server;
+pub mod telemetry;
+
+#[cfg(any(test, feature = "testutil"))]
+pub mod testutil;

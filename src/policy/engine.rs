@@ -1,0 +1,54 @@
+//! Evaluates a Cedar request against the snapshot's policies with `cedar_policy::Authorizer`.
+//!
+//! Cedar skips a policy whose evaluation errors; a skipped `forbid` could turn a deny into an
+//! allow. Rule (DESIGN.md, "Cedar facts that shape safety"): any evaluation error is a deny, and
+//! the erroring policies are named. This module never builds requests and never answers Envoy.
+
+use cedar_policy::{Authorizer, Decision};
+
+use super::Snapshot;
+use super::mapping::CedarCall;
+
+/// What Cedar said about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// At least one permit and no forbid was satisfied, and no policy errored.
+    Allow { determining: Vec<String> },
+    /// A forbid was satisfied, or no permit was (then `determining` is empty).
+    Deny { determining: Vec<String> },
+    /// At least one policy errored at evaluation: fail closed.
+    Error { failed: Vec<PolicyFailure> },
+}
+
+/// A policy that could not be evaluated, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyFailure {
+    pub policy_id: String,
+    pub message: String,
+}
+
+/// Decides one Cedar call.
+pub fn evaluate(snapshot: &Snapshot, call: &CedarCall) -> Verdict {
+    let response =
+        Authorizer::new().is_authorized(&call.request, &snapshot.policies, &call.entities);
+    let diagnostics = response.diagnostics();
+    let failed: Vec<PolicyFailure> = diagnostics
+        .errors()
+        .map(|err| {
+            let cedar_policy::AuthorizationError::PolicyEvaluationError(err) = err;
+            PolicyFailure {
+                policy_id: err.policy_id().to_string(),
+                message: err.inner().to_string(),
+            }
+        })
+        .collect();
+    if !failed.is_empty() {
+        return Verdict::Error { failed };
+    }
+    let mut determining: Vec<String> = diagnostics.reason().map(ToString::to_string).collect();
+    determining.sort_unstable();
+    match response.decision() {
+        Decision::Allow => Verdict::Allow { determining },
+        Decision::Deny => Verdict::Deny { determining },
+    }
+}

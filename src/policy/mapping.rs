@@ -1,0 +1,248 @@
+//! Maps a normalised request and the caller's identity into a Cedar request: principal, action,
+//! resource, context and the per-request entities (DESIGN.md, "Mapping a check into Cedar").
+//!
+//! - principal: the peer workload (`Workload::"spiffe://…"`, attribute `trust_domain`), else
+//!   `Anonymous::"anonymous"`;
+//! - action and resource: Envoy's per-route `context_extensions` (`cedargate.action`,
+//!   `cedargate.resource`) first, then the route table, then `Action::"<METHOD>"` and
+//!   `Path::"<path>"`;
+//! - context: `request` (method, host, path, scheme, protocol, id, and `headers`, `query`,
+//!   `params` as entities whose tags hold the values), `peer` (present, principal, address,
+//!   spiffe_id?, trust_domain?) and `time` (epoch seconds).
+//!
+//! The request is validated against the schema, so a mismatch is a typed error, never a silent
+//! allow. Request text only ever becomes entity ids, strings or tags: it is never parsed as Cedar.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cedar_policy::{
+    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
+    Schema,
+};
+
+use super::Snapshot;
+use super::routes::action_uid;
+use crate::identity::{Identity, Principal};
+use crate::request::HttpRequest;
+
+/// `context_extensions` key that names the action of an Envoy route.
+pub const EXTENSION_ACTION: &str = "cedargate.action";
+/// `context_extensions` key that names the resource of an Envoy route, in Cedar syntax.
+pub const EXTENSION_RESOURCE: &str = "cedargate.resource";
+
+/// Why a request could not become a Cedar request; every variant is a deny.
+#[derive(Debug, thiserror::Error)]
+pub enum MappingError {
+    #[error("action `{0}` is not declared in the schema")]
+    UnknownAction(String),
+    #[error("context extension `{key}` = `{value}` is not a valid Cedar {what}")]
+    BadExtension {
+        key: &'static str,
+        value: String,
+        what: &'static str,
+    },
+    #[error("the request does not fit the schema: {0}")]
+    Invalid(String),
+}
+
+impl MappingError {
+    /// True when no action declared in the schema matches the request (an unknown route).
+    pub fn is_unknown_action(&self) -> bool {
+        matches!(self, Self::UnknownAction(_))
+    }
+}
+
+/// A Cedar request ready for the authorizer, with the entities it needs.
+#[derive(Debug)]
+pub struct CedarCall {
+    pub principal: EntityUid,
+    pub action: EntityUid,
+    pub resource: EntityUid,
+    pub request: Request,
+    pub entities: Entities,
+}
+
+/// Helper entity types whose tags carry request maps.
+const HEADERS_TYPE: &str = "HttpHeaders";
+const QUERY_TYPE: &str = "HttpQuery";
+const PARAMS_TYPE: &str = "PathParams";
+const HELPER_ID: &str = "request";
+
+/// Builds the Cedar request for one Check.
+pub fn map(
+    snapshot: &Snapshot,
+    http: &HttpRequest,
+    identity: &Identity,
+    extensions: &HashMap<String, String>,
+) -> Result<CedarCall, MappingError> {
+    let route = snapshot.routes.find(&http.method, &http.path);
+
+    let action = match extensions.get(EXTENSION_ACTION) {
+        Some(name) => action_uid(name).ok_or_else(|| MappingError::BadExtension {
+            key: EXTENSION_ACTION,
+            value: name.clone(),
+            what: "action",
+        })?,
+        None => match &route {
+            Some(m) => m.action.clone(),
+            None => action_uid(&http.method)
+                .ok_or_else(|| MappingError::UnknownAction(http.method.clone()))?,
+        },
+    };
+    if !snapshot.schema.actions().any(|a| a == &action) {
+        return Err(MappingError::UnknownAction(action.to_string()));
+    }
+
+    let resource = match extensions.get(EXTENSION_RESOURCE) {
+        Some(text) => EntityUid::from_str(text).map_err(|_| MappingError::BadExtension {
+            key: EXTENSION_RESOURCE,
+            value: text.clone(),
+            what: "entity uid",
+        })?,
+        None => match route.as_ref().and_then(|m| m.resource.clone()) {
+            Some(uid) => uid,
+            None => uid("Path", &http.path)?,
+        },
+    };
+    let params = route.map(|m| m.params).unwrap_or_default();
+
+    let (principal, principal_entity) = principal(identity)?;
+    let context = context(http, identity)?;
+    let mut per_request = vec![
+        tagged(HEADERS_TYPE, &http.headers)?,
+        tagged(QUERY_TYPE, &http.query)?,
+        tagged(PARAMS_TYPE, params.iter().map(|(k, v)| (k, v)))?,
+    ];
+    per_request.extend(principal_entity);
+    let entities = snapshot
+        .entities
+        .clone()
+        .add_entities(per_request, Some(&snapshot.schema))
+        .map_err(invalid)?;
+    let request = Request::new(
+        principal.clone(),
+        action.clone(),
+        resource.clone(),
+        context,
+        Some(&snapshot.schema),
+    )
+    .map_err(invalid)?;
+    Ok(CedarCall {
+        principal,
+        action,
+        resource,
+        request,
+        entities,
+    })
+}
+
+/// Checks that every action's context type in `schema` accepts the context cedargate builds.
+pub fn check_schema(schema: &Schema) -> Vec<(EntityUid, String)> {
+    let sample = HttpRequest {
+        method: "GET".into(),
+        host: "example.org".into(),
+        path: "/".into(),
+        scheme: "https".into(),
+        protocol: "HTTP/1.1".into(),
+        query: Default::default(),
+        headers: Default::default(),
+        request_id: "sample".into(),
+    };
+    let Ok(context) = context(&sample, &Identity::default()) else {
+        return Vec::new();
+    };
+    schema
+        .actions()
+        .filter_map(|action| {
+            context
+                .validate(schema, action)
+                .err()
+                .map(|err| (action.clone(), err.to_string()))
+        })
+        .collect()
+}
+
+fn invalid(err: impl std::fmt::Display) -> MappingError {
+    MappingError::Invalid(err.to_string())
+}
+
+fn uid(type_name: &str, id: &str) -> Result<EntityUid, MappingError> {
+    let type_name = EntityTypeName::from_str(type_name).map_err(invalid)?;
+    Ok(EntityUid::from_type_name_and_id(
+        type_name,
+        EntityId::new(id),
+    ))
+}
+
+fn principal(identity: &Identity) -> Result<(EntityUid, Option<Entity>), MappingError> {
+    match identity.principal() {
+        Principal::Workload(id) => {
+            let uid = uid("Workload", id.as_str())?;
+            let attrs = HashMap::from([(
+                "trust_domain".to_owned(),
+                RestrictedExpression::new_string(id.trust_domain().to_owned()),
+            )]);
+            let entity = Entity::new(uid.clone(), attrs, Default::default()).map_err(invalid)?;
+            Ok((uid, Some(entity)))
+        }
+        Principal::Anonymous => Ok((uid("Anonymous", "anonymous")?, None)),
+    }
+}
+
+/// An entity whose tags are the map's entries (headers, query, path parameters).
+fn tagged<'a>(
+    type_name: &str,
+    map: impl IntoIterator<Item = (&'a String, &'a String)> + 'a,
+) -> Result<Entity, MappingError> {
+    let tags = map
+        .into_iter()
+        .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
+    Entity::new_with_tags(uid(type_name, HELPER_ID)?, [], [], tags).map_err(invalid)
+}
+
+fn string(s: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(s.to_owned())
+}
+
+fn record(
+    pairs: impl IntoIterator<Item = (&'static str, RestrictedExpression)>,
+) -> Result<RestrictedExpression, MappingError> {
+    RestrictedExpression::new_record(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)))
+        .map_err(invalid)
+}
+
+fn context(http: &HttpRequest, identity: &Identity) -> Result<Context, MappingError> {
+    let entity = |t| uid(t, HELPER_ID).map(RestrictedExpression::new_entity_uid);
+    let request = record([
+        ("method", string(&http.method)),
+        ("host", string(&http.host)),
+        ("path", string(&http.path)),
+        ("scheme", string(&http.scheme)),
+        ("protocol", string(&http.protocol)),
+        ("id", string(&http.request_id)),
+        ("headers", entity(HEADERS_TYPE)?),
+        ("query", entity(QUERY_TYPE)?),
+        ("params", entity(PARAMS_TYPE)?),
+    ])?;
+    let peer = &identity.peer;
+    let mut peer_attrs = vec![
+        ("present", RestrictedExpression::new_bool(peer.is_present())),
+        ("principal", string(&peer.principal)),
+        ("address", string(&peer.address)),
+    ];
+    if let Some(id) = &peer.spiffe_id {
+        peer_attrs.push(("spiffe_id", string(id.as_str())));
+        peer_attrs.push(("trust_domain", string(id.trust_domain())));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    Context::from_pairs([
+        ("request".to_owned(), request),
+        ("peer".to_owned(), record(peer_attrs)?),
+        ("time".to_owned(), RestrictedExpression::new_long(now)),
+    ])
+    .map_err(invalid)
+}

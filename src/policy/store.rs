@@ -1,0 +1,368 @@
+//! Loads a policy set: `*.cedar` policies, one `*.cedarschema` schema, optional `entities.json`
+//! and `routes.yaml`, from a directory or from the example set compiled into the binary.
+//!
+//! Everything is validated before a [`Snapshot`] exists: policies strictly against the schema,
+//! entities against the schema, routes against the schema's actions and entity types, and every
+//! action's context type against the context cedargate builds. Problems are reported together,
+//! each with file, line and column where the source has them, the policy id and a hint. A
+//! snapshot is immutable; reloading builds a new one.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use miette::Diagnostic;
+
+use super::mapping;
+use super::routes::Routes;
+
+/// A policy set ready to serve: validated, immutable, shared by every Check.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub policies: PolicySet,
+    pub schema: Schema,
+    pub entities: Entities,
+    pub routes: Routes,
+    /// Which file each policy came from.
+    pub policy_files: HashMap<PolicyId, PathBuf>,
+}
+
+/// One file of a policy set, read into memory.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// Why a policy set could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyLoadError {
+    #[error("{}: cannot read the policy directory: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("policy set is invalid:\n{}", problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { problems: Vec<Problem> },
+}
+
+/// One problem in one file of a policy set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    /// 1-based line and column, where the source has them.
+    pub position: Option<(usize, usize)>,
+    pub policy_id: Option<String>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Problem {
+    pub(crate) fn in_file(file: &Path, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_owned(),
+            position: None,
+            policy_id: None,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub(crate) fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, column)) = self.position {
+            write!(f, ":{line}:{column}")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(id) = &self.policy_id {
+            write!(f, " (policy `{id}`)")?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, "\n    hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The example policy set from `policies/`, compiled in for `cedargate serve` without a config.
+const EMBEDDED: &[(&str, &str)] = &[
+    (
+        "policies/orders.cedar",
+        include_str!("../../policies/orders.cedar"),
+    ),
+    (
+        "policies/schema.cedarschema",
+        include_str!("../../policies/schema.cedarschema"),
+    ),
+    (
+        "policies/entities.json",
+        include_str!("../../policies/entities.json"),
+    ),
+    (
+        "policies/routes.yaml",
+        include_str!("../../policies/routes.yaml"),
+    ),
+];
+
+/// Loads the example policy set compiled into the binary.
+pub fn load_embedded() -> Result<Snapshot, PolicyLoadError> {
+    load_files(
+        EMBEDDED
+            .iter()
+            .map(|(path, text)| SourceFile {
+                path: PathBuf::from(path),
+                text: (*text).to_owned(),
+            })
+            .collect(),
+    )
+}
+
+/// Reads the policy files directly in `dir` (not below it) and loads them.
+pub fn load_dir(dir: &Path) -> Result<Snapshot, PolicyLoadError> {
+    let read_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| PolicyLoadError::Read { path, source }
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_err(dir))? {
+        let path = entry.map_err(read_err(dir))?.path();
+        if path.is_file() && kind(&path).is_some() {
+            let text = std::fs::read_to_string(&path).map_err(read_err(&path))?;
+            files.push(SourceFile { path, text });
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    if files.is_empty() {
+        return Err(PolicyLoadError::Invalid {
+            problems: vec![
+                Problem::in_file(dir, "no policy files here")
+                    .hint("put *.cedar policies and one *.cedarschema schema in this directory"),
+            ],
+        });
+    }
+    load_files(files)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Policies,
+    Schema,
+    Entities,
+    Routes,
+}
+
+fn kind(path: &Path) -> Option<Kind> {
+    let name = path.file_name()?.to_str()?;
+    match name {
+        "entities.json" => Some(Kind::Entities),
+        "routes.yaml" | "routes.yml" => Some(Kind::Routes),
+        _ if name.ends_with(".cedarschema") => Some(Kind::Schema),
+        _ if name.ends_with(".cedar") => Some(Kind::Policies),
+        _ => None,
+    }
+}
+
+/// Loads a policy set from files in memory; see the module docs for what is checked.
+pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
+    let of_kind = |k: Kind| files.iter().filter(move |f| kind(&f.path) == Some(k));
+    let mut problems = Vec::new();
+
+    let schemas: Vec<_> = of_kind(Kind::Schema).collect();
+    let schema = match schemas.as_slice() {
+        [file] => parse_schema(file, &mut problems),
+        [] => {
+            let dir = files
+                .first()
+                .and_then(|f| f.path.parent())
+                .unwrap_or(Path::new("."));
+            problems.push(Problem::in_file(dir, "no `*.cedarschema` file").hint(
+                "cedargate validates every policy against a schema; add one (see policies/schema.cedarschema)",
+            ));
+            None
+        }
+        [_, second, ..] => {
+            problems.push(
+                Problem::in_file(&second.path, "a second schema file")
+                    .hint("keep exactly one *.cedarschema file per policy directory"),
+            );
+            None
+        }
+    };
+
+    let (policies, policy_files) = parse_policies(of_kind(Kind::Policies), &mut problems);
+    let Some(schema) = schema else {
+        return Err(PolicyLoadError::Invalid { problems });
+    };
+
+    let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+    for err in validation.validation_errors() {
+        let id = err.policy_id();
+        let file = policy_files.get(id);
+        let text = file
+            .and_then(|f| files.iter().find(|s| &s.path == f))
+            .map(|s| s.text.as_str());
+        let mut problem =
+            diagnostic_problem(err, file.map_or(Path::new("?"), PathBuf::as_path), text);
+        problem.policy_id = Some(id.to_string());
+        problems.push(problem);
+    }
+
+    let entities = match of_kind(Kind::Entities).next() {
+        Some(file) => Entities::from_json_str(&file.text, Some(&schema)).unwrap_or_else(|err| {
+            problems.push(diagnostic_problem(&err, &file.path, None));
+            Entities::empty()
+        }),
+        None => Entities::empty(),
+    };
+
+    let routes = match of_kind(Kind::Routes).next() {
+        Some(file) => Routes::parse(&file.path, &file.text, &schema).unwrap_or_else(|mut p| {
+            problems.append(&mut p);
+            Routes::default()
+        }),
+        None => Routes::default(),
+    };
+
+    let schema_file = schemas
+        .first()
+        .map_or(PathBuf::from("?"), |f| f.path.clone());
+    for (action, err) in mapping::check_schema(&schema) {
+        problems.push(
+            Problem::in_file(&schema_file, format!("action `{action}`: {err}")).hint(
+                "declare the context and the helper entity types cedargate builds, as policies/schema.cedarschema does (README: Cedar mapping)",
+            ),
+        );
+    }
+
+    if problems.is_empty() {
+        Ok(Snapshot {
+            policies,
+            schema,
+            entities,
+            routes,
+            policy_files,
+        })
+    } else {
+        Err(PolicyLoadError::Invalid { problems })
+    }
+}
+
+fn parse_schema(file: &SourceFile, problems: &mut Vec<Problem>) -> Option<Schema> {
+    match Schema::from_cedarschema_str(&file.text) {
+        Ok((schema, warnings)) => {
+            for warning in warnings {
+                tracing::warn!(file = %file.path.display(), %warning, "schema warning");
+            }
+            Some(schema)
+        }
+        Err(err) => {
+            problems.push(diagnostic_problem(&err, &file.path, Some(&file.text)));
+            None
+        }
+    }
+}
+
+/// Parses every policy file; ids come from `@id("…")` or else `<file name>#<index>`.
+fn parse_policies<'a>(
+    files: impl Iterator<Item = &'a SourceFile>,
+    problems: &mut Vec<Problem>,
+) -> (PolicySet, HashMap<PolicyId, PathBuf>) {
+    let mut set = PolicySet::new();
+    let mut origin: HashMap<PolicyId, PathBuf> = HashMap::new();
+    for file in files {
+        let parsed = match PolicySet::from_str(&file.text) {
+            Ok(parsed) => parsed,
+            Err(errors) => {
+                for err in errors.iter() {
+                    problems.push(diagnostic_problem(err, &file.path, Some(&file.text)));
+                }
+                continue;
+            }
+        };
+        let name = file
+            .path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        for (index, policy) in parsed.policies().enumerate() {
+            let id = PolicyId::new(
+                policy
+                    .annotation("id")
+                    .map_or_else(|| format!("{name}#{index}"), str::to_owned),
+            );
+            if let Some(previous) = origin.get(&id) {
+                let offset = file.text.find(&format!("@id(\"{id}\")"));
+                let mut problem = located(
+                    offset,
+                    &file.path,
+                    &file.text,
+                    format!("policy id `{id}` is already used in {}", previous.display()),
+                );
+                problem.hint = Some("give each policy a unique @id(\"…\")".into());
+                problems.push(problem);
+                continue;
+            }
+            if let Err(err) = set.add(policy.new_id(id.clone())) {
+                problems.push(Problem::in_file(&file.path, err.to_string()));
+                continue;
+            }
+            origin.insert(id, file.path.clone());
+        }
+    }
+    (set, origin)
+}
+
+/// A problem from a Cedar diagnostic: its message and help, positioned at its first label.
+fn diagnostic_problem(diag: &dyn Diagnostic, file: &Path, text: Option<&str>) -> Problem {
+    let offset = diag
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map(|label| label.offset());
+    let mut problem = match text {
+        Some(text) => located(offset, file, text, diag.to_string()),
+        None => Problem::in_file(file, diag.to_string()),
+    };
+    problem.hint = diag.help().map(|h| h.to_string());
+    problem
+}
+
+fn located(offset: Option<usize>, file: &Path, text: &str, message: String) -> Problem {
+    let mut problem = Problem::in_file(file, message);
+    problem.position = offset.map(|offset| line_column(text, offset));
+    problem
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_column_counts_from_one() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+        assert_eq!(line_column("ab", 99), (1, 3));
+    }
+
+    #[test]
+    fn the_example_set_loads() {
+        let snapshot = load_embedded().unwrap();
+        assert!(snapshot.policies.policies().count() >= 4);
+    }
+}

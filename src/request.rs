@@ -1,0 +1,334 @@
+//! Request normalisation: turns the HTTP attributes of a Check (already out of their protobuf
+//! types) into one [`HttpRequest`] whose path, query and headers can be trusted for matching.
+//!
+//! Rules (fail closed: anything ambiguous is a [`RequestError`], which is a deny):
+//! - the method is an RFC 9110 token;
+//! - the request target starts with `/`, is at most `max_path_bytes` long and carries no fragment;
+//! - the path is percent-decoded (RFC 3986 §2.1) into UTF-8 without control characters; an encoded
+//!   `/` or `\` (`%2F`, `%5C`) or a literal `\` is refused, because upstreams disagree on them;
+//! - a path with dot-segments (`.` or `..`, also encoded) is refused: resolving them here would
+//!   authorise another path than the one an upstream without normalisation serves. Envoy's
+//!   `normalize_path: true` resolves them before ext_authz runs, so well-configured traffic never
+//!   hits this rule;
+//! - header names are lowercased; repeated headers are joined with `,` as Envoy does; pseudo-headers
+//!   are left out (their content is in method, host and path); a value that is not UTF-8 is refused.
+//!
+//! This module never sees protobuf types and never decides: it only normalises.
+
+use std::collections::BTreeMap;
+
+/// Why a request could not be normalised. Messages quote user input in backticks, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("the check carries no HTTP request attributes")]
+    MissingHttp,
+    #[error("method `{0}` is not an HTTP token")]
+    BadMethod(String),
+    #[error("request target is {len} bytes, over the limit of {max}")]
+    PathTooLong { len: usize, max: usize },
+    #[error("request target must start with `/`")]
+    PathNotAbsolute,
+    #[error("request target carries a fragment")]
+    Fragment,
+    #[error("invalid percent-encoding in the path")]
+    BadPercentEncoding,
+    #[error("path contains an encoded `/` or `\\`")]
+    EncodedSlash,
+    #[error("path contains a backslash")]
+    Backslash,
+    #[error("path is not UTF-8 once decoded")]
+    PathNotUtf8,
+    #[error("path contains a control character")]
+    ControlCharacter,
+    #[error("path contains a `.` or `..` segment")]
+    DotSegment,
+    #[error("value of header `{0}` is not UTF-8")]
+    HeaderNotUtf8(String),
+}
+
+impl RequestError {
+    /// True when the request was refused only for its length (HTTP 414 rather than 400).
+    pub fn is_too_long(&self) -> bool {
+        matches!(self, Self::PathTooLong { .. })
+    }
+}
+
+/// A header as Envoy sent it: from the `headers` map (text) or from `header_map` (raw bytes).
+#[derive(Debug, Clone)]
+pub struct RawHeader {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+/// The HTTP attributes of a Check, before normalisation.
+#[derive(Debug, Clone, Default)]
+pub struct RawHttp {
+    pub method: String,
+    /// The request target as in the request line: path and query, not decoded.
+    pub target: String,
+    pub host: String,
+    pub scheme: String,
+    pub protocol: String,
+    /// Envoy's `http.id` (the `x-request-id` it generated or accepted).
+    pub id: String,
+    pub headers: Vec<RawHeader>,
+}
+
+/// A normalised HTTP request, ready for route matching and the Cedar mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: String,
+    /// Lowercased, as sent (port kept).
+    pub host: String,
+    /// Decoded path without query.
+    pub path: String,
+    pub scheme: String,
+    pub protocol: String,
+    /// Query parameters, decoded; a repeated name keeps its values joined with `,`.
+    pub query: BTreeMap<String, String>,
+    /// Lowercased header names; repeated headers joined with `,`; no pseudo-headers.
+    pub headers: BTreeMap<String, String>,
+    /// The request id: `x-request-id`, else Envoy's `http.id`, else a fresh UUID.
+    pub request_id: String,
+}
+
+/// Normalises the HTTP attributes of a Check; see the module docs for the rules.
+pub fn normalise(raw: RawHttp, max_path_bytes: usize) -> Result<HttpRequest, RequestError> {
+    let RawHttp {
+        method,
+        target,
+        host,
+        scheme,
+        protocol,
+        id,
+        headers: raw_headers,
+    } = raw;
+    if method.is_empty() || !method.bytes().all(is_tchar) {
+        return Err(RequestError::BadMethod(method));
+    }
+    if target.len() > max_path_bytes {
+        return Err(RequestError::PathTooLong {
+            len: target.len(),
+            max: max_path_bytes,
+        });
+    }
+    if target.contains('#') {
+        return Err(RequestError::Fragment);
+    }
+    let (raw_path, raw_query) = target.split_once('?').unwrap_or((&target, ""));
+    let path = decode_path(raw_path)?;
+    let query = join_repeated(
+        form_urlencoded::parse(raw_query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())),
+    );
+    let headers = join_repeated(
+        raw_headers
+            .into_iter()
+            .filter(|h| !h.name.starts_with(':'))
+            .map(|RawHeader { name, value }| {
+                let name = name.to_ascii_lowercase();
+                match String::from_utf8(value) {
+                    Ok(value) => Ok((name, value)),
+                    Err(_) => Err(RequestError::HeaderNotUtf8(name)),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    );
+    let request_id = headers
+        .get("x-request-id")
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .or_else(|| (!id.is_empty()).then_some(id))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    Ok(HttpRequest {
+        method,
+        host: host.to_ascii_lowercase(),
+        path,
+        scheme,
+        protocol,
+        query,
+        headers,
+        request_id,
+    })
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn join_repeated(pairs: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::<String, String>::new();
+    for (name, value) in pairs {
+        map.entry(name)
+            .and_modify(|joined| {
+                joined.push(',');
+                joined.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    map
+}
+
+fn decode_path(raw: &str) -> Result<String, RequestError> {
+    if !raw.starts_with('/') {
+        return Err(RequestError::PathNotAbsolute);
+    }
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut rest = raw.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        match b {
+            b'\\' => return Err(RequestError::Backslash),
+            b'%' => {
+                let decoded = match tail {
+                    [hi, lo, ..] => hex(*hi)
+                        .zip(hex(*lo))
+                        .map(|(hi, lo)| hi << 4 | lo)
+                        .ok_or(RequestError::BadPercentEncoding)?,
+                    _ => return Err(RequestError::BadPercentEncoding),
+                };
+                if decoded == b'/' || decoded == b'\\' {
+                    return Err(RequestError::EncodedSlash);
+                }
+                bytes.push(decoded);
+                rest = tail.get(2..).unwrap_or_default();
+            }
+            _ => bytes.push(b),
+        }
+    }
+    let path = String::from_utf8(bytes).map_err(|_| RequestError::PathNotUtf8)?;
+    if path.chars().any(char::is_control) {
+        return Err(RequestError::ControlCharacter);
+    }
+    if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Err(RequestError::DotSegment);
+    }
+    Ok(path)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(method: &str, target: &str) -> RawHttp {
+        RawHttp {
+            method: method.into(),
+            target: target.into(),
+            host: "API.example.org".into(),
+            ..RawHttp::default()
+        }
+    }
+
+    #[test]
+    fn paths() {
+        let cases: &[(&str, Result<&str, RequestError>)] = &[
+            ("/orders/42", Ok("/orders/42")),
+            ("/", Ok("/")),
+            ("/caf%C3%A9", Ok("/café")),
+            ("/a%20b", Ok("/a b")),
+            ("/a..b/c.d", Ok("/a..b/c.d")),
+            ("/a/../b", Err(RequestError::DotSegment)),
+            ("/a/./b", Err(RequestError::DotSegment)),
+            ("/a/..", Err(RequestError::DotSegment)),
+            ("/a/%2e%2E/b", Err(RequestError::DotSegment)),
+            ("/a%2Fb", Err(RequestError::EncodedSlash)),
+            ("/a%2fb", Err(RequestError::EncodedSlash)),
+            ("/a%5Cb", Err(RequestError::EncodedSlash)),
+            ("/a\\b", Err(RequestError::Backslash)),
+            ("/a%2", Err(RequestError::BadPercentEncoding)),
+            ("/a%zz", Err(RequestError::BadPercentEncoding)),
+            ("/a%ff", Err(RequestError::PathNotUtf8)),
+            ("/a%00", Err(RequestError::ControlCharacter)),
+            ("/a%0A", Err(RequestError::ControlCharacter)),
+            ("orders", Err(RequestError::PathNotAbsolute)),
+            ("", Err(RequestError::PathNotAbsolute)),
+            ("/a#frag", Err(RequestError::Fragment)),
+        ];
+        for (target, expected) in cases {
+            let got = normalise(raw("GET", target), 64).map(|r| r.path);
+            assert_eq!(
+                got.as_deref().map_err(Clone::clone),
+                expected.clone(),
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
+    fn query_is_split_off_and_decoded() {
+        let r = normalise(raw("GET", "/s?q=a%20b&tag=x&tag=y&e"), 64).unwrap();
+        assert_eq!(r.path, "/s");
+        assert_eq!(r.query.get("q").map(String::as_str), Some("a b"));
+        assert_eq!(r.query.get("tag").map(String::as_str), Some("x,y"));
+        assert_eq!(r.query.get("e").map(String::as_str), Some(""));
+    }
+
+    #[test]
+    fn overlong_target_is_refused_before_decoding() {
+        let err = normalise(raw("GET", &format!("/{}", "a".repeat(64))), 64).unwrap_err();
+        assert!(err.is_too_long());
+    }
+
+    #[test]
+    fn methods_must_be_tokens() {
+        assert!(normalise(raw("PATCH", "/"), 64).is_ok());
+        assert_eq!(
+            normalise(raw("GE T", "/"), 64).unwrap_err(),
+            RequestError::BadMethod("GE T".into())
+        );
+        assert!(normalise(raw("", "/"), 64).is_err());
+    }
+
+    #[test]
+    fn headers_are_lowercased_joined_and_strict() {
+        let mut r = raw("GET", "/");
+        r.headers = vec![
+            RawHeader {
+                name: "X-Tenant".into(),
+                value: b"a".to_vec(),
+            },
+            RawHeader {
+                name: "x-tenant".into(),
+                value: b"b".to_vec(),
+            },
+            RawHeader {
+                name: ":path".into(),
+                value: b"/".to_vec(),
+            },
+            RawHeader {
+                name: "x-request-id".into(),
+                value: b"rid-1".to_vec(),
+            },
+        ];
+        let n = normalise(r.clone(), 64).unwrap();
+        assert_eq!(n.headers.get("x-tenant").map(String::as_str), Some("a,b"));
+        assert!(!n.headers.contains_key(":path"));
+        assert_eq!(n.request_id, "rid-1");
+        assert_eq!(n.host, "api.example.org");
+
+        r.headers.push(RawHeader {
+            name: "X-Bin".into(),
+            value: vec![0xff, 0xfe],
+        });
+        assert_eq!(
+            normalise(r, 64).unwrap_err(),
+            RequestError::HeaderNotUtf8("x-bin".into())
+        );
+    }
+
+    #[test]
+    fn request_id_falls_back_to_envoy_then_fresh() {
+        let mut r = raw("GET", "/");
+        r.id = "envoy-id".into();
+        assert_eq!(normalise(r, 64).unwrap().request_id, "envoy-id");
+        let fresh = normalise(raw("GET", "/"), 64).unwrap().request_id;
+        assert_eq!(fresh.len(), 36);
+    }
+}

@@ -1,0 +1,207 @@
+//! The edge: Envoy's protobuf types in, typed values out, and an [`Answer`] back to protobuf.
+//! Protobuf structs are destructured exhaustively so that a new field breaks the build here
+//! instead of being ignored silently. Nothing else in the crate sees these types.
+
+use std::collections::HashMap;
+
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, address, header_value_option::HeaderAppendAction,
+};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest as PbHttp, Peer as PbPeer, Request as PbRequest,
+};
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+    check_response::HttpResponse,
+};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::google::protobuf::{ListValue, Struct, Value as PbValue, value::Kind};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use serde_json::Value;
+
+use crate::decision::Answer;
+use crate::identity::Peer;
+use crate::request::{RawHeader, RawHttp};
+
+/// What cedargate reads from one CheckRequest.
+#[derive(Debug, Default)]
+pub struct CheckInput {
+    /// The HTTP attributes; `None` when Envoy sent none (a network-filter check, or a bug).
+    pub http: Option<RawHttp>,
+    pub peer: Peer,
+    /// Envoy's per-route `context_extensions`.
+    pub extensions: HashMap<String, String>,
+}
+
+/// Reads a CheckRequest.
+pub fn input(request: CheckRequest) -> CheckInput {
+    let CheckRequest { attributes } = request;
+    let Some(attributes) = attributes else {
+        return CheckInput::default();
+    };
+    let AttributeContext {
+        source,
+        destination: _,
+        request,
+        context_extensions,
+        metadata_context: _,
+        route_metadata_context: _,
+        tls_session: _,
+    } = attributes;
+    let peer = source.map(peer).unwrap_or_default();
+    let http = request
+        .and_then(|PbRequest { time: _, http }| http)
+        .map(http);
+    CheckInput {
+        http,
+        peer,
+        extensions: context_extensions,
+    }
+}
+
+fn peer(source: PbPeer) -> Peer {
+    let PbPeer {
+        address,
+        service: _,
+        labels: _,
+        principal,
+        certificate: _,
+    } = source;
+    let address = address
+        .and_then(|a| a.address)
+        .and_then(|a| match a {
+            address::Address::SocketAddress(s) => Some(match s.port_specifier {
+                Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(port)) => {
+                    format!("{}:{port}", s.address)
+                }
+                _ => s.address,
+            }),
+            address::Address::Pipe(p) => Some(p.path),
+            _ => None,
+        })
+        .unwrap_or_default();
+    Peer::from_envoy(principal, address)
+}
+
+fn http(http: PbHttp) -> RawHttp {
+    let PbHttp {
+        id,
+        method,
+        headers,
+        header_map,
+        path,
+        host,
+        scheme,
+        query: _,
+        fragment: _,
+        size: _,
+        protocol,
+        body: _,
+        raw_body: _,
+    } = http;
+    // Envoy fills `header_map` instead of `headers` when `encode_raw_headers` is on; a raw
+    // value is bytes (possibly not UTF-8), a text value is in `value`.
+    let headers = match header_map {
+        Some(map) => map
+            .headers
+            .into_iter()
+            .map(
+                |HeaderValue {
+                     key,
+                     value,
+                     raw_value,
+                 }| RawHeader {
+                    name: key,
+                    value: if raw_value.is_empty() {
+                        value.into_bytes()
+                    } else {
+                        raw_value
+                    },
+                },
+            )
+            .collect(),
+        None => headers
+            .into_iter()
+            .map(|(name, value)| RawHeader {
+                name,
+                value: value.into_bytes(),
+            })
+            .collect(),
+    };
+    RawHttp {
+        method,
+        target: path,
+        host,
+        scheme,
+        protocol,
+        id,
+        headers,
+    }
+}
+
+/// Writes an answer as Envoy's CheckResponse.
+pub fn response(answer: Answer) -> CheckResponse {
+    let Answer {
+        code,
+        http_status,
+        headers,
+        headers_to_remove,
+        body,
+        metadata,
+    } = answer;
+    let header_options = headers
+        .into_iter()
+        .map(|(key, value)| HeaderValueOption {
+            header: Some(HeaderValue {
+                key,
+                value,
+                raw_value: Vec::new(),
+            }),
+            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
+            ..HeaderValueOption::default()
+        })
+        .collect();
+    let http_response = match http_status {
+        None => HttpResponse::OkResponse(OkHttpResponse {
+            headers: header_options,
+            headers_to_remove,
+            ..OkHttpResponse::default()
+        }),
+        Some(status) => HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(status),
+            }),
+            headers: header_options,
+            body,
+        }),
+    };
+    CheckResponse {
+        status: Some(RpcStatus {
+            code: code.into(),
+            message: String::new(),
+            details: Vec::new(),
+        }),
+        dynamic_metadata: Some(to_struct(metadata)),
+        http_response: Some(http_response),
+    }
+}
+
+fn to_struct(map: serde_json::Map<String, Value>) -> Struct {
+    Struct {
+        fields: map.into_iter().map(|(k, v)| (k, to_value(v))).collect(),
+    }
+}
+
+fn to_value(value: Value) -> PbValue {
+    let kind = match value {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Value::String(s) => Kind::StringValue(s),
+        Value::Array(items) => Kind::ListValue(ListValue {
+            values: items.into_iter().map(to_value).collect(),
+        }),
+        Value::Object(map) => Kind::StructValue(to_struct(map)),
+    };
+    PbValue { kind: Some(kind) }
+}
