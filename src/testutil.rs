@@ -198,3 +198,98 @@ impl Check {
         }
     }
 }
+
+/// Read access to a CheckResponse, for assertions.
+#[derive(Debug, Clone)]
+pub struct Reply(pub envoy_types::pb::envoy::service::auth::v3::CheckResponse);
+
+impl Reply {
+    /// The google.rpc.Code of the answer.
+    pub fn code(&self) -> tonic::Code {
+        tonic::Code::from(self.0.status.as_ref().expect("status is always set").code)
+    }
+
+    fn ok(&self) -> Option<&envoy_types::pb::envoy::service::auth::v3::OkHttpResponse> {
+        use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+        match &self.0.http_response {
+            Some(HttpResponse::OkResponse(ok)) => Some(ok),
+            _ => None,
+        }
+    }
+
+    fn denied(&self) -> Option<&envoy_types::pb::envoy::service::auth::v3::DeniedHttpResponse> {
+        use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+        match &self.0.http_response {
+            Some(HttpResponse::DeniedResponse(denied)) => Some(denied),
+            _ => None,
+        }
+    }
+
+    /// HTTP status of a denied response.
+    pub fn http_status(&self) -> Option<i32> {
+        self.denied().and_then(|d| d.status.as_ref()).map(|s| s.code)
+    }
+
+    fn header_options(&self) -> &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption] {
+        self.ok()
+            .map(|ok| ok.headers.as_slice())
+            .or_else(|| self.denied().map(|d| d.headers.as_slice()))
+            .unwrap_or_default()
+    }
+
+    /// Value of a header to set, with its append action.
+    pub fn header(&self, name: &str) -> Option<(String, i32)> {
+        self.header_options()
+            .iter()
+            .filter_map(|o| o.header.as_ref().map(|h| (h, o.append_action)))
+            .find(|(h, _)| h.key == name)
+            .map(|(h, action)| (h.value.clone(), action))
+    }
+
+    /// Upstream headers to remove (allow only).
+    pub fn removed(&self) -> Vec<String> {
+        self.ok().map(|ok| ok.headers_to_remove.clone()).unwrap_or_default()
+    }
+
+    /// The denied response body parsed as JSON.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::from_str(&self.denied().expect("a denied response").body).expect("JSON body")
+    }
+
+    /// A string field of the dynamic metadata.
+    pub fn meta(&self, key: &str) -> Option<String> {
+        use envoy_types::pb::google::protobuf::value::Kind;
+        match self.0.dynamic_metadata.as_ref()?.fields.get(key)?.kind.as_ref()? {
+            Kind::StringValue(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    /// A list-of-strings field of the dynamic metadata.
+    pub fn meta_list(&self, key: &str) -> Vec<String> {
+        use envoy_types::pb::google::protobuf::value::Kind;
+        let Some(Some(Kind::ListValue(list))) = self
+            .0
+            .dynamic_metadata
+            .as_ref()
+            .and_then(|m| m.fields.get(key))
+            .map(|v| v.kind.as_ref())
+        else {
+            return Vec::new();
+        };
+        list.values
+            .iter()
+            .filter_map(|v| match &v.kind {
+                Some(Kind::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl TestServer {
+    /// Sends one Check and returns the answer; a transport error fails the test.
+    pub async fn check(&mut self, request: CheckRequest) -> Reply {
+        Reply(self.client.check(request).await.expect("Check answers").into_inner())
+    }
+}

@@ -1,0 +1,64 @@
+//! The admin listener and the gRPC health service, over real sockets.
+
+use cedargate::testutil::{CHECKOUT, TestServer, check};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+#[tokio::test]
+async fn healthz_readyz_and_metrics() {
+    let mut server = TestServer::start().await;
+    let health = reqwest::get(server.admin_url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = reqwest::get(server.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    server.check(check("POST", "/orders").peer(CHECKOUT).build()).await;
+    let metrics = reqwest::get(server.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("cedargate_decisions_total{") && l.contains(r#"decision="allow""#))
+        .unwrap_or_else(|| panic!("no allow counter in:\n{metrics}"));
+    let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 1.0, "{line}");
+    assert!(
+        metrics.contains("cedargate_check_duration_seconds_bucket{le="),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn readyz_turns_false_on_shutdown_and_listeners_close() {
+    let server = TestServer::start().await;
+    let shared = server.app.shared.clone();
+    let admin = server.admin_url("/readyz");
+    assert!(shared.is_ready());
+    server.app.shutdown().await.unwrap();
+    assert!(!shared.is_ready());
+    assert!(reqwest::get(admin).await.is_err(), "admin listener still answers");
+}
+
+#[tokio::test]
+async fn grpc_health_reports_serving() {
+    let server = TestServer::start().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.app.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let status = health
+        .check(HealthCheckRequest {
+            service: "envoy.service.auth.v3.Authorization".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+}
