@@ -1,5 +1,6 @@
 //! The Check API over a real socket with a real tonic client, on the example policy set:
 //! allow, deny, unknown routes, malformed input and forged identity headers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use cedargate::decision::{PEER_HEADER, PRINCIPAL_HEADER};
 use cedargate::testutil::{CHECKOUT, FRONTEND, TestServer, check};
