@@ -31,7 +31,9 @@ fn bench(c: &mut Criterion) {
 
     let shared = Arc::new(Shared::new(snapshot, limits));
     let service = CheckService::new(shared);
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let reply = runtime
         .block_on(service.check(tonic::Request::new(request.clone())))
         .unwrap()

@@ -117,12 +117,31 @@ pub async fn build(config: Config) -> Result<App, AppError> {
 }
 
 impl App {
-    /// Stops accepting, lets in-flight checks finish, and waits for both listeners to close.
+    /// Turns `/readyz` false, stops accepting, sends HTTP/2 GOAWAY so clients finish their
+    /// in-flight checks, and waits for connections to close; connections still open after
+    /// `limits.drain_timeout` (a client that ignores GOAWAY) are closed.
     pub async fn shutdown(self) -> Result<(), AppError> {
-        self.shared.ready.store(false, Ordering::Release);
-        let _ = self.shutdown.send(true);
-        self.grpc.await??;
-        self.admin.await?.map_err(AppError::Admin)?;
+        let Self {
+            shared,
+            shutdown,
+            mut grpc,
+            mut admin,
+            ..
+        } = self;
+        shared.ready.store(false, Ordering::Release);
+        let _ = shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + shared.limits.drain_timeout;
+        match tokio::time::timeout_at(deadline, &mut grpc).await {
+            Ok(result) => result??,
+            Err(_) => {
+                tracing::warn!("drain timeout: closing gRPC connections still open");
+                grpc.abort();
+            }
+        }
+        match tokio::time::timeout_at(deadline, &mut admin).await {
+            Ok(result) => result?.map_err(AppError::Admin)?,
+            Err(_) => admin.abort(),
+        }
         Ok(())
     }
 }

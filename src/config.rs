@@ -87,6 +87,8 @@ pub struct Limits {
     pub max_inflight: usize,
     /// Upper bound on the time one Check may take.
     pub check_timeout: Duration,
+    /// On shutdown, how long to wait for open connections to finish before closing them.
+    pub drain_timeout: Duration,
 }
 
 /// How log lines are written.
@@ -104,6 +106,7 @@ impl Default for Limits {
             max_path_bytes: 8 * 1024,
             max_inflight: 512,
             check_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -156,6 +159,7 @@ struct RawLimits {
     max_path_bytes: Option<usize>,
     max_inflight: Option<usize>,
     check_timeout: Option<String>,
+    drain_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -237,6 +241,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         max_path_bytes,
         max_inflight,
         check_timeout,
+        drain_timeout,
     } = limits;
     let d = defaults.limits;
     let limits = Limits {
@@ -262,6 +267,12 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             check_timeout,
             "limits.check_timeout",
             d.check_timeout,
+            &mut problems,
+        ),
+        drain_timeout: duration(
+            drain_timeout,
+            "limits.drain_timeout",
+            d.drain_timeout,
             &mut problems,
         ),
     };

@@ -227,7 +227,9 @@ impl Reply {
 
     /// HTTP status of a denied response.
     pub fn http_status(&self) -> Option<i32> {
-        self.denied().and_then(|d| d.status.as_ref()).map(|s| s.code)
+        self.denied()
+            .and_then(|d| d.status.as_ref())
+            .map(|s| s.code)
     }
 
     fn header_options(&self) -> &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption] {
@@ -248,7 +250,9 @@ impl Reply {
 
     /// Upstream headers to remove (allow only).
     pub fn removed(&self) -> Vec<String> {
-        self.ok().map(|ok| ok.headers_to_remove.clone()).unwrap_or_default()
+        self.ok()
+            .map(|ok| ok.headers_to_remove.clone())
+            .unwrap_or_default()
     }
 
     /// The denied response body parsed as JSON.
@@ -259,7 +263,15 @@ impl Reply {
     /// A string field of the dynamic metadata.
     pub fn meta(&self, key: &str) -> Option<String> {
         use envoy_types::pb::google::protobuf::value::Kind;
-        match self.0.dynamic_metadata.as_ref()?.fields.get(key)?.kind.as_ref()? {
+        match self
+            .0
+            .dynamic_metadata
+            .as_ref()?
+            .fields
+            .get(key)?
+            .kind
+            .as_ref()?
+        {
             Kind::StringValue(s) => Some(s.clone()),
             _ => None,
         }
@@ -290,6 +302,12 @@ impl Reply {
 impl TestServer {
     /// Sends one Check and returns the answer; a transport error fails the test.
     pub async fn check(&mut self, request: CheckRequest) -> Reply {
-        Reply(self.client.check(request).await.expect("Check answers").into_inner())
+        Reply(
+            self.client
+                .check(request)
+                .await
+                .expect("Check answers")
+                .into_inner(),
+        )
     }
 }

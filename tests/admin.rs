@@ -1,5 +1,10 @@
 //! The admin listener and the gRPC health service, over real sockets.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use cedargate::testutil::{CHECKOUT, TestServer, check};
 use tonic_health::pb::HealthCheckRequest;
@@ -14,7 +19,9 @@ async fn healthz_readyz_and_metrics() {
     let ready = reqwest::get(server.admin_url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);
 
-    server.check(check("POST", "/orders").peer(CHECKOUT).build()).await;
+    server
+        .check(check("POST", "/orders").peer(CHECKOUT).build())
+        .await;
     let metrics = reqwest::get(server.admin_url("/metrics"))
         .await
         .unwrap()
@@ -41,17 +48,21 @@ async fn readyz_turns_false_on_shutdown_and_listeners_close() {
     assert!(shared.is_ready());
     server.app.shutdown().await.unwrap();
     assert!(!shared.is_ready());
-    assert!(reqwest::get(admin).await.is_err(), "admin listener still answers");
+    assert!(
+        reqwest::get(admin).await.is_err(),
+        "admin listener still answers"
+    );
 }
 
 #[tokio::test]
 async fn grpc_health_reports_serving() {
     let server = TestServer::start().await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.app.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", server.app.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
     let mut health = HealthClient::new(channel);
     let status = health
         .check(HealthCheckRequest {

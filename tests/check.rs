@@ -1,6 +1,11 @@
 //! The Check API over a real socket with a real tonic client, on the example policy set:
 //! allow, deny, unknown routes, malformed input and forged identity headers.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use cedargate::decision::{PEER_HEADER, PRINCIPAL_HEADER};
 use cedargate::testutil::{CHECKOUT, FRONTEND, TestServer, check};
@@ -15,17 +20,31 @@ const OVERWRITE: i32 = HeaderAppendAction::OverwriteIfExistsOrAdd as i32;
 #[tokio::test]
 async fn checkout_workload_may_create_orders() {
     let mut server = TestServer::start().await;
-    let reply = server.check(check("POST", "/orders").peer(CHECKOUT).build()).await;
+    let reply = server
+        .check(check("POST", "/orders").peer(CHECKOUT).build())
+        .await;
     assert_eq!(reply.code(), Code::Ok);
     assert_eq!(
         reply.header(PRINCIPAL_HEADER),
         Some((format!(r#"Workload::"{CHECKOUT}""#), OVERWRITE))
     );
-    assert_eq!(reply.header(PEER_HEADER), Some((CHECKOUT.to_owned(), OVERWRITE)));
+    assert_eq!(
+        reply.header(PEER_HEADER),
+        Some((CHECKOUT.to_owned(), OVERWRITE))
+    );
     assert_eq!(reply.meta("decision").as_deref(), Some("allow"));
-    assert_eq!(reply.meta("action").as_deref(), Some(r#"Action::"orders:create""#));
-    assert_eq!(reply.meta("resource").as_deref(), Some(r#"Collection::"orders""#));
-    assert_eq!(reply.meta_list("policy_ids"), ["orders-checkout-workload-create"]);
+    assert_eq!(
+        reply.meta("action").as_deref(),
+        Some(r#"Action::"orders:create""#)
+    );
+    assert_eq!(
+        reply.meta("resource").as_deref(),
+        Some(r#"Collection::"orders""#)
+    );
+    assert_eq!(
+        reply.meta_list("policy_ids"),
+        ["orders-checkout-workload-create"]
+    );
     assert_eq!(
         reply.meta("request_id").as_deref(),
         Some("5f0c1e52-9c0b-4b8e-8f7e-3d1f2a6b7c8d")
@@ -35,15 +54,23 @@ async fn checkout_workload_may_create_orders() {
 #[tokio::test]
 async fn other_workload_is_denied_with_403_and_json_body() {
     let mut server = TestServer::start().await;
-    let reply = server.check(check("POST", "/orders").peer(FRONTEND).build()).await;
+    let reply = server
+        .check(check("POST", "/orders").peer(FRONTEND).build())
+        .await;
     assert_eq!(reply.code(), Code::PermissionDenied);
     assert_eq!(reply.http_status(), Some(403));
     assert_eq!(
         reply.body(),
         json!({"error": "policy_denied", "request_id": "5f0c1e52-9c0b-4b8e-8f7e-3d1f2a6b7c8d"})
     );
-    assert_eq!(reply.header("content-type").map(|h| h.0).as_deref(), Some("application/json"));
-    assert_eq!(reply.meta("principal"), Some(format!(r#"Workload::"{FRONTEND}""#)));
+    assert_eq!(
+        reply.header("content-type").map(|h| h.0).as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        reply.meta("principal"),
+        Some(format!(r#"Workload::"{FRONTEND}""#))
+    );
     assert!(reply.meta_list("policy_ids").is_empty());
 }
 
@@ -51,7 +78,11 @@ async fn other_workload_is_denied_with_403_and_json_body() {
 async fn forbid_names_its_policy() {
     let mut server = TestServer::start().await;
     let reply = server
-        .check(check("GET", "/healthz").peer("spiffe://other.example/ns/x/sa/y").build())
+        .check(
+            check("GET", "/healthz")
+                .peer("spiffe://other.example/ns/x/sa/y")
+                .build(),
+        )
         .await;
     assert_eq!(reply.http_status(), Some(403));
     assert_eq!(reply.meta_list("policy_ids"), ["foreign-workloads"]);
@@ -76,12 +107,19 @@ async fn anonymous_reaches_public_paths_only() {
 async fn unknown_routes() {
     let mut server = TestServer::start().await;
     // A GET no route names falls back to Action::"GET" on Path::"<path>", which no policy permits.
-    let reply = server.check(check("GET", "/admin/users").peer(CHECKOUT).build()).await;
+    let reply = server
+        .check(check("GET", "/admin/users").peer(CHECKOUT).build())
+        .await;
     assert_eq!(reply.http_status(), Some(403));
     assert_eq!(reply.body()["error"], "policy_denied");
-    assert_eq!(reply.meta("resource").as_deref(), Some(r#"Path::"/admin/users""#));
+    assert_eq!(
+        reply.meta("resource").as_deref(),
+        Some(r#"Path::"/admin/users""#)
+    );
     // A method whose fallback action the schema does not declare is a deny before Cedar runs.
-    let reply = server.check(check("DELETE", "/orders/1001").peer(CHECKOUT).build()).await;
+    let reply = server
+        .check(check("DELETE", "/orders/1001").peer(CHECKOUT).build())
+        .await;
     assert_eq!(reply.code(), Code::PermissionDenied);
     assert_eq!(reply.http_status(), Some(403));
     assert_eq!(reply.body()["error"], "no_route");
@@ -139,13 +177,21 @@ async fn missing_attributes_are_denied() {
 async fn non_utf8_header_value_is_denied() {
     let mut server = TestServer::start().await;
     let reply = server
-        .check(check("GET", "/healthz").raw_header("x-legacy", &[0x66, 0xff, 0x6f]).build())
+        .check(
+            check("GET", "/healthz")
+                .raw_header("x-legacy", &[0x66, 0xff, 0x6f])
+                .build(),
+        )
         .await;
     assert_eq!(reply.code(), Code::InvalidArgument);
     assert_eq!(reply.http_status(), Some(400));
     // The same request with valid raw bytes passes, so the raw path itself works.
     let reply = server
-        .check(check("GET", "/healthz").raw_header("x-legacy", b"fine").build())
+        .check(
+            check("GET", "/healthz")
+                .raw_header("x-legacy", b"fine")
+                .build(),
+        )
         .await;
     assert_eq!(reply.code(), Code::Ok);
 }
@@ -171,7 +217,10 @@ async fn forged_identity_headers_never_reach_the_upstream() {
 
     // A workload: its own peer header overwrites the forged one; the rest is removed.
     let reply = server.check(forged.peer(FRONTEND).build()).await;
-    assert_eq!(reply.header(PEER_HEADER), Some((FRONTEND.to_owned(), OVERWRITE)));
+    assert_eq!(
+        reply.header(PEER_HEADER),
+        Some((FRONTEND.to_owned(), OVERWRITE))
+    );
     assert_eq!(reply.removed(), ["x-cedargate-role"]);
 }
 
@@ -188,17 +237,28 @@ async fn context_extensions_override_the_route_table() {
         )
         .await;
     assert_eq!(reply.code(), Code::Ok);
-    assert_eq!(reply.meta("action").as_deref(), Some(r#"Action::"orders:create""#));
+    assert_eq!(
+        reply.meta("action").as_deref(),
+        Some(r#"Action::"orders:create""#)
+    );
 
     // An extension naming an action the schema lacks is an unknown route.
     let reply = server
-        .check(check("GET", "/healthz").extension("cedargate.action", "orders:delete").build())
+        .check(
+            check("GET", "/healthz")
+                .extension("cedargate.action", "orders:delete")
+                .build(),
+        )
         .await;
     assert_eq!(reply.body()["error"], "no_route");
 
     // A resource that is not Cedar syntax is an operator error: deny with 500.
     let reply = server
-        .check(check("GET", "/healthz").extension("cedargate.resource", "not a uid").build())
+        .check(
+            check("GET", "/healthz")
+                .extension("cedargate.resource", "not a uid")
+                .build(),
+        )
         .await;
     assert_eq!(reply.code(), Code::Internal);
     assert_eq!(reply.http_status(), Some(500));
@@ -210,7 +270,11 @@ async fn path_parameters_cannot_inject_entities() {
     let mut server = TestServer::start().await;
     // `{id}` becomes the entity id verbatim; it is never parsed as Cedar.
     let reply = server
-        .check(check("GET", r#"/orders/1001"%20||%20true"#).peer(CHECKOUT).build())
+        .check(
+            check("GET", r#"/orders/1001"%20||%20true"#)
+                .peer(CHECKOUT)
+                .build(),
+        )
         .await;
     assert_eq!(reply.http_status(), Some(403));
     assert_eq!(

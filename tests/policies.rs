@@ -1,6 +1,11 @@
 //! Policy sets on disk: start-up refuses an invalid set with file and line, and a forbid that
 //! errors at evaluation turns the decision into a deny.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::Path;
 
@@ -97,7 +102,10 @@ async fn route_to_undeclared_action_fails_start_up() {
     .unwrap();
     let err = start_error(dir.path()).await;
     assert!(err.contains("routes.yaml: route 1 (`GET /x`)"), "{err}");
-    assert!(err.contains(r#"`Action::"orders:write"` is not declared"#), "{err}");
+    assert!(
+        err.contains(r#"`Action::"orders:write"` is not declared"#),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -108,7 +116,11 @@ async fn schema_without_cedargate_context_fails_start_up() {
         "entity User; entity Doc; action read appliesTo { principal: User, resource: Doc };",
     )
     .unwrap();
-    std::fs::write(dir.path().join("p.cedar"), "permit (principal, action, resource);").unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        "permit (principal, action, resource);",
+    )
+    .unwrap();
     let err = start_error(dir.path()).await;
     assert!(err.contains(r#"action `Action::"read"`"#), "{err}");
     assert!(err.contains("hint: declare the context"), "{err}");

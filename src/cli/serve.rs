@@ -17,6 +17,12 @@ pub struct ServeArgs {
     /// Policy directory; overrides `policies.dir` of the configuration.
     #[arg(long)]
     pub policies: Option<PathBuf>,
+    /// gRPC (Check) listen address; overrides `listen.grpc`.
+    #[arg(long, value_name = "ADDR")]
+    pub grpc: Option<std::net::SocketAddr>,
+    /// Admin (health, metrics) listen address; overrides `listen.admin`.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<std::net::SocketAddr>,
     /// Log format; overrides `log.format` of the configuration.
     #[arg(long, value_parser = ["json", "text"])]
     pub log_format: Option<String>,
@@ -26,6 +32,8 @@ pub fn run(args: ServeArgs) -> ExitCode {
     let ServeArgs {
         config,
         policies,
+        grpc,
+        admin,
         log_format,
     } = args;
     let mut config = match config {
@@ -40,6 +48,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
     };
     if let Some(dir) = policies {
         config.policies = PolicySource::Dir(dir);
+    }
+    if let Some(addr) = grpc {
+        config.listen.grpc = addr;
+    }
+    if let Some(addr) = admin {
+        config.listen.admin = addr;
     }
     match log_format.as_deref() {
         Some("text") => config.log = LogFormat::Text,
