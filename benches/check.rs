@@ -1,6 +1,7 @@
 //! In-process cost of one Check on the example policy set, without the network:
 //! `check_handler` is the whole tonic handler (protobuf in, decision, protobuf out, metrics);
-//! `decide` is the decision pipeline alone (normalise, map, evaluate).
+//! `decide` is the decision pipeline alone (normalise, map, evaluate); `cedar_only` is the
+//! baseline measured in the same run: Cedar's `is_authorized` on the already-built request.
 //!
 //! Run: `cargo bench --bench check`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -24,6 +25,24 @@ fn bench(c: &mut Criterion) {
     // The benchmark measures the allow path: make sure that is what it runs.
     let decision = decide(&snapshot, &limits, envoy::input(request.clone()));
     assert!(decision.is_allow(), "{decision:?}");
+
+    let http = cedargate::request::normalise(
+        envoy::input(request.clone()).http.unwrap(),
+        limits.max_path_bytes,
+    )
+    .unwrap();
+    let identity = cedargate::identity::Identity {
+        peer: envoy::input(request.clone()).peer,
+    };
+    let call =
+        cedargate::policy::mapping::map(&snapshot, &http, &identity, &Default::default()).unwrap();
+    assert!(matches!(
+        cedargate::policy::engine::evaluate(&snapshot, &call),
+        cedargate::policy::engine::Verdict::Allow { .. }
+    ));
+    c.bench_function("cedar_only/allow", |b| {
+        b.iter(|| cedargate::policy::engine::evaluate(&snapshot, black_box(&call)))
+    });
 
     c.bench_function("decide/allow", |b| {
         b.iter(|| decide(&snapshot, &limits, envoy::input(black_box(request.clone()))))

@@ -134,3 +134,62 @@ async fn missing_directory_fails_start_up() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn action_groups_work_without_an_entities_file() {
+    let dir = policy_dir(r#"permit (principal, action in Action::"readers", resource is Order);"#);
+    std::fs::write(
+        dir.path().join("schema.cedarschema"),
+        SCHEMA.replace(
+            r#"action "orders:read" appliesTo"#,
+            r#"action readers; action "orders:read" in [readers] appliesTo"#,
+        ),
+    )
+    .unwrap();
+    let mut server = TestServer::with_policies(dir.path()).await;
+    let reply = server.check(check("GET", "/orders/7").build()).await;
+    assert_eq!(reply.code(), Code::Ok);
+}
+
+#[tokio::test]
+async fn principal_type_outside_applies_to_is_a_plain_deny() {
+    // Anonymous is not in the action's appliesTo: no policy can match it, so 403, not an error.
+    let dir = policy_dir("permit (principal, action, resource);");
+    std::fs::write(
+        dir.path().join("schema.cedarschema"),
+        SCHEMA.replace(
+            "principal: [User, Workload, Anonymous]",
+            "principal: [User, Workload]",
+        ),
+    )
+    .unwrap();
+    let mut server = TestServer::with_policies(dir.path()).await;
+    let reply = server.check(check("GET", "/orders/7").build()).await;
+    assert_eq!(
+        reply.code(),
+        Code::Ok,
+        "an unscoped permit matches any principal type"
+    );
+
+    std::fs::write(
+        dir.path().join("main.cedar"),
+        "permit (principal is User, action, resource);",
+    )
+    .unwrap();
+    let mut server = TestServer::with_policies(dir.path()).await;
+    let reply = server.check(check("GET", "/orders/7").build()).await;
+    assert_eq!(reply.http_status(), Some(403));
+    assert_eq!(reply.body()["error"], "policy_denied");
+}
+
+#[tokio::test]
+async fn peer_record_without_spiffe_fields_fails_start_up() {
+    let dir = policy_dir("permit (principal, action, resource);");
+    std::fs::write(
+        dir.path().join("schema.cedarschema"),
+        SCHEMA.replace(", spiffe_id?: String, trust_domain?: String", ""),
+    )
+    .unwrap();
+    let err = start_error(dir.path()).await;
+    assert!(err.contains(r#"action `Action::"orders:read"`"#), "{err}");
+}

@@ -217,13 +217,18 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
         problems.push(problem);
     }
 
-    let entities = match of_kind(Kind::Entities).next() {
-        Some(file) => Entities::from_json_str(&file.text, Some(&schema)).unwrap_or_else(|err| {
-            problems.push(diagnostic_problem(&err, &file.path, None));
-            Entities::empty()
-        }),
-        None => Entities::empty(),
-    };
+    // Parsed with the schema, the store also holds the schema's action entities, which
+    // `action in Action::"group"` needs; without an entities file it holds only those.
+    let entities_file = of_kind(Kind::Entities).next();
+    let entities = Entities::from_json_str(
+        entities_file.map_or("[]", |f| f.text.as_str()),
+        Some(&schema),
+    )
+    .unwrap_or_else(|err| {
+        let path = entities_file.map_or(Path::new("entities.json"), |f| f.path.as_path());
+        problems.push(diagnostic_problem(&err, path, None));
+        Entities::empty()
+    });
 
     let routes = match of_kind(Kind::Routes).next() {
         Some(file) => Routes::parse(&file.path, &file.text, &schema).unwrap_or_else(|mut p| {
