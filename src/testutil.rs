@@ -43,6 +43,15 @@ impl TestServer {
         Self { app, client }
     }
 
+    /// A new gRPC channel to the server, for other services (health, reflection).
+    pub async fn channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.app.grpc_addr))
+            .expect("valid URI")
+            .connect()
+            .await
+            .expect("connects")
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.app.admin_addr)
     }
