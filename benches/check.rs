@@ -11,8 +11,11 @@ use std::sync::Arc;
 
 use cedargate::app::load_policies;
 use cedargate::config::{Limits, PolicySource};
-use cedargate::server::envoy;
-use cedargate::server::{CheckService, Shared, check::decide};
+use cedargate::identity::Identity;
+use cedargate::identity::authn::Authenticator;
+use cedargate::policy::{engine, mapping};
+use cedargate::server::check::{decide, prepare};
+use cedargate::server::{CheckService, Shared, envoy};
 use cedargate::testutil::{CHECKOUT, Reply, check};
 use criterion::{Criterion, criterion_group, criterion_main};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
@@ -22,43 +25,55 @@ fn bench(c: &mut Criterion) {
     let limits = Limits::default();
     let request = check("POST", "/orders").peer(CHECKOUT).build();
 
-    // The benchmark measures the allow path: make sure that is what it runs.
-    let decision = decide(&snapshot, &limits, envoy::input(request.clone()));
-    assert!(decision.is_allow(), "{decision:?}");
-
-    let http = cedargate::request::normalise(
-        envoy::input(request.clone()).http.unwrap(),
-        limits.max_path_bytes,
+    // Baseline: Cedar alone on the request cedargate builds.
+    let prepared = prepare(&limits, envoy::input(request.clone())).unwrap();
+    let route = snapshot
+        .routes
+        .find(&prepared.http.method, &prepared.http.path);
+    let identity = Identity {
+        peer: prepared.peer.clone(),
+        token: None,
+    };
+    let call = mapping::map(
+        &snapshot,
+        &prepared.http,
+        route,
+        &identity,
+        &prepared.extensions,
     )
     .unwrap();
-    let identity = cedargate::identity::Identity {
-        peer: envoy::input(request.clone()).peer,
-    };
-    let call =
-        cedargate::policy::mapping::map(&snapshot, &http, &identity, &Default::default()).unwrap();
     assert!(matches!(
-        cedargate::policy::engine::evaluate(&snapshot, &call),
-        cedargate::policy::engine::Verdict::Allow { .. }
+        engine::evaluate(&snapshot, &call),
+        engine::Verdict::Allow { .. }
     ));
     c.bench_function("cedar_only/allow", |b| {
-        b.iter(|| cedargate::policy::engine::evaluate(&snapshot, black_box(&call)))
+        b.iter(|| engine::evaluate(&snapshot, black_box(&call)))
     });
 
+    // The benchmarks measure the allow path: make sure that is what they run.
+    let run = |request| {
+        let prepared = prepare(&limits, envoy::input(request)).unwrap();
+        decide(&snapshot, prepared, Ok(None), false)
+    };
+    let decision = run(request.clone());
+    assert!(decision.is_allow(), "{decision:?}");
     c.bench_function("decide/allow", |b| {
-        b.iter(|| decide(&snapshot, &limits, envoy::input(black_box(request.clone()))))
+        b.iter(|| run(black_box(request.clone())))
     });
 
-    let shared = Arc::new(Shared::new(snapshot, limits));
-    let service = CheckService::new(shared);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
+    let authn = runtime
+        .block_on(async { Authenticator::start(Vec::new(), Default::default()) })
+        .unwrap();
+    let shared = Arc::new(Shared::new(snapshot, authn, limits));
+    let service = CheckService::new(shared);
     let reply = runtime
         .block_on(service.check(tonic::Request::new(request.clone())))
         .unwrap()
         .into_inner();
     assert_eq!(Reply(reply).code(), tonic::Code::Ok);
-
     c.bench_function("check_handler/allow", |b| {
         b.to_async(&runtime).iter(|| async {
             service

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::{Config, PolicySource};
+use crate::identity::authn::{Authenticator, AuthnError};
 use crate::policy::{PolicyLoadError, Snapshot, store};
 use crate::server::{CheckService, Shared, reflection};
 
@@ -21,6 +22,8 @@ use crate::server::{CheckService, Shared, reflection};
 pub enum AppError {
     #[error(transparent)]
     Policy(#[from] PolicyLoadError),
+    #[error(transparent)]
+    Authn(#[from] AuthnError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -48,6 +51,12 @@ pub struct App {
     admin: JoinHandle<std::io::Result<()>>,
 }
 
+/// Installs aws-lc-rs as the process's rustls crypto provider (one TLS stack ships).
+/// Idempotent: a provider already installed is kept.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// Loads the policy set named by `source`.
 pub fn load_policies(source: &PolicySource) -> Result<Snapshot, PolicyLoadError> {
     match source {
@@ -59,7 +68,8 @@ pub fn load_policies(source: &PolicySource) -> Result<Snapshot, PolicyLoadError>
 /// Loads policies, binds the listeners and starts serving.
 pub async fn build(config: Config) -> Result<App, AppError> {
     let snapshot = load_policies(&config.policies)?;
-    let shared = Arc::new(Shared::new(snapshot, config.limits));
+    let authn = Authenticator::start(config.issuers, config.auth)?;
+    let shared = Arc::new(Shared::new(snapshot, authn, config.limits));
     // Touch the recorder so /metrics works before the first check.
     crate::telemetry::prometheus();
 
@@ -129,6 +139,7 @@ impl App {
             ..
         } = self;
         shared.ready.store(false, Ordering::Release);
+        shared.authn.stop();
         let _ = shutdown.send(true);
         let deadline = tokio::time::Instant::now() + shared.limits.drain_timeout;
         match tokio::time::timeout_at(deadline, &mut grpc).await {

@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod issuers;
+
+pub use issuers::{AuthSettings, IssuerConfig, JwksSource};
+
 /// Why a configuration could not be used; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -58,6 +62,8 @@ pub struct Config {
     pub policies: PolicySource,
     pub limits: Limits,
     pub log: LogFormat,
+    pub issuers: Vec<IssuerConfig>,
+    pub auth: AuthSettings,
 }
 
 /// Where the gRPC Check service and the admin HTTP listener bind.
@@ -122,6 +128,8 @@ impl Default for Config {
             policies: PolicySource::Embedded,
             limits: Limits::default(),
             log: LogFormat::Json,
+            issuers: Vec::new(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -137,6 +145,10 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    issuers: Vec<issuers::RawIssuer>,
+    #[serde(default)]
+    authentication: issuers::RawAuth,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -208,6 +220,8 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         policies,
         limits,
         log,
+        issuers,
+        authentication,
     } = raw;
     let defaults = Config::default();
     let mut problems = Vec::new();
@@ -283,6 +297,11 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         policies,
         limits,
         log: format.unwrap_or(defaults.log),
+        issuers: issuers
+            .into_iter()
+            .map(|raw| issuers::build_issuer(raw, base, &mut problems))
+            .collect(),
+        auth: issuers::build_auth(authentication, &mut problems),
     };
     if problems.is_empty() {
         Ok(config)
@@ -308,7 +327,7 @@ fn socket_addr(
     })
 }
 
-fn positive(
+pub(crate) fn positive(
     value: Option<usize>,
     field: &'static str,
     default: usize,
@@ -328,7 +347,7 @@ fn positive(
     }
 }
 
-fn duration(
+pub(crate) fn duration(
     value: Option<String>,
     field: &'static str,
     default: Duration,

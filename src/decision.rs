@@ -14,6 +14,7 @@
 use serde_json::{Map, Value, json};
 use tonic::Code;
 
+use crate::identity::token::TokenError;
 use crate::policy::engine::PolicyFailure;
 use crate::policy::mapping::MappingError;
 use crate::request::RequestError;
@@ -55,6 +56,8 @@ pub enum DenyReason {
     PolicyDenied,
     #[error("policy evaluation failed: {}", .0.iter().map(|f| format!("`{}`: {}", f.policy_id, f.message)).collect::<Vec<_>>().join("; "))]
     PolicyError(Vec<PolicyFailure>),
+    #[error("authentication failed: {0}")]
+    Unauthenticated(#[source] TokenError),
     #[error("no route or action for this request: {0}")]
     NoRoute(#[source] MappingError),
     #[error("malformed request: {0}")]
@@ -69,6 +72,7 @@ impl DenyReason {
     /// The stable reason code used in bodies, metrics and logs.
     pub fn code(&self) -> &'static str {
         match self {
+            Self::Unauthenticated(e) => e.code(),
             Self::PolicyDenied => "policy_denied",
             Self::PolicyError(_) => "policy_error",
             Self::NoRoute(_) => "no_route",
@@ -81,6 +85,7 @@ impl DenyReason {
 
     fn status(&self) -> (Code, u16) {
         match self {
+            Self::Unauthenticated(_) => (Code::Unauthenticated, 401),
             Self::PolicyDenied | Self::PolicyError(_) | Self::NoRoute(_) => {
                 (Code::PermissionDenied, 403)
             }
@@ -185,10 +190,25 @@ impl Decision {
                 let (code, status) = reason.status();
                 let body =
                     json!({ "error": reason.code(), "request_id": self.request_id }).to_string();
+                let mut headers = vec![("content-type".into(), "application/json".into())];
+                // RFC 6750 §3: no error code when the request had no token at all.
+                match reason {
+                    DenyReason::Unauthenticated(TokenError::Missing) => {
+                        headers.push(("www-authenticate".into(), r#"Bearer realm="cedargate""#.into()));
+                    }
+                    DenyReason::Unauthenticated(err) => headers.push((
+                        "www-authenticate".into(),
+                        format!(
+                            r#"Bearer realm="cedargate", error="invalid_token", error_description="{}""#,
+                            err.code()
+                        ),
+                    )),
+                    _ => {}
+                }
                 Answer {
                     code,
                     http_status: Some(status),
-                    headers: vec![("content-type".into(), "application/json".into())],
+                    headers,
                     headers_to_remove: Vec::new(),
                     body,
                     metadata,

@@ -2,9 +2,16 @@
 //! subject of a bearer token). Owns the typed [`Identity`] the Cedar mapping reads; never sees
 //! protobuf types and never decides.
 
+pub mod authn;
+pub mod jwks;
 pub mod spiffe;
+pub mod token;
+pub mod token_cache;
+
+use std::sync::Arc;
 
 pub use spiffe::SpiffeId;
+pub use token::VerifiedToken;
 
 /// The downstream peer as Envoy described it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,11 +46,15 @@ impl Peer {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
     pub peer: Peer,
+    /// The verified bearer token, when the request carried one.
+    pub token: Option<Arc<VerifiedToken>>,
 }
 
 /// The Cedar principal an identity maps to, before it becomes an entity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal<'a> {
+    /// The token's subject (`<principal_type>::"<sub>"`), member of its groups.
+    Token(&'a VerifiedToken),
     /// A workload known by its SPIFFE ID (`Workload::"spiffe://…"`).
     Workload(&'a SpiffeId),
     /// Nobody we could identify (`Anonymous::"anonymous"`).
@@ -53,9 +64,10 @@ pub enum Principal<'a> {
 impl Identity {
     /// DESIGN.md: the token's subject when present, else the peer workload, else anonymous.
     pub fn principal(&self) -> Principal<'_> {
-        match &self.peer.spiffe_id {
-            Some(id) => Principal::Workload(id),
-            None => Principal::Anonymous,
+        match (&self.token, &self.peer.spiffe_id) {
+            (Some(token), _) => Principal::Token(token),
+            (None, Some(id)) => Principal::Workload(id),
+            (None, None) => Principal::Anonymous,
         }
     }
 }

@@ -3,5 +3,6 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    cedargate::app::install_crypto_provider();
     cedargate::cli::run(cedargate::cli::Cli::parse())
 }

@@ -1,7 +1,15 @@
 //! Test helpers shared by unit tests, `tests/` and `benches/` (feature `testutil`): a real
 //! server on 127.0.0.1 port 0 with a real tonic client, and CheckRequests shaped like the ones
 //! Envoy 1.40 sends. Not part of the public API.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+pub mod jwt;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +44,7 @@ impl TestServer {
     }
 
     pub async fn with_config(config: Config) -> Self {
+        app::install_crypto_provider();
         let app = app::build(config).await.expect("server starts");
         let client = AuthorizationClient::connect(format!("http://{}", app.grpc_addr))
             .await
@@ -54,6 +63,26 @@ impl TestServer {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.app.admin_addr)
+    }
+}
+
+/// An issuer for tests: `iss`, audience `orders`, keys from `jwks_uri` (plain HTTP on loopback).
+pub fn test_issuer(iss: &str, jwks_uri: &str) -> crate::config::IssuerConfig {
+    crate::config::IssuerConfig {
+        issuer: iss.into(),
+        audiences: vec!["orders".into()],
+        jwks: crate::config::JwksSource::Uri(jwks_uri.into()),
+        algorithms: vec![
+            jsonwebtoken::Algorithm::RS256,
+            jsonwebtoken::Algorithm::ES256,
+            jsonwebtoken::Algorithm::EdDSA,
+        ],
+        leeway: std::time::Duration::from_secs(5),
+        max_token_age: None,
+        required_claims: Vec::new(),
+        principal_type: "User".into(),
+        groups_claim: Some("groups".into()),
+        scope_claim: "scope".into(),
     }
 }
 
@@ -105,6 +134,11 @@ pub const CHECKOUT: &str = "spiffe://shop.example/ns/shop/sa/checkout";
 pub const FRONTEND: &str = "spiffe://shop.example/ns/shop/sa/frontend";
 
 impl Check {
+    /// Adds `Authorization: Bearer <token>`.
+    pub fn bearer(self, token: &str) -> Self {
+        self.header("authorization", &format!("Bearer {token}"))
+    }
+
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.into(), value.as_bytes().to_vec()));
         self

@@ -21,7 +21,10 @@ entity PathParams tags String;
 type RequestInfo = { method: String, host: String, path: String, scheme: String, protocol: String,
                      id: String, headers: HttpHeaders, query: HttpQuery, params: PathParams };
 type PeerInfo = { present: Bool, principal: String, address: String, spiffe_id?: String, trust_domain?: String };
-type CheckContext = { request: RequestInfo, peer: PeerInfo, time: Long };
+entity TokenClaims tags String;
+type TokenInfo = { issuer: String, subject: String, audience: Set<String>, scope: Set<String>,
+                   expires_at: Long, claims: TokenClaims };
+type CheckContext = { request: RequestInfo, peer: PeerInfo, token?: TokenInfo, time: Long };
 entity User;
 entity Workload { trust_domain: String };
 entity Anonymous;

@@ -1,14 +1,16 @@
 //! Maps a normalised request and the caller's identity into a Cedar request: principal, action,
 //! resource, context and the per-request entities (DESIGN.md, "Mapping a check into Cedar").
 //!
-//! - principal: the peer workload (`Workload::"spiffe://…"`, attribute `trust_domain`), else
-//!   `Anonymous::"anonymous"`;
+//! - principal: the token's subject (`User::"<sub>"`, or the issuer's `principal_type`) in its
+//!   groups (`Group::"<name>"`), else the peer workload (`Workload::"spiffe://…"`, attribute
+//!   `trust_domain`), else `Anonymous::"anonymous"`;
 //! - action and resource: Envoy's per-route `context_extensions` (`cedargate.action`,
 //!   `cedargate.resource`) first, then the route table, then `Action::"<METHOD>"` and
 //!   `Path::"<path>"`;
 //! - context: `request` (method, host, path, scheme, protocol, id, and `headers`, `query`,
 //!   `params` as entities whose tags hold the values), `peer` (present, principal, address,
-//!   spiffe_id?, trust_domain?) and `time` (epoch seconds).
+//!   spiffe_id?, trust_domain?), `token?` (issuer, subject, audience and scope as sets,
+//!   expires_at, and `claims`, an entity whose tags are the claims) and `time` (epoch seconds).
 //!
 //! The context's shape is checked against every action of the schema at load; per-request
 //! entities are validated against the schema on every check. Request text only ever becomes entity ids, strings or tags: it is never parsed as Cedar.
@@ -23,7 +25,7 @@ use cedar_policy::{
 };
 
 use super::Snapshot;
-use super::routes::action_uid;
+use super::routes::{RouteMatch, action_uid};
 use crate::identity::{Identity, Principal};
 use crate::request::HttpRequest;
 
@@ -68,17 +70,18 @@ pub struct CedarCall {
 const HEADERS_TYPE: &str = "HttpHeaders";
 const QUERY_TYPE: &str = "HttpQuery";
 const PARAMS_TYPE: &str = "PathParams";
+const CLAIMS_TYPE: &str = "TokenClaims";
+const GROUP_TYPE: &str = "Group";
 const HELPER_ID: &str = "request";
 
 /// Builds the Cedar request for one Check.
 pub fn map(
     snapshot: &Snapshot,
     http: &HttpRequest,
+    route: Option<RouteMatch<'_>>,
     identity: &Identity,
     extensions: &HashMap<String, String>,
 ) -> Result<CedarCall, MappingError> {
-    let route = snapshot.routes.find(&http.method, &http.path);
-
     let action = match extensions.get(EXTENSION_ACTION) {
         Some(name) => action_uid(name).ok_or_else(|| MappingError::BadExtension {
             key: EXTENSION_ACTION,
@@ -115,6 +118,9 @@ pub fn map(
         tagged(QUERY_TYPE, &http.query)?,
         tagged(PARAMS_TYPE, params.iter().map(|(k, v)| (k, v)))?,
     ];
+    if let Some(token) = &identity.token {
+        per_request.push(tagged(CLAIMS_TYPE, &token.claims)?);
+    }
     per_request.extend(principal_entity);
     let entities = snapshot
         .entities
@@ -160,8 +166,23 @@ pub fn check_schema(schema: &Schema) -> Vec<(EntityUid, String)> {
             "spiffe://example.org/sample".into(),
             "127.0.0.1:1".into(),
         ),
+        token: None,
     };
-    let contexts: Vec<Context> = [Identity::default(), workload]
+    let user = Identity {
+        token: Some(std::sync::Arc::new(crate::identity::VerifiedToken {
+            issuer: "https://issuer.example".into(),
+            subject: "sample".into(),
+            principal_type: "User".into(),
+            audience: vec!["api".into()],
+            scopes: vec!["read".into()],
+            groups: Vec::new(),
+            expires_at: 0,
+            issued_at: None,
+            claims: Default::default(),
+        })),
+        ..Identity::default()
+    };
+    let contexts: Vec<Context> = [Identity::default(), workload, user]
         .iter()
         .filter_map(|identity| context(&sample, identity).ok())
         .collect();
@@ -197,6 +218,16 @@ fn uid(type_name: &str, id: &str) -> Result<EntityUid, MappingError> {
 
 fn principal(identity: &Identity) -> Result<(EntityUid, Option<Entity>), MappingError> {
     match identity.principal() {
+        Principal::Token(token) => {
+            let subject = uid(&token.principal_type, &token.subject)?;
+            let groups = token
+                .groups
+                .iter()
+                .map(|g| uid(GROUP_TYPE, g))
+                .collect::<Result<Vec<_>, _>>()?;
+            let entity = Entity::new_with_tags(subject.clone(), [], groups, []).map_err(invalid)?;
+            Ok((subject, Some(entity)))
+        }
         Principal::Workload(id) => {
             let uid = uid("Workload", id.as_str())?;
             let attrs = HashMap::from([(
@@ -258,10 +289,27 @@ fn context(http: &HttpRequest, identity: &Identity) -> Result<Context, MappingEr
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    Context::from_pairs([
+    let mut pairs = vec![
         ("request".to_owned(), request),
         ("peer".to_owned(), record(peer_attrs)?),
         ("time".to_owned(), RestrictedExpression::new_long(now)),
-    ])
-    .map_err(invalid)
+    ];
+    if let Some(token) = &identity.token {
+        let set = |items: &[String]| RestrictedExpression::new_set(items.iter().map(|i| string(i)));
+        pairs.push((
+            "token".to_owned(),
+            record([
+                ("issuer", string(&token.issuer)),
+                ("subject", string(&token.subject)),
+                ("audience", set(&token.audience)),
+                ("scope", set(&token.scopes)),
+                (
+                    "expires_at",
+                    RestrictedExpression::new_long(token.expires_at),
+                ),
+                ("claims", entity(CLAIMS_TYPE)?),
+            ])?,
+        ));
+    }
+    Context::from_pairs(pairs).map_err(invalid)
 }

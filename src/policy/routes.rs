@@ -31,6 +31,16 @@ struct RawRoute {
     action: String,
     #[serde(default)]
     resource: Option<String>,
+    #[serde(default)]
+    token: Option<TokenRequirement>,
+}
+
+/// Whether a route needs a bearer token; without the field, `authentication.require_token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenRequirement {
+    Required,
+    Optional,
 }
 
 /// The validated route table.
@@ -45,6 +55,7 @@ pub struct Routes {
 struct Route {
     action: EntityUid,
     resource: Option<ResourceTemplate>,
+    token: Option<TokenRequirement>,
 }
 
 /// `Type::"literal {param} literal"`, kept as a type and id pieces.
@@ -68,6 +79,7 @@ pub struct RouteMatch<'r> {
     pub resource: Option<EntityUid>,
     /// Path parameters in template order.
     pub params: Vec<(String, String)>,
+    pub token: Option<TokenRequirement>,
 }
 
 const ANY_METHOD: &str = "*";
@@ -106,6 +118,7 @@ impl Routes {
             path,
             action,
             resource,
+            token,
         } = raw;
         let action =
             action_uid(&action).ok_or_else(|| format!("`{action}` is not an action name"))?;
@@ -122,7 +135,11 @@ impl Routes {
             .or_default()
             .insert(path, self.routes.len())
             .map_err(|err| format!("{err}"))?;
-        self.routes.push(Route { action, resource });
+        self.routes.push(Route {
+            action,
+            resource,
+            token,
+        });
         Ok(())
     }
 
@@ -143,6 +160,7 @@ impl Routes {
             action: &route.action,
             resource: route.resource.as_ref().map(|t| t.build(&params)),
             params,
+            token: route.token,
         })
     }
 }

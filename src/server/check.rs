@@ -1,7 +1,9 @@
-//! The Check handler: admission (in-flight cap), then five stages — read the protobuf,
-//! normalise the request, resolve the identity, map to Cedar and evaluate, answer — with every
-//! failure a deny and a panic in any stage caught and answered as a deny.
+//! The Check handler: admission (in-flight cap), then the stages — read the protobuf and
+//! normalise ([`prepare`]), authenticate the bearer token (the only stage that may wait, and
+//! only on a bounded key-set fetch), map to Cedar and evaluate ([`decide`]), answer. Every
+//! failure is a deny; a panic in the synchronous stages is caught and answered as a deny.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,16 +18,21 @@ use tonic::{Request, Response, Status};
 use super::envoy::{self, CheckInput};
 use crate::config::Limits;
 use crate::decision::{Decision, DenyReason, IDENTITY_HEADER_PREFIX, Outcome};
-use crate::identity::Identity;
+use crate::identity::authn::Authenticator;
+use crate::identity::token::TokenError;
+use crate::identity::{Identity, Peer, VerifiedToken};
 use crate::policy::engine::{self, Verdict};
+use crate::policy::routes::TokenRequirement;
 use crate::policy::{Snapshot, mapping};
-use crate::{request, telemetry};
+use crate::request::{self, HttpRequest};
+use crate::telemetry;
 
 /// State shared by the Check service and the admin listener.
 #[derive(Debug)]
 pub struct Shared {
     /// The policy set in force; a reload swaps it whole, readers never wait.
     pub snapshot: ArcSwap<Snapshot>,
+    pub authn: Authenticator,
     pub limits: Limits,
     /// False while starting and while draining.
     pub ready: AtomicBool,
@@ -33,17 +40,19 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, limits: Limits) -> Self {
+    pub fn new(snapshot: Snapshot, authn: Authenticator, limits: Limits) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
+            authn,
             limits,
             ready: AtomicBool::new(false),
             inflight: Semaphore::new(limits.max_inflight),
         }
     }
 
+    /// Serving, not draining, and every issuer has keys.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.authn.is_ready()
     }
 }
 
@@ -71,43 +80,81 @@ impl Authorization for CheckService {
             return Err(Status::unavailable("cedargate is over its in-flight limit"));
         };
         let started = Instant::now();
-        let input = envoy::input(request.into_inner());
-        let snapshot = self.shared.snapshot.load();
         let limits = self.shared.limits;
-        let decision =
-            std::panic::catch_unwind(AssertUnwindSafe(|| decide(&snapshot, &limits, input)))
-                .unwrap_or_else(|_| {
-                    Decision::early(
-                        String::new(),
-                        DenyReason::Internal("a check stage panicked".into()),
-                    )
-                });
+        let decision = match guard(|| prepare(&limits, envoy::input(request.into_inner()))) {
+            Err(decision) => *decision,
+            Ok(prepared) => {
+                let token = self.shared.authn.authenticate(&prepared.http).await;
+                let snapshot = self.shared.snapshot.load();
+                let requires_token = self.shared.authn.requires_token();
+                guard(|| Ok(decide(&snapshot, prepared, token, requires_token)))
+                    .unwrap_or_else(|d| *d)
+            }
+        };
         telemetry::decided(&decision, started.elapsed());
         Ok(Response::new(envoy::response(decision.answer())))
     }
 }
 
-/// Decides one check against one snapshot: the whole pipeline, without I/O.
-pub fn decide(snapshot: &Snapshot, limits: &Limits, input: CheckInput) -> Decision {
+/// Runs a synchronous stage; a panic becomes an internal-error deny.
+fn guard<T>(stage: impl FnOnce() -> Result<T, Box<Decision>>) -> Result<T, Box<Decision>> {
+    std::panic::catch_unwind(AssertUnwindSafe(stage)).unwrap_or_else(|_| {
+        Err(Box::new(Decision::early(
+            String::new(),
+            DenyReason::Internal("a check stage panicked".into()),
+        )))
+    })
+}
+
+/// A check whose request is normalised, ready to authenticate and decide.
+#[derive(Debug)]
+pub struct Prepared {
+    pub http: HttpRequest,
+    pub peer: Peer,
+    pub extensions: HashMap<String, String>,
+}
+
+/// Normalises the request; a malformed one is already a decision.
+pub fn prepare(limits: &Limits, input: CheckInput) -> Result<Prepared, Box<Decision>> {
     let CheckInput {
         http,
         peer,
         extensions,
     } = input;
     let Some(raw) = http else {
-        return Decision::early(
+        return Err(Box::new(Decision::early(
             String::new(),
             DenyReason::BadRequest(request::RequestError::MissingHttp),
-        );
+        )));
     };
     let fallback_id = raw.id.clone();
-    let http = match request::normalise(raw, limits.max_path_bytes) {
-        Ok(http) => http,
-        Err(err) => return Decision::early(fallback_id, DenyReason::BadRequest(err)),
-    };
-    let identity = Identity { peer };
+    match request::normalise(raw, limits.max_path_bytes) {
+        Ok(http) => Ok(Prepared {
+            http,
+            peer,
+            extensions,
+        }),
+        Err(err) => Err(Box::new(Decision::early(
+            fallback_id,
+            DenyReason::BadRequest(err),
+        ))),
+    }
+}
+
+/// Decides one prepared check against one snapshot, given the outcome of authentication.
+pub fn decide(
+    snapshot: &Snapshot,
+    prepared: Prepared,
+    token: Result<Option<Arc<VerifiedToken>>, TokenError>,
+    requires_token: bool,
+) -> Decision {
+    let Prepared {
+        http,
+        peer,
+        extensions,
+    } = prepared;
     let mut decision = Decision::early(http.request_id.clone(), DenyReason::PolicyDenied);
-    decision.peer_spiffe_id = identity.peer.spiffe_id.as_ref().map(ToString::to_string);
+    decision.peer_spiffe_id = peer.spiffe_id.as_ref().map(ToString::to_string);
     decision.client_identity_headers = http
         .headers
         .keys()
@@ -115,7 +162,23 @@ pub fn decide(snapshot: &Snapshot, limits: &Limits, input: CheckInput) -> Decisi
         .cloned()
         .collect();
 
-    let call = match mapping::map(snapshot, &http, &identity, &extensions) {
+    let route = snapshot.routes.find(&http.method, &http.path);
+    // A token that is present must be valid, on every route; a missing one is refused where
+    // the route (or, without a route setting, `authentication.require_token`) requires one.
+    let token = match token {
+        Ok(token) => token,
+        Err(err) => return deny(decision, DenyReason::Unauthenticated(err)),
+    };
+    let required = route
+        .as_ref()
+        .and_then(|r| r.token)
+        .map_or(requires_token, |t| t == TokenRequirement::Required);
+    if token.is_none() && required {
+        return deny(decision, DenyReason::Unauthenticated(TokenError::Missing));
+    }
+    let identity = Identity { peer, token };
+
+    let call = match mapping::map(snapshot, &http, route, &identity, &extensions) {
         Ok(call) => call,
         Err(err) if err.is_unknown_action() => return deny(decision, DenyReason::NoRoute(err)),
         Err(err) => return deny(decision, DenyReason::Mapping(err)),

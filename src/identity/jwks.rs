@@ -1,0 +1,387 @@
+//! JSON Web Key Sets (RFC 7517): parsing into verification keys, and per-issuer key state that
+//! a background task keeps fresh.
+//!
+//! - Keys are parsed once per fetch into `jsonwebtoken::DecodingKey`s; a check never parses a key.
+//! - The current set sits behind an `ArcSwap`: a refresh swaps it whole, readers never wait.
+//! - The refresher honours `Cache-Control: max-age` within configured bounds, retries failures
+//!   with exponential backoff, and keeps serving the last good set meanwhile.
+//! - An unknown `kid` may ask for one early fetch per issuer per interval; every check that
+//!   asked waits on the same fetch (a generation counter), bounded by `fetch_wait`.
+//! - Fetches have a timeout, a body-size cap, and follow redirects only to the same host.
+//!
+//! Keys of unsupported types, keys meant for encryption (`use: enc`) and keys without `kid` in a
+//! set of several are skipped; key material is never logged.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use tokio::sync::{Notify, watch};
+
+use crate::config::{AuthSettings, JwksSource};
+
+/// Why a key set could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("cannot read `{path}`: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("fetch failed: {0}")]
+    Fetch(String),
+    #[error("the key set answered HTTP {0}")]
+    Status(u16),
+    #[error("the key set is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the key set is not a JWKS document: {0}")]
+    Invalid(String),
+}
+
+/// The kind of key, for matching a token's `alg` before any cryptography.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Rsa,
+    P256,
+    P384,
+    Ed25519,
+}
+
+/// One verification key, parsed once.
+pub struct VerifyKey {
+    pub kid: Option<String>,
+    pub kind: KeyKind,
+    /// The JWK's own `alg`, when it names one.
+    pub alg: Option<Algorithm>,
+    pub key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyKey")
+            .field("kid", &self.kid)
+            .field("kind", &self.kind)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifyKey {
+    /// RFC 7518 §3: the `alg` must fit the key type and curve, and the JWK's own `alg` if set.
+    pub fn accepts(&self, alg: Algorithm) -> bool {
+        use Algorithm::*;
+        let fits = match self.kind {
+            KeyKind::Rsa => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
+            KeyKind::P256 => alg == ES256,
+            KeyKind::P384 => alg == ES384,
+            KeyKind::Ed25519 => alg == EdDSA,
+        };
+        fits && self.alg.is_none_or(|own| own == alg)
+    }
+}
+
+/// A parsed key set: by `kid`, plus the keys without one.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    by_kid: HashMap<String, Arc<VerifyKey>>,
+    anonymous: Vec<Arc<VerifyKey>>,
+}
+
+impl KeySet {
+    /// The key a token names; a token without `kid` may use the only key of a one-key set.
+    pub fn find(&self, kid: Option<&str>) -> Option<&Arc<VerifyKey>> {
+        match kid {
+            Some(kid) => self.by_kid.get(kid),
+            None => match (self.by_kid.len(), self.anonymous.as_slice()) {
+                (0, [only]) => Some(only),
+                (1, []) => self.by_kid.values().next(),
+                _ => None,
+            },
+        }
+    }
+
+    /// True when `key` is still part of this set (a cached token dies with its key).
+    pub fn contains(&self, key: &Arc<VerifyKey>) -> bool {
+        match &key.kid {
+            Some(kid) => self.by_kid.get(kid).is_some_and(|k| Arc::ptr_eq(k, key)),
+            None => self.anonymous.iter().any(|k| Arc::ptr_eq(k, key)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_kid.len() + self.anonymous.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.by_kid.keys().map(String::as_str)
+    }
+}
+
+/// Parses a JWKS document, skipping keys cedargate cannot or must not use.
+pub fn parse(body: &[u8]) -> Result<KeySet, JwksError> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        keys: Vec<serde_json::Value>,
+    }
+    let doc: Doc = serde_json::from_slice(body).map_err(|e| JwksError::Invalid(e.to_string()))?;
+    let mut set = KeySet::default();
+    for value in doc.keys {
+        let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
+            continue;
+        };
+        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+            continue;
+        }
+        let kind = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => KeyKind::Rsa,
+            AlgorithmParameters::EllipticCurve(p) => match p.curve {
+                EllipticCurve::P256 => KeyKind::P256,
+                EllipticCurve::P384 => KeyKind::P384,
+                _ => continue,
+            },
+            AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+                KeyKind::Ed25519
+            }
+            _ => continue,
+        };
+        let alg = match jwk.common.key_algorithm {
+            Some(a) => match a.to_string().parse::<Algorithm>() {
+                Ok(alg) => Some(alg),
+                Err(_) => continue,
+            },
+            None => None,
+        };
+        let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+            continue;
+        };
+        let key = Arc::new(VerifyKey {
+            kid: jwk.common.key_id.clone(),
+            kind,
+            alg,
+            key,
+        });
+        match &key.kid {
+            Some(kid) => {
+                set.by_kid.insert(kid.clone(), key);
+            }
+            None => set.anonymous.push(key),
+        }
+    }
+    Ok(set)
+}
+
+/// One issuer's keys, shared by checks and the refresher.
+#[derive(Debug)]
+pub struct IssuerKeys {
+    pub issuer: String,
+    current: ArcSwap<KeySet>,
+    /// Bumped after every fetch attempt, good or bad.
+    generation: watch::Sender<u64>,
+    refetch: Notify,
+    last_early_fetch: Mutex<Option<Instant>>,
+    loaded: AtomicBool,
+}
+
+impl IssuerKeys {
+    pub fn new(issuer: String) -> Self {
+        Self {
+            issuer,
+            current: ArcSwap::from_pointee(KeySet::default()),
+            generation: watch::channel(0).0,
+            refetch: Notify::new(),
+            last_early_fetch: Mutex::new(None),
+            loaded: AtomicBool::new(false),
+        }
+    }
+
+    pub fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
+        self.current.load()
+    }
+
+    /// True once a key set has been loaded (readiness).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Resolves once a key set is loaded (readiness without polling).
+    pub async fn wait_loaded(&self) {
+        let mut generation = self.generation.subscribe();
+        while !self.is_loaded() {
+            if generation.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn store(&self, set: KeySet) {
+        metrics::gauge!("cedargate_jwks_keys", "issuer" => self.issuer.clone())
+            .set(set.len() as f64);
+        self.current.store(Arc::new(set));
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    fn bump(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// On an unknown `kid`: asks for an early fetch unless one was asked for within `interval`,
+    /// then waits at most `wait` for the next fetch to finish. True when a fetch finished.
+    pub async fn refetch_and_wait(&self, interval: Duration, wait: Duration) -> bool {
+        let mut generation = self.generation.subscribe();
+        let seen = *generation.borrow_and_update();
+        let asked = {
+            let Ok(mut last) = self.last_early_fetch.lock() else {
+                return false;
+            };
+            let due = last.is_none_or(|at| at.elapsed() >= interval);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if !asked {
+            return false;
+        }
+        self.refetch.notify_one();
+        tokio::time::timeout(wait, generation.wait_for(|g| *g > seen))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Loads a key set from a file (start-up; an unreadable file stops start-up).
+pub fn load_file(keys: &IssuerKeys, path: &std::path::Path) -> Result<(), JwksError> {
+    let body = std::fs::read(path).map_err(|source| JwksError::File {
+        path: path.display().to_string(),
+        source,
+    })?;
+    keys.store(parse(&body)?);
+    keys.bump();
+    Ok(())
+}
+
+/// The HTTP client for key-set fetches: rustls with aws-lc-rs, the system's roots, redirects
+/// only to the same host.
+pub fn http_client(settings: &AuthSettings) -> Result<reqwest::Client, JwksError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| JwksError::Fetch(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let same_host = reqwest::redirect::Policy::custom(|attempt| {
+        let original = attempt
+            .previous()
+            .first()
+            .and_then(|u| u.host_str().map(str::to_owned));
+        if attempt.previous().len() > 3 || attempt.url().host_str().map(str::to_owned) != original {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    });
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .redirect(same_host)
+        .timeout(settings.fetch_timeout)
+        .connect_timeout(settings.fetch_timeout)
+        .build()
+        .map_err(|e| JwksError::Fetch(e.to_string()))
+}
+
+/// Fetches and parses a key set; returns it with the server's `max-age`, if any.
+pub async fn fetch(
+    client: &reqwest::Client,
+    uri: &str,
+    max_bytes: usize,
+) -> Result<(KeySet, Option<Duration>), JwksError> {
+    let fetch_err = |e: reqwest::Error| JwksError::Fetch(e.without_url().to_string());
+    let mut response = client.get(uri).send().await.map_err(fetch_err)?;
+    if !response.status().is_success() {
+        return Err(JwksError::Status(response.status().as_u16()));
+    }
+    let max_age = response
+        .headers()
+        .get(reqwest::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(max_age);
+    if response
+        .content_length()
+        .is_some_and(|len| len > max_bytes as u64)
+    {
+        return Err(JwksError::TooLarge(max_bytes));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(fetch_err)? {
+        if body.len() + chunk.len() > max_bytes {
+            return Err(JwksError::TooLarge(max_bytes));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((parse(&body)?, max_age))
+}
+
+fn max_age(cache_control: &str) -> Option<Duration> {
+    cache_control
+        .split(',')
+        .filter_map(|d| d.trim().strip_prefix("max-age="))
+        .find_map(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// Keeps one issuer's key set fresh until the task is aborted.
+pub async fn refresh(
+    keys: Arc<IssuerKeys>,
+    client: reqwest::Client,
+    uri: String,
+    settings: AuthSettings,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let next = match fetch(&client, &uri, settings.max_jwks_bytes).await {
+            Ok((set, max_age)) => {
+                metrics::counter!("cedargate_jwks_fetches_total", "issuer" => keys.issuer.clone(), "result" => "ok").increment(1);
+                tracing::info!(issuer = %keys.issuer, keys = set.len(), "key set fetched");
+                keys.store(set);
+                backoff = Duration::from_secs(1);
+                max_age
+                    .unwrap_or(settings.refresh_max)
+                    .clamp(settings.refresh_min, settings.refresh_max)
+            }
+            Err(err) => {
+                metrics::counter!("cedargate_jwks_fetches_total", "issuer" => keys.issuer.clone(), "result" => "error").increment(1);
+                tracing::warn!(issuer = %keys.issuer, error = %err, retry_in = ?backoff, "key set fetch failed; serving the last good keys");
+                let wait = backoff;
+                backoff = (backoff * 2).min(settings.refresh_min.max(Duration::from_secs(1)));
+                wait
+            }
+        };
+        keys.bump();
+        tokio::select! {
+            () = tokio::time::sleep(next) => {}
+            () = keys.refetch.notified() => {}
+        }
+    }
+}
+
+/// Describes a source for logs without credentials (URIs are logged without their query).
+pub fn describe(source: &JwksSource) -> String {
+    match source {
+        JwksSource::Uri(uri) => uri.split('?').next().unwrap_or_default().to_owned(),
+        JwksSource::File(path) => path.display().to_string(),
+    }
+}

@@ -1,0 +1,489 @@
+//! Bearer tokens: extraction from the request (RFC 6750 §2.1), strict JOSE parsing before any
+//! key lookup (RFC 7515), and verification against one issuer's keys (RFC 7519, RFC 8725).
+//!
+//! Order of checks, cheapest and least trusting first: size → exactly three base64url parts
+//! (no padding, no `+` or `/`) → JSON nesting depth → header: `alg` is not `none` or HMAC, no
+//! `jku`/`jwk`/`x5u`/`x5c` (never trusted), no `crit` → issuer by `iss` → `alg` in the issuer's
+//! allowlist → key by `kid` → key type fits `alg` → signature and claims (jsonwebtoken, with a
+//! `Validation` built at load) → `iat` not in the future, lifetime within `max_token_age`,
+//! required claims present. Errors never carry the token.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::jwks::{KeySet, VerifyKey};
+use crate::config::IssuerConfig;
+
+/// Why a token was refused; each is an HTTP 401 with its [`TokenError::code`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("more than one Authorization header")]
+    Duplicate,
+    #[error("token in the query string")]
+    InQuery,
+    #[error("token is {0} bytes, over the limit")]
+    TooLarge(usize),
+    #[error("token is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("algorithm `{0}` is not accepted")]
+    Algorithm(String),
+    #[error("header parameter `{0}` is not trusted")]
+    UntrustedHeader(&'static str),
+    #[error("the token has critical header parameters cedargate does not understand")]
+    UnknownCrit,
+    #[error("issuer is not trusted")]
+    UnknownIssuer,
+    #[error("no key with the token's `kid`")]
+    UnknownKid,
+    #[error("the key does not fit the token's algorithm")]
+    KeyMismatch,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token was issued in the future")]
+    IssuedInFuture,
+    #[error("token lives longer than the issuer's max_token_age")]
+    TooOld,
+    #[error("token is not meant for this audience")]
+    Audience,
+    #[error("claim `{0}` is missing")]
+    MissingClaim(String),
+}
+
+impl TokenError {
+    /// The reason code in the 401 body, metrics and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing_token",
+            Self::Duplicate => "duplicate_token",
+            Self::InQuery => "token_in_query",
+            Self::TooLarge(_) => "token_too_large",
+            Self::Malformed(_) => "malformed_token",
+            Self::Algorithm(_) => "unsupported_algorithm",
+            Self::UntrustedHeader(_) => "untrusted_key_header",
+            Self::UnknownCrit => "unknown_crit",
+            Self::UnknownIssuer => "unknown_issuer",
+            Self::UnknownKid => "unknown_kid",
+            Self::KeyMismatch => "key_mismatch",
+            Self::BadSignature => "bad_signature",
+            Self::Expired => "token_expired",
+            Self::NotYetValid => "token_not_yet_valid",
+            Self::IssuedInFuture => "token_issued_in_future",
+            Self::TooOld => "token_too_old",
+            Self::Audience => "audience_mismatch",
+            Self::MissingClaim(_) => "missing_claim",
+        }
+    }
+
+    /// Whether the same token could pass later (then it is not remembered as failed).
+    pub fn may_change(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownKid | Self::NotYetValid | Self::IssuedInFuture
+        )
+    }
+}
+
+/// A verified token, reduced to what the Cedar mapping needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    pub issuer: String,
+    pub subject: String,
+    pub principal_type: String,
+    pub audience: Vec<String>,
+    pub scopes: Vec<String>,
+    pub groups: Vec<String>,
+    pub expires_at: i64,
+    pub issued_at: Option<i64>,
+    /// Every claim, strings as they are and other values as JSON text.
+    pub claims: BTreeMap<String, String>,
+}
+
+/// Finds the bearer token of a request: `Authorization: Bearer …` (scheme case-insensitive).
+/// Envoy joins repeated headers with `,`, which never occurs in a JWT, so it means two headers.
+pub fn extract<'r>(
+    headers: &'r BTreeMap<String, String>,
+    query: &BTreeMap<String, String>,
+) -> Result<Option<&'r str>, TokenError> {
+    if query.contains_key("access_token") {
+        return Err(TokenError::InQuery);
+    }
+    let Some(value) = headers.get("authorization") else {
+        return Ok(None);
+    };
+    if value.contains(',') {
+        return Err(TokenError::Duplicate);
+    }
+    let Some((scheme, token)) = value.trim().split_once(' ') else {
+        return Ok(None);
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    let token = token.trim_start();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(TokenError::Malformed("not a bearer token"));
+    }
+    Ok(Some(token))
+}
+
+/// JOSE header parameters cedargate reads. Duplicates of these are refused by serde.
+#[derive(Debug, Deserialize)]
+struct JoseHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crit: Option<Value>,
+    #[serde(default)]
+    jku: Option<Value>,
+    #[serde(default)]
+    jwk: Option<Value>,
+    #[serde(default)]
+    x5u: Option<Value>,
+    #[serde(default)]
+    x5c: Option<Value>,
+}
+
+/// What the unverified token says about itself, checked before any key is looked up.
+#[derive(Debug)]
+pub struct Inspected {
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+    pub issuer: String,
+}
+
+const MAX_JSON_DEPTH: usize = 16;
+
+/// Structural checks of the unverified token.
+pub fn inspect(token: &str, max_bytes: usize) -> Result<Inspected, TokenError> {
+    if token.len() > max_bytes {
+        return Err(TokenError::TooLarge(token.len()));
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed("a JWS has three parts"));
+    };
+    if signature.is_empty() {
+        return Err(TokenError::Malformed("empty signature"));
+    }
+    let decode = |part: &str| {
+        URL_SAFE_NO_PAD
+            .decode(part)
+            .map_err(|_| TokenError::Malformed("not base64url without padding"))
+    };
+    decode(signature)?;
+    let header: JoseHeader = json(&decode(header)?)?;
+    let claims: serde_json::Map<String, Value> = json(&decode(payload)?)?;
+
+    if header.alg.eq_ignore_ascii_case("none") {
+        return Err(TokenError::Algorithm(header.alg));
+    }
+    let alg: Algorithm = header
+        .alg
+        .parse()
+        .map_err(|_| TokenError::Algorithm(header.alg.clone()))?;
+    if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+        return Err(TokenError::Algorithm(header.alg));
+    }
+    for (name, present) in [
+        ("jku", header.jku.is_some()),
+        ("jwk", header.jwk.is_some()),
+        ("x5u", header.x5u.is_some()),
+        ("x5c", header.x5c.is_some()),
+    ] {
+        if present {
+            return Err(TokenError::UntrustedHeader(name));
+        }
+    }
+    if header.crit.is_some() {
+        return Err(TokenError::UnknownCrit);
+    }
+    let issuer = match claims.get("iss") {
+        Some(Value::String(iss)) => iss.clone(),
+        _ => return Err(TokenError::MissingClaim("iss".into())),
+    };
+    Ok(Inspected {
+        alg,
+        kid: header.kid,
+        issuer,
+    })
+}
+
+/// Parses JSON after checking its nesting depth (serde_json's own limit is 128).
+fn json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, TokenError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (false, _, b'"') => in_string = true,
+            (false, _, b'{' | b'[') => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(TokenError::Malformed("JSON nested too deeply"));
+                }
+            }
+            (false, _, b'}' | b']') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    serde_json::from_slice(bytes).map_err(|_| TokenError::Malformed("not a JSON object"))
+}
+
+/// One trusted issuer, with a `Validation` per accepted algorithm built at load.
+#[derive(Debug)]
+pub struct IssuerPolicy {
+    pub config: IssuerConfig,
+    validations: HashMap<Algorithm, Validation>,
+}
+
+impl IssuerPolicy {
+    pub fn new(config: IssuerConfig) -> Self {
+        let validations = config
+            .algorithms
+            .iter()
+            .map(|&alg| {
+                // Every field set here on purpose: jsonwebtoken's defaults are not ours.
+                let mut v = Validation::new(alg);
+                v.algorithms = vec![alg];
+                v.leeway = config.leeway.as_secs();
+                v.reject_tokens_expiring_in_less_than = 0;
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                v.validate_aud = true;
+                v.set_audience(&config.audiences);
+                v.set_issuer(&[&config.issuer]);
+                v.sub = None;
+                v.required_spec_claims = ["exp", "iss", "aud", "sub"]
+                    .iter()
+                    .map(|c| (*c).to_owned())
+                    .collect();
+                (alg, v)
+            })
+            .collect();
+        Self {
+            config,
+            validations,
+        }
+    }
+
+    /// Verifies a token whose issuer is this one, against `keys`; returns the key used.
+    pub fn verify(
+        &self,
+        token: &str,
+        inspected: &Inspected,
+        keys: &KeySet,
+        now: i64,
+    ) -> Result<(VerifiedToken, Arc<VerifyKey>), TokenError> {
+        let validation = self
+            .validations
+            .get(&inspected.alg)
+            .ok_or_else(|| TokenError::Algorithm(format!("{:?}", inspected.alg)))?;
+        let key = keys
+            .find(inspected.kid.as_deref())
+            .ok_or(TokenError::UnknownKid)?;
+        if !key.accepts(inspected.alg) {
+            return Err(TokenError::KeyMismatch);
+        }
+        let data =
+            jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key.key, validation)
+                .map_err(|e| match e.kind() {
+                    ErrorKind::InvalidSignature => TokenError::BadSignature,
+                    ErrorKind::ExpiredSignature => TokenError::Expired,
+                    ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                    ErrorKind::InvalidAudience => TokenError::Audience,
+                    ErrorKind::InvalidIssuer => TokenError::UnknownIssuer,
+                    ErrorKind::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                        TokenError::KeyMismatch
+                    }
+                    _ => TokenError::Malformed("cannot be decoded"),
+                })?;
+        let claims = data.claims;
+        let leeway = i64::try_from(self.config.leeway.as_secs()).unwrap_or(i64::MAX);
+        let number = |name: &str| claims.get(name).and_then(Value::as_i64);
+        let issued_at = number("iat");
+        if issued_at.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+            return Err(TokenError::IssuedInFuture);
+        }
+        let expires_at = number("exp").ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
+        if let Some(max_age) = self.config.max_token_age {
+            let iat = issued_at.ok_or_else(|| TokenError::MissingClaim("iat".into()))?;
+            let max_age = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+            if expires_at.saturating_sub(iat) > max_age {
+                return Err(TokenError::TooOld);
+            }
+        }
+        if let Some(missing) = self
+            .config
+            .required_claims
+            .iter()
+            .find(|c| !claims.contains_key(*c))
+        {
+            return Err(TokenError::MissingClaim(missing.clone()));
+        }
+        let subject = match claims.get("sub") {
+            Some(Value::String(sub)) if !sub.is_empty() => sub.clone(),
+            _ => return Err(TokenError::MissingClaim("sub".into())),
+        };
+        let strings = |value: Option<&Value>| -> Vec<String> {
+            match value {
+                Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        let verified = VerifiedToken {
+            issuer: self.config.issuer.clone(),
+            subject,
+            principal_type: self.config.principal_type.clone(),
+            audience: strings(claims.get("aud")),
+            scopes: strings(claims.get(&self.config.scope_claim)),
+            groups: self
+                .config
+                .groups_claim
+                .as_ref()
+                .map(|c| strings(claims.get(c)))
+                .unwrap_or_default(),
+            expires_at,
+            issued_at,
+            claims: claims
+                .iter()
+                .map(|(k, v)| {
+                    let text = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), text)
+                })
+                .collect(),
+        };
+        Ok((verified, key.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &str) -> String {
+        URL_SAFE_NO_PAD.encode(s)
+    }
+
+    fn token(header: &str, payload: &str) -> String {
+        format!("{}.{}.{}", b64(header), b64(payload), b64("sig"))
+    }
+
+    const ISS: &str = r#"{"iss":"https://idp"}"#;
+
+    #[test]
+    fn extraction() {
+        let h = |v: &str| BTreeMap::from([("authorization".to_owned(), v.to_owned())]);
+        let none = BTreeMap::new();
+        assert_eq!(extract(&h("Bearer abc"), &none), Ok(Some("abc")));
+        assert_eq!(extract(&h("bEaReR abc"), &none), Ok(Some("abc")));
+        assert_eq!(extract(&h("Basic dXNlcg=="), &none), Ok(None));
+        assert_eq!(extract(&none, &none), Ok(None));
+        assert_eq!(
+            extract(&h("Bearer a,Bearer b"), &none),
+            Err(TokenError::Duplicate)
+        );
+        assert!(extract(&h("Bearer a b"), &none).is_err());
+        let q = BTreeMap::from([("access_token".to_owned(), "x".to_owned())]);
+        assert_eq!(extract(&none, &q), Err(TokenError::InQuery));
+    }
+
+    #[test]
+    fn inspection_refuses_before_any_key_lookup() {
+        let cases: &[(String, &str)] = &[
+            (token(r#"{"alg":"none"}"#, ISS), "unsupported_algorithm"),
+            (token(r#"{"alg":"NONE"}"#, ISS), "unsupported_algorithm"),
+            (token(r#"{"alg":"HS256"}"#, ISS), "unsupported_algorithm"),
+            (
+                token(r#"{"alg":"ES256","jku":"https://evil"}"#, ISS),
+                "untrusted_key_header",
+            ),
+            (
+                token(r#"{"alg":"ES256","jwk":{}}"#, ISS),
+                "untrusted_key_header",
+            ),
+            (
+                token(r#"{"alg":"ES256","x5u":"https://evil"}"#, ISS),
+                "untrusted_key_header",
+            ),
+            (
+                token(r#"{"alg":"ES256","x5c":["MII"]}"#, ISS),
+                "untrusted_key_header",
+            ),
+            (
+                token(r#"{"alg":"ES256","crit":["exp"]}"#, ISS),
+                "unknown_crit",
+            ),
+            (
+                token(r#"{"alg":"ES256","alg":"none"}"#, ISS),
+                "malformed_token",
+            ),
+            (
+                token(r#"{"alg":"ES256"}"#, r#"{"sub":"x"}"#),
+                "missing_claim",
+            ),
+            (
+                token(
+                    r#"{"alg":"ES256"}"#,
+                    &format!("{}1{}", "[".repeat(20), "]".repeat(20)),
+                ),
+                "malformed_token",
+            ),
+            (
+                format!("{}.{}.", b64(r#"{"alg":"ES256"}"#), b64(ISS)),
+                "malformed_token",
+            ),
+            (
+                format!("{}.{}", b64(r#"{"alg":"ES256"}"#), b64(ISS)),
+                "malformed_token",
+            ),
+            (
+                format!("{}=.{}.{}", b64(r#"{"alg":"ES256"}"#), b64(ISS), b64("s")),
+                "malformed_token",
+            ),
+            (
+                format!("{}.{}.a+b/", b64(r#"{"alg":"ES256"}"#), b64(ISS)),
+                "malformed_token",
+            ),
+            ("x".repeat(9000), "token_too_large"),
+        ];
+        for (token, code) in cases {
+            let err = inspect(token, 8192).expect_err(token);
+            assert_eq!(err.code(), *code, "{token}: {err}");
+        }
+        let ok = inspect(
+            &token(r#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#, ISS),
+            8192,
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.alg, ok.kid.as_deref(), ok.issuer.as_str()),
+            (Algorithm::ES256, Some("k1"), "https://idp")
+        );
+    }
+}

@@ -1,0 +1,421 @@
+//! JWT verification end to end: a real JWKS server on 127.0.0.1, real generated keys (RS256,
+//! ES256, EdDSA), real signed tokens, the real server over gRPC.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use cedargate::config::PolicySource;
+use cedargate::decision::PRINCIPAL_HEADER;
+use cedargate::testutil::jwt::{JwksServer, TestKey, b64, claims, now};
+use cedargate::testutil::{Reply, TestServer, check, test_config, test_issuer};
+use jsonwebtoken::{Algorithm, Header};
+use serde_json::json;
+use std::time::Duration;
+
+use tonic::Code;
+
+const ISS: &str = "https://idp.test";
+
+struct Fixture {
+    server: TestServer,
+    jwks: JwksServer,
+    keys: Vec<TestKey>,
+}
+
+async fn fixture() -> Fixture {
+    let keys = vec![
+        TestKey::generate(Algorithm::RS256, "rsa-1"),
+        TestKey::generate(Algorithm::ES256, "ec-1"),
+        TestKey::generate(Algorithm::EdDSA, "ed-1"),
+    ];
+    let jwks = JwksServer::start(&keys.iter().collect::<Vec<_>>()).await;
+    let server = start(&jwks).await;
+    Fixture { server, jwks, keys }
+}
+
+async fn start(jwks: &JwksServer) -> TestServer {
+    let mut config = test_config(PolicySource::Embedded);
+    config.issuers = vec![test_issuer(ISS, &jwks.uri())];
+    let server = TestServer::with_config(config).await;
+    // Wait on readiness (every issuer has its keys), bounded so a bug fails instead of hanging.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        server.app.shared.authn.wait_ready(),
+    )
+    .await
+    .expect("keys loaded");
+    let ready = reqwest::get(server.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    server
+}
+
+fn assert_401(reply: &Reply, reason: &str, token: &str) {
+    assert_eq!(reply.code(), Code::Unauthenticated, "{reason}");
+    assert_eq!(reply.http_status(), Some(401), "{reason}");
+    assert_eq!(reply.body()["error"], reason);
+    let challenge = reply.header("www-authenticate").unwrap().0;
+    assert!(
+        challenge.starts_with("Bearer realm=\"cedargate\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains(&format!("error_description=\"{reason}\"")),
+        "{challenge}"
+    );
+    if !token.is_empty() {
+        assert!(!reply.body().to_string().contains(token));
+    }
+}
+
+#[tokio::test]
+async fn valid_tokens_of_every_algorithm_are_allowed() {
+    let mut f = fixture().await;
+    for key in &f.keys {
+        let token = key.sign(&claims(ISS, "orders", "alice"));
+        let reply = f
+            .server
+            .check(check("GET", "/profiles/alice").bearer(&token).build())
+            .await;
+        assert_eq!(reply.code(), Code::Ok, "{:?}", key.alg);
+        assert_eq!(
+            reply.header(PRINCIPAL_HEADER).unwrap().0,
+            r#"User::"alice""#
+        );
+        // Authenticated but not permitted: alice may not read bob's profile.
+        let reply = f
+            .server
+            .check(check("GET", "/profiles/bob").bearer(&token).build())
+            .await;
+        assert_eq!(reply.http_status(), Some(403));
+    }
+    // Groups claim → parent entities: admins may read every profile.
+    let mut admin = claims(ISS, "orders", "carol");
+    admin["groups"] = json!(["admins"]);
+    let token = f.keys[1].sign(&admin);
+    let reply = f
+        .server
+        .check(check("GET", "/profiles/bob").bearer(&token).build())
+        .await;
+    assert_eq!(reply.code(), Code::Ok);
+    assert_eq!(reply.meta_list("policy_ids"), ["profile-admin-read"]);
+    f.jwks.stop().await;
+}
+
+#[tokio::test]
+async fn missing_token_is_401_without_error_code() {
+    let mut f = fixture().await;
+    let reply = f
+        .server
+        .check(check("GET", "/profiles/alice").build())
+        .await;
+    assert_eq!(reply.http_status(), Some(401));
+    assert_eq!(reply.body()["error"], "missing_token");
+    assert_eq!(
+        reply.header("www-authenticate").unwrap().0,
+        r#"Bearer realm="cedargate""#
+    );
+    // Routes marked `token: optional` still reach the policies without one.
+    let reply = f.server.check(check("GET", "/healthz").build()).await;
+    assert_eq!(reply.code(), Code::Ok);
+}
+
+#[tokio::test]
+async fn attacks_are_refused_with_their_reason() {
+    let mut f = fixture().await;
+    let ec = &f.keys[1];
+    let rsa = &f.keys[0];
+    let good = claims(ISS, "orders", "alice");
+    let attacker = TestKey::generate(Algorithm::ES256, "ec-1");
+    let payload = b64(good.to_string().as_bytes());
+    let none_header = b64(br#"{"alg":"none","typ":"JWT"}"#);
+    let with = |mutate: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = good.clone();
+        mutate(&mut c);
+        ec.sign(&c)
+    };
+    let header_with = |field: &str, value: serde_json::Value| {
+        let h = json!({"alg": "ES256", "kid": "attacker", field: value});
+        format!(
+            "{}.{}.{}",
+            b64(h.to_string().as_bytes()),
+            payload,
+            b64(b"sig")
+        )
+    };
+    let valid = ec.sign(&good);
+    let (head, rest) = valid.split_once('.').unwrap();
+    let (_, sig) = rest.split_once('.').unwrap();
+    let (payload_of_valid, _) = rest.split_once('.').unwrap();
+    let mut short_sig =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig).unwrap();
+    short_sig.truncate(short_sig.len() - 3);
+    let forged_payload = b64(claims(ISS, "orders", "admin").to_string().as_bytes());
+    let mut hs_header = Header::new(Algorithm::HS256);
+    hs_header.kid = Some("rsa-1".into());
+    let rsa_public = rsa.jwk.to_string();
+    let hs256 = jsonwebtoken::encode(
+        &hs_header,
+        &good,
+        &jsonwebtoken::EncodingKey::from_secret(rsa_public.as_bytes()),
+    )
+    .unwrap();
+    let mut unknown_kid = Header::new(Algorithm::ES256);
+    unknown_kid.kid = Some("nobody".into());
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "alg none, no signature",
+            format!("{none_header}.{payload}."),
+            "malformed_token",
+        ),
+        (
+            "alg none, signature",
+            format!("{none_header}.{payload}.{}", b64(b"x")),
+            "unsupported_algorithm",
+        ),
+        (
+            "HS256 with the RSA public key as secret",
+            hs256,
+            "unsupported_algorithm",
+        ),
+        (
+            "unknown kid",
+            ec.sign_with(unknown_kid, &good),
+            "unknown_kid",
+        ),
+        (
+            "jku to an attacker",
+            header_with("jku", json!("https://attacker.test/jwks")),
+            "untrusted_key_header",
+        ),
+        (
+            "x5u to an attacker",
+            header_with("x5u", json!("https://attacker.test/cert")),
+            "untrusted_key_header",
+        ),
+        (
+            "embedded jwk",
+            header_with("jwk", attacker.jwk.clone()),
+            "untrusted_key_header",
+        ),
+        (
+            "expired",
+            with(&|c| c["exp"] = json!(now() - 60)),
+            "token_expired",
+        ),
+        (
+            "nbf in the future",
+            with(&|c| c["nbf"] = json!(now() + 600)),
+            "token_not_yet_valid",
+        ),
+        (
+            "iat in the future",
+            with(&|c| c["iat"] = json!(now() + 600)),
+            "token_issued_in_future",
+        ),
+        (
+            "wrong issuer",
+            with(&|c| c["iss"] = json!("https://evil.test")),
+            "unknown_issuer",
+        ),
+        (
+            "wrong audience",
+            with(&|c| c["aud"] = json!("billing")),
+            "audience_mismatch",
+        ),
+        (
+            "missing exp",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+            "missing_claim",
+        ),
+        (
+            "another issuer's key, same kid",
+            attacker.sign(&good),
+            "bad_signature",
+        ),
+        (
+            "truncated signature",
+            format!("{head}.{payload_of_valid}.{}", b64(&short_sig)),
+            "bad_signature",
+        ),
+        (
+            "payload changed",
+            format!("{head}.{forged_payload}.{sig}"),
+            "bad_signature",
+        ),
+        (
+            "oversized",
+            with(&|c| c["pad"] = json!("a".repeat(9000))),
+            "token_too_large",
+        ),
+        (
+            "duplicate alg",
+            format!(
+                "{}.{payload}.{sig}",
+                b64(br#"{"alg":"ES256","kid":"ec-1","alg":"none"}"#)
+            ),
+            "malformed_token",
+        ),
+    ];
+    for (name, token, reason) in &cases {
+        let reply = f
+            .server
+            .check(check("GET", "/profiles/alice").bearer(token).build())
+            .await;
+        assert_eq!(reply.body()["error"], *reason, "{name}");
+        assert_401(&reply, reason, token);
+    }
+    // A token is checked even where the route makes it optional.
+    let reply = f
+        .server
+        .check(check("GET", "/healthz").bearer(&cases[3].1).build())
+        .await;
+    assert_eq!(reply.http_status(), Some(401));
+    f.jwks.stop().await;
+}
+
+#[tokio::test]
+async fn cached_tokens_cost_no_signature_verification() {
+    let mut f = fixture().await;
+    let token = f.keys[1].sign(&claims(ISS, "orders", "alice"));
+    let request = check("GET", "/profiles/alice").bearer(&token).build();
+    assert_eq!(f.server.check(request.clone()).await.code(), Code::Ok);
+    let after_first = f.server.app.shared.authn.verifications();
+    assert_eq!(after_first, 1);
+    for _ in 0..50 {
+        assert_eq!(f.server.check(request.clone()).await.code(), Code::Ok);
+    }
+    assert_eq!(f.server.app.shared.authn.verifications(), after_first);
+    // A failed token is remembered too: the same bad token is not verified again.
+    let bad = TestKey::generate(Algorithm::ES256, "ec-1").sign(&claims(ISS, "orders", "mallory"));
+    let bad_request = check("GET", "/profiles/alice").bearer(&bad).build();
+    for _ in 0..10 {
+        assert_eq!(
+            f.server.check(bad_request.clone()).await.http_status(),
+            Some(401)
+        );
+    }
+    assert_eq!(f.server.app.shared.authn.verifications(), after_first + 1);
+    f.jwks.stop().await;
+}
+
+#[tokio::test]
+async fn rotation_accepts_a_new_kid_with_one_fetch() {
+    let old = TestKey::generate(Algorithm::ES256, "old");
+    let new = TestKey::generate(Algorithm::ES256, "new");
+    let jwks = JwksServer::start(&[&old]).await;
+    let mut server = start(&jwks).await;
+    let before = jwks.fetches();
+    jwks.set_keys(&[&old, &new]);
+
+    let token = new.sign(&claims(ISS, "orders", "alice"));
+    let reply = server
+        .check(check("GET", "/profiles/alice").bearer(&token).build())
+        .await;
+    assert_eq!(reply.code(), Code::Ok);
+    assert_eq!(jwks.fetches(), before + 1);
+    // Old and new keys are both valid during the rotation.
+    let token = old.sign(&claims(ISS, "orders", "alice"));
+    let reply = server
+        .check(check("GET", "/profiles/alice").bearer(&token).build())
+        .await;
+    assert_eq!(reply.code(), Code::Ok);
+    assert_eq!(jwks.fetches(), before + 1);
+    jwks.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_kids_causes_a_bounded_number_of_fetches() {
+    let key = TestKey::generate(Algorithm::ES256, "k");
+    let jwks = JwksServer::start(&[&key]).await;
+    let server = start(&jwks).await;
+    let before = jwks.fetches();
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let mut client = server.client.clone();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(format!("random-{i}-{}", uuid::Uuid::new_v4()));
+        let token = key.sign_with(header, &claims(ISS, "orders", "alice"));
+        tasks.push(tokio::spawn(async move {
+            let reply = client
+                .check(check("GET", "/profiles/alice").bearer(&token).build())
+                .await
+                .unwrap()
+                .into_inner();
+            Reply(reply).http_status()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), Some(401));
+    }
+    // One early fetch per issuer per 30 s interval, however many unknown kids arrive.
+    assert!(
+        jwks.fetches() <= before + 1,
+        "{} fetches",
+        jwks.fetches() - before
+    );
+    jwks.stop().await;
+}
+
+#[tokio::test]
+async fn outage_keeps_cached_keys_and_counts_failures() {
+    let key = TestKey::generate(Algorithm::EdDSA, "ed");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut server = start(&jwks).await;
+    jwks.stop().await;
+
+    let token = key.sign(&claims(ISS, "orders", "alice"));
+    let reply = server
+        .check(check("GET", "/profiles/alice").bearer(&token).build())
+        .await;
+    assert_eq!(
+        reply.code(),
+        Code::Ok,
+        "keys fetched before the outage still verify"
+    );
+
+    // An unknown kid triggers a fetch, which fails; the failure is counted.
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some("later".into());
+    let token = key.sign_with(header, &claims(ISS, "orders", "alice"));
+    let reply = server
+        .check(check("GET", "/profiles/alice").bearer(&token).build())
+        .await;
+    assert_eq!(reply.body()["error"], "unknown_kid");
+    let metrics = reqwest::get(server.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cedargate_jwks_fetches_total{")
+                && l.contains(r#"result="error""#)),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn starts_without_reachable_keys_but_is_not_ready() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let uri = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    drop(listener);
+    let mut config = test_config(PolicySource::Embedded);
+    config.issuers = vec![test_issuer(ISS, &uri)];
+    let mut server = TestServer::with_config(config).await;
+    let ready = reqwest::get(server.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let key = TestKey::generate(Algorithm::ES256, "k");
+    let token = key.sign(&claims(ISS, "orders", "alice"));
+    let reply = server
+        .check(check("GET", "/profiles/alice").bearer(&token).build())
+        .await;
+    assert_eq!(reply.http_status(), Some(401));
+}
