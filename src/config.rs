@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 mod issuers;
 
-pub use issuers::{AuthSettings, IssuerConfig, JwksSource};
+pub use issuers::{AuthSettings, FetchOptions, IssuerConfig, JwksSource, TokenSource, uri_allowed};
 
 /// Why a configuration could not be used; every variant names the file.
 #[derive(Debug, thiserror::Error)]

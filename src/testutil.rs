@@ -71,7 +71,13 @@ pub fn test_issuer(iss: &str, jwks_uri: &str) -> crate::config::IssuerConfig {
     crate::config::IssuerConfig {
         issuer: iss.into(),
         audiences: vec!["orders".into()],
-        jwks: crate::config::JwksSource::Uri(jwks_uri.into()),
+        jwks: crate::config::JwksSource::Uri {
+            uri: jwks_uri.into(),
+            fetch: crate::config::FetchOptions {
+                insecure_allow_http: true,
+                ca_file: None,
+            },
+        },
         algorithms: vec![
             jsonwebtoken::Algorithm::RS256,
             jsonwebtoken::Algorithm::ES256,

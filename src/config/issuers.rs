@@ -37,15 +37,39 @@ pub struct IssuerConfig {
 /// Where an issuer's JSON Web Key Set comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwksSource {
-    /// Fetched over HTTPS (or HTTP to a loopback address with `insecure_allow_http`).
-    Uri(String),
+    /// Fetched from this URI.
+    Uri { uri: String, fetch: FetchOptions },
+    /// OIDC discovery: `jwks_uri` from `<issuer>/.well-known/openid-configuration`.
+    Discovery { fetch: FetchOptions },
     /// Read from a file once at start-up.
     File(PathBuf),
 }
 
+/// How key sets are fetched.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// Accept plain `http://` to a loopback address (tests, a local IdP); never elsewhere.
+    pub insecure_allow_http: bool,
+    /// PEM bundle of CAs trusted for this issuer's HTTPS, instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// True for `https://…`, or `http://` to 127.0.0.1, [::1] or localhost when allowed.
+pub fn uri_allowed(uri: &str, insecure_allow_http: bool) -> bool {
+    let loopback = ["http://127.0.0.1", "http://[::1]", "http://localhost"]
+        .iter()
+        .any(|prefix| {
+            uri.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
+        });
+    uri.starts_with("https://") || insecure_allow_http && loopback
+}
+
 /// How tokens are found, fetched and cached.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AuthSettings {
+    /// Where tokens are looked for besides `Authorization: Bearer`.
+    pub token_source: TokenSource,
     /// A request without a token is refused (401) unless its route says `token: optional`.
     pub require_token: bool,
     /// Largest accepted token, in bytes.
@@ -66,9 +90,22 @@ pub struct AuthSettings {
     pub max_jwks_bytes: usize,
 }
 
+/// Other places a token may be sent; RFC 6750 §2 allows one method per request, so a
+/// request that uses two is refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenSource {
+    /// A header whose whole value is the token (e.g. `x-auth-token`).
+    pub header: Option<String>,
+    /// A cookie whose value is the token.
+    pub cookie: Option<String>,
+    /// A query parameter holding the token. Without it, `access_token` in the query is refused.
+    pub query: Option<String>,
+}
+
 impl Default for AuthSettings {
     fn default() -> Self {
         Self {
+            token_source: TokenSource::default(),
             require_token: true,
             max_token_bytes: 8 * 1024,
             token_cache_entries: 100_000,
@@ -113,13 +150,20 @@ struct RawJwks {
     #[serde(default)]
     file: Option<PathBuf>,
     #[serde(default)]
+    discovery: bool,
+    #[serde(default)]
     insecure_allow_http: bool,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAuth {
     require_token: Option<bool>,
+    token_header: Option<String>,
+    token_cookie: Option<String>,
+    token_query: Option<String>,
     max_token_bytes: Option<usize>,
     token_cache_entries: Option<usize>,
     negative_ttl: Option<String>,
@@ -145,6 +189,9 @@ const DEFAULT_ALGORITHMS: &[Algorithm] = &[
 pub(super) fn build_auth(raw: RawAuth, problems: &mut Vec<Problem>) -> AuthSettings {
     let RawAuth {
         require_token,
+        token_header,
+        token_cookie,
+        token_query,
         max_token_bytes,
         token_cache_entries,
         negative_ttl,
@@ -158,6 +205,11 @@ pub(super) fn build_auth(raw: RawAuth, problems: &mut Vec<Problem>) -> AuthSetti
     let d = AuthSettings::default();
     let p = problems;
     AuthSettings {
+        token_source: TokenSource {
+            header: token_header.map(|h| h.to_ascii_lowercase()),
+            cookie: token_cookie,
+            query: token_query,
+        },
         require_token: require_token.unwrap_or(d.require_token),
         max_token_bytes: positive(
             max_token_bytes,
@@ -232,7 +284,7 @@ pub(super) fn build_issuer(
             "list at least one audience; a token must be meant for this service",
         ));
     }
-    let jwks = jwks_source(jwks, base, problems);
+    let jwks = jwks_source(jwks, &issuer, base, problems);
     let algorithms = match algorithms {
         None => DEFAULT_ALGORITHMS.to_vec(),
         Some(names) => names
@@ -280,35 +332,45 @@ fn problem(field: &'static str, value: &str, fix: &'static str) -> Problem {
     }
 }
 
-fn jwks_source(raw: RawJwks, base: &Path, problems: &mut Vec<Problem>) -> JwksSource {
+fn jwks_source(raw: RawJwks, issuer: &str, base: &Path, problems: &mut Vec<Problem>) -> JwksSource {
     let RawJwks {
         uri,
         file,
+        discovery,
         insecure_allow_http,
+        ca_file,
     } = raw;
-    match (uri, file) {
-        (Some(uri), None) => {
-            let loopback = ["http://127.0.0.1", "http://[::1]", "http://localhost"]
-                .iter()
-                .any(|prefix| {
-                    uri.strip_prefix(prefix)
-                        .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
-                });
-            if !(uri.starts_with("https://") || insecure_allow_http && loopback) {
+    let fetch = FetchOptions {
+        insecure_allow_http,
+        ca_file: ca_file.map(|f| base.join(f)),
+    };
+    match (uri, file, discovery) {
+        (Some(uri), None, false) => {
+            if !uri_allowed(&uri, insecure_allow_http) {
                 problems.push(problem(
                     "issuers[].jwks.uri",
                     &uri,
                     "use https://; plain http is accepted only to a loopback address with `insecure_allow_http: true`",
                 ));
             }
-            JwksSource::Uri(uri)
+            JwksSource::Uri { uri, fetch }
         }
-        (None, Some(file)) => JwksSource::File(base.join(file)),
+        (None, None, true) => {
+            if !uri_allowed(issuer, insecure_allow_http) {
+                problems.push(problem(
+                    "issuers[].issuer",
+                    issuer,
+                    "OIDC discovery needs an https:// issuer (http only to loopback with `insecure_allow_http: true`)",
+                ));
+            }
+            JwksSource::Discovery { fetch }
+        }
+        (None, Some(file), false) => JwksSource::File(base.join(file)),
         _ => {
             problems.push(problem(
                 "issuers[].jwks",
                 "",
-                "give exactly one of `uri` or `file`",
+                "give exactly one of `uri`, `file` or `discovery: true`",
             ));
             JwksSource::File(PathBuf::new())
         }

@@ -61,7 +61,7 @@ impl Authenticator {
     /// Loads file key sets and starts a refresher per URI key set (must run inside tokio).
     /// An unreachable URI does not stop start-up: readiness waits for its first key set.
     pub fn start(issuers: Vec<IssuerConfig>, settings: AuthSettings) -> Result<Self, AuthnError> {
-        let mut client = None;
+        let mut shared_client: Option<reqwest::Client> = None;
         let mut refreshers = Vec::new();
         let mut list = Vec::new();
         for config in issuers {
@@ -72,16 +72,29 @@ impl Authenticator {
             };
             match &config.jwks {
                 JwksSource::File(path) => jwks::load_file(&keys, path).map_err(jwks_err)?,
-                JwksSource::Uri(uri) => {
-                    let client = match &client {
-                        Some(client) => client,
-                        None => client.insert(jwks::http_client(&settings).map_err(jwks_err)?),
+                JwksSource::Uri { fetch, .. } | JwksSource::Discovery { fetch } => {
+                    let target = match &config.jwks {
+                        JwksSource::Uri { uri, .. } => jwks::Target::Jwks(uri.clone()),
+                        _ => jwks::Target::Discovery {
+                            issuer: config.issuer.clone(),
+                            insecure_allow_http: fetch.insecure_allow_http,
+                        },
+                    };
+                    // Issuers with their own CA bundle get their own client.
+                    let client = match (&fetch.ca_file, &shared_client) {
+                        (Some(ca), _) => {
+                            jwks::http_client(&settings, Some(ca)).map_err(jwks_err)?
+                        }
+                        (None, Some(client)) => client.clone(),
+                        (None, None) => shared_client
+                            .insert(jwks::http_client(&settings, None).map_err(jwks_err)?)
+                            .clone(),
                     };
                     refreshers.push(tokio::spawn(jwks::refresh(
                         keys.clone(),
-                        client.clone(),
-                        uri.clone(),
-                        settings,
+                        client,
+                        target,
+                        settings.clone(),
                     )));
                 }
             }
@@ -143,7 +156,8 @@ impl Authenticator {
         &self,
         http: &HttpRequest,
     ) -> Result<Option<Arc<VerifiedToken>>, TokenError> {
-        let Some(token) = token::extract(&http.headers, &http.query)? else {
+        let Some(token) = token::extract(&http.headers, &http.query, &self.settings.token_source)?
+        else {
             return Ok(None);
         };
         if token.len() > self.settings.max_token_bytes {

@@ -41,6 +41,8 @@ pub enum JwksError {
     TooLarge(usize),
     #[error("the key set is not a JWKS document: {0}")]
     Invalid(String),
+    #[error("OIDC discovery failed: {0}")]
+    Discovery(String),
 }
 
 /// The kind of key, for matching a token's `alg` before any cryptography.
@@ -271,10 +273,30 @@ pub fn load_file(keys: &IssuerKeys, path: &std::path::Path) -> Result<(), JwksEr
 
 /// The HTTP client for key-set fetches: rustls with aws-lc-rs, the system's roots, redirects
 /// only to the same host.
-pub fn http_client(settings: &AuthSettings) -> Result<reqwest::Client, JwksError> {
+pub fn http_client(
+    settings: &AuthSettings,
+    ca_file: Option<&std::path::Path>,
+) -> Result<reqwest::Client, JwksError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
+    match ca_file {
+        Some(path) => {
+            let file_err = |e: rustls::pki_types::pem::Error| JwksError::File {
+                path: path.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            };
+            for cert in CertificateDer::pem_file_iter(path).map_err(file_err)? {
+                roots
+                    .add(cert.map_err(file_err)?)
+                    .map_err(|e| JwksError::Invalid(format!("CA certificate: {e}")))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
@@ -309,6 +331,16 @@ pub async fn fetch(
     uri: &str,
     max_bytes: usize,
 ) -> Result<(KeySet, Option<Duration>), JwksError> {
+    let (body, max_age) = get_bounded(client, uri, max_bytes).await?;
+    Ok((parse(&body)?, max_age))
+}
+
+/// GET with a status check and a body-size cap; returns the body and `max-age`.
+async fn get_bounded(
+    client: &reqwest::Client,
+    uri: &str,
+    max_bytes: usize,
+) -> Result<(Vec<u8>, Option<Duration>), JwksError> {
     let fetch_err = |e: reqwest::Error| JwksError::Fetch(e.without_url().to_string());
     let mut response = client.get(uri).send().await.map_err(fetch_err)?;
     if !response.status().is_success() {
@@ -332,7 +364,7 @@ pub async fn fetch(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok((parse(&body)?, max_age))
+    Ok((body, max_age))
 }
 
 fn max_age(cache_control: &str) -> Option<Duration> {
@@ -347,12 +379,39 @@ fn max_age(cache_control: &str) -> Option<Duration> {
 pub async fn refresh(
     keys: Arc<IssuerKeys>,
     client: reqwest::Client,
-    uri: String,
+    target: Target,
     settings: AuthSettings,
 ) {
     let mut backoff = Duration::from_secs(1);
+    let mut resolved: Option<String> = None;
     loop {
-        let next = match fetch(&client, &uri, settings.max_jwks_bytes).await {
+        let uri = match (&target, &resolved) {
+            (Target::Jwks(uri), _) | (Target::Discovery { .. }, Some(uri)) => Ok(uri.clone()),
+            (
+                Target::Discovery {
+                    issuer,
+                    insecure_allow_http,
+                },
+                None,
+            ) => {
+                discover(
+                    &client,
+                    issuer,
+                    *insecure_allow_http,
+                    settings.max_jwks_bytes,
+                )
+                .await
+            }
+        };
+        let fetched = match uri {
+            Ok(uri) => {
+                let fetched = fetch(&client, &uri, settings.max_jwks_bytes).await;
+                resolved = fetched.is_ok().then_some(uri);
+                fetched
+            }
+            Err(err) => Err(err),
+        };
+        let next = match fetched {
             Ok((set, max_age)) => {
                 metrics::counter!("cedargate_jwks_fetches_total", "issuer" => keys.issuer.clone(), "result" => "ok").increment(1);
                 tracing::info!(issuer = %keys.issuer, keys = set.len(), "key set fetched");
@@ -378,10 +437,57 @@ pub async fn refresh(
     }
 }
 
+/// What a refresher fetches.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Jwks(String),
+    /// `jwks_uri` from the issuer's OIDC discovery document, resolved again after a failure.
+    Discovery {
+        issuer: String,
+        insecure_allow_http: bool,
+    },
+}
+
+/// OpenID Connect Discovery 1.0 §4: `<issuer>/.well-known/openid-configuration` → `jwks_uri`.
+async fn discover(
+    client: &reqwest::Client,
+    issuer: &str,
+    insecure_allow_http: bool,
+    max_bytes: usize,
+) -> Result<String, JwksError> {
+    #[derive(serde::Deserialize)]
+    struct Discovery {
+        issuer: String,
+        jwks_uri: String,
+    }
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let body = get_bounded(client, &url, max_bytes).await?.0;
+    let doc: Discovery =
+        serde_json::from_slice(&body).map_err(|e| JwksError::Discovery(e.to_string()))?;
+    // §4.3: the issuer in the document must be the configured one.
+    if doc.issuer != issuer {
+        return Err(JwksError::Discovery(format!(
+            "document names issuer `{}`",
+            doc.issuer
+        )));
+    }
+    if !crate::config::uri_allowed(&doc.jwks_uri, insecure_allow_http) {
+        return Err(JwksError::Discovery(format!(
+            "jwks_uri `{}` is not https",
+            doc.jwks_uri
+        )));
+    }
+    Ok(doc.jwks_uri)
+}
+
 /// Describes a source for logs without credentials (URIs are logged without their query).
 pub fn describe(source: &JwksSource) -> String {
     match source {
-        JwksSource::Uri(uri) => uri.split('?').next().unwrap_or_default().to_owned(),
+        JwksSource::Uri { uri, .. } => uri.split('?').next().unwrap_or_default().to_owned(),
+        JwksSource::Discovery { .. } => "OIDC discovery".to_owned(),
         JwksSource::File(path) => path.display().to_string(),
     }
 }

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::jwks::{KeySet, VerifyKey};
-use crate::config::IssuerConfig;
+use crate::config::{IssuerConfig, TokenSource};
 
 /// Why a token was refused; each is an HTTP 401 with its [`TokenError::code`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,32 +111,55 @@ pub struct VerifiedToken {
     pub claims: BTreeMap<String, String>,
 }
 
-/// Finds the bearer token of a request: `Authorization: Bearer …` (scheme case-insensitive).
-/// Envoy joins repeated headers with `,`, which never occurs in a JWT, so it means two headers.
+/// Finds the bearer token of a request: `Authorization: Bearer …` (scheme case-insensitive),
+/// or the configured header, cookie or query parameter. RFC 6750 §2: one method per request,
+/// so a token in two places is refused; Envoy joins repeated headers with `,`, which never
+/// occurs in a JWT, so a `,` means two Authorization headers.
 pub fn extract<'r>(
     headers: &'r BTreeMap<String, String>,
-    query: &BTreeMap<String, String>,
+    query: &'r BTreeMap<String, String>,
+    source: &TokenSource,
 ) -> Result<Option<&'r str>, TokenError> {
-    if query.contains_key("access_token") {
-        return Err(TokenError::InQuery);
+    let mut found = Vec::new();
+    if let Some(value) = headers.get("authorization") {
+        if value.contains(',') {
+            return Err(TokenError::Duplicate);
+        }
+        if let Some((scheme, token)) = value.trim().split_once(' ')
+            && scheme.eq_ignore_ascii_case("bearer")
+        {
+            found.push(token.trim_start());
+        }
     }
-    let Some(value) = headers.get("authorization") else {
-        return Ok(None);
-    };
-    if value.contains(',') {
-        return Err(TokenError::Duplicate);
+    if let Some(value) = source.header.as_ref().and_then(|name| headers.get(name)) {
+        found.push(value.trim());
     }
-    let Some((scheme, token)) = value.trim().split_once(' ') else {
-        return Ok(None);
-    };
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Ok(None);
+    if let Some(name) = &source.cookie {
+        let cookies = headers
+            .get("cookie")
+            .map(String::as_str)
+            .unwrap_or_default();
+        found.extend(
+            cookies
+                .split(';')
+                .filter_map(|pair| pair.trim().split_once('='))
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v),
+        );
     }
-    let token = token.trim_start();
-    if token.is_empty() || token.contains(char::is_whitespace) {
-        return Err(TokenError::Malformed("not a bearer token"));
+    match &source.query {
+        Some(name) => found.extend(query.get(name).map(String::as_str)),
+        None if query.contains_key("access_token") => return Err(TokenError::InQuery),
+        None => {}
     }
-    Ok(Some(token))
+    match found.as_slice() {
+        [] => Ok(None),
+        [token] if token.is_empty() || token.contains(char::is_whitespace) => {
+            Err(TokenError::Malformed("not a bearer token"))
+        }
+        [token] => Ok(Some(token)),
+        _ => Err(TokenError::Duplicate),
+    }
 }
 
 /// JOSE header parameters cedargate reads. Duplicates of these are refused by serde.
@@ -400,17 +423,35 @@ mod tests {
     fn extraction() {
         let h = |v: &str| BTreeMap::from([("authorization".to_owned(), v.to_owned())]);
         let none = BTreeMap::new();
-        assert_eq!(extract(&h("Bearer abc"), &none), Ok(Some("abc")));
-        assert_eq!(extract(&h("bEaReR abc"), &none), Ok(Some("abc")));
-        assert_eq!(extract(&h("Basic dXNlcg=="), &none), Ok(None));
-        assert_eq!(extract(&none, &none), Ok(None));
+        let default = TokenSource::default();
+        let x = |headers: &BTreeMap<String, String>, query: &BTreeMap<String, String>| {
+            extract(headers, query, &default).map(|t| t.map(str::to_owned))
+        };
+        let some = |t: &str| Ok(Some(t.to_owned()));
+        assert_eq!(x(&h("Bearer abc"), &none), some("abc"));
+        assert_eq!(x(&h("bEaReR abc"), &none), some("abc"));
+        assert_eq!(x(&h("Basic dXNlcg=="), &none), Ok(None));
+        assert_eq!(x(&none, &none), Ok(None));
         assert_eq!(
-            extract(&h("Bearer a,Bearer b"), &none),
+            x(&h("Bearer a,Bearer b"), &none),
             Err(TokenError::Duplicate)
         );
-        assert!(extract(&h("Bearer a b"), &none).is_err());
+        assert!(x(&h("Bearer a b"), &none).is_err());
         let q = BTreeMap::from([("access_token".to_owned(), "x".to_owned())]);
-        assert_eq!(extract(&none, &q), Err(TokenError::InQuery));
+        assert_eq!(x(&none, &q), Err(TokenError::InQuery));
+
+        let source = TokenSource {
+            header: Some("x-auth-token".into()),
+            cookie: Some("session".into()),
+            query: Some("access_token".into()),
+        };
+        let cookies =
+            BTreeMap::from([("cookie".to_owned(), "theme=dark; session=tok1".to_owned())]);
+        assert_eq!(extract(&cookies, &none, &source), Ok(Some("tok1")));
+        assert_eq!(extract(&none, &q, &source), Ok(Some("x")));
+        let mut two = cookies.clone();
+        two.insert("x-auth-token".into(), "tok2".into());
+        assert_eq!(extract(&two, &none, &source), Err(TokenError::Duplicate));
     }
 
     #[test]
