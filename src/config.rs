@@ -402,6 +402,43 @@ mod tests {
     }
 
     #[test]
+    fn issuers_are_checked() {
+        let err = parse(
+            r#"
+issuers:
+  - issuer: https://idp.example
+    audiences: [orders]
+    jwks: { uri: "http://idp.example/jwks.json" }
+  - issuer: https://idp.example
+    audiences: [orders]
+    jwks: { uri: "http://127.0.0.1:8080/jwks.json" }
+    algorithms: [ES256, HS256, none]
+  - issuer: http://idp.example
+    audiences: []
+    jwks: { discovery: true, insecure_allow_http: true }
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "`issuers[].jwks.uri` = `http://idp.example/jwks.json`",
+            "`issuers[].jwks.uri` = `http://127.0.0.1:8080/jwks.json`",
+            "`issuers[].algorithms` = `HS256`",
+            "`issuers[].algorithms` = `none`",
+            "`issuers[].issuer` = `http://idp.example`",
+            "`issuers[].audiences`",
+        ] {
+            assert!(err.contains(expected), "{expected} not in {err}");
+        }
+        let ok = parse(
+            "issuers:\n  - issuer: https://idp\n    audiences: [a]\n    jwks: { uri: \"http://127.0.0.1:1/k\", insecure_allow_http: true }\n",
+        )
+        .unwrap();
+        assert_eq!(ok.issuers[0].leeway, Duration::from_secs(5));
+        assert_eq!(ok.issuers[0].algorithms.len(), 7);
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let err =
             parse("listen: { grpc: nowhere }\nlimits: { max_inflight: 0, check_timeout: soon }\n")

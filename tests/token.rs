@@ -419,3 +419,93 @@ async fn starts_without_reachable_keys_but_is_not_ready() {
         .await;
     assert_eq!(reply.http_status(), Some(401));
 }
+
+#[tokio::test]
+async fn oidc_discovery_finds_the_key_set() {
+    let key = TestKey::generate(Algorithm::ES256, "d");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut issuer = test_issuer(&jwks.issuer(), &jwks.uri());
+    issuer.jwks = cedargate::config::JwksSource::Discovery {
+        fetch: cedargate::config::FetchOptions {
+            insecure_allow_http: true,
+            ca_file: None,
+        },
+    };
+    let mut config = test_config(PolicySource::Embedded);
+    config.issuers = vec![issuer];
+    let mut server = TestServer::with_config(config).await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        server.app.shared.authn.wait_ready(),
+    )
+    .await
+    .expect("keys loaded through discovery");
+    let token = key.sign(&claims(&jwks.issuer(), "orders", "alice"));
+    let reply = server
+        .check(check("GET", "/profiles/alice").bearer(&token).build())
+        .await;
+    assert_eq!(reply.code(), Code::Ok);
+    jwks.stop().await;
+}
+
+#[tokio::test]
+async fn a_cached_token_dies_with_its_key() {
+    let old = TestKey::generate(Algorithm::ES256, "old");
+    let new = TestKey::generate(Algorithm::ES256, "new");
+    let jwks = JwksServer::start(&[&old]).await;
+    let mut server = start(&jwks).await;
+    let old_token = old.sign(&claims(ISS, "orders", "alice"));
+    let old_request = check("GET", "/profiles/alice").bearer(&old_token).build();
+    assert_eq!(server.check(old_request.clone()).await.code(), Code::Ok);
+
+    // The issuer rotates the old key out; a token with the new kid makes cedargate refetch.
+    jwks.set_keys(&[&new]);
+    let new_token = new.sign(&claims(ISS, "orders", "alice"));
+    let reply = server
+        .check(check("GET", "/profiles/alice").bearer(&new_token).build())
+        .await;
+    assert_eq!(reply.code(), Code::Ok);
+
+    // The old token was cached as valid, but its key is gone: refused.
+    let reply = server.check(old_request).await;
+    assert_eq!(reply.http_status(), Some(401));
+    assert_eq!(reply.body()["error"], "unknown_kid");
+    jwks.stop().await;
+}
+
+#[tokio::test]
+async fn token_from_a_configured_cookie() {
+    let key = TestKey::generate(Algorithm::ES256, "c");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut config = test_config(PolicySource::Embedded);
+    config.issuers = vec![test_issuer(ISS, &jwks.uri())];
+    config.auth.token_source.cookie = Some("session".into());
+    let mut server = TestServer::with_config(config).await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        server.app.shared.authn.wait_ready(),
+    )
+    .await
+    .unwrap();
+    let token = key.sign(&claims(ISS, "orders", "alice"));
+    let cookie = format!("theme=dark; session={token}");
+    let reply = server
+        .check(
+            check("GET", "/profiles/alice")
+                .header("cookie", &cookie)
+                .build(),
+        )
+        .await;
+    assert_eq!(reply.code(), Code::Ok);
+    // The same token in the cookie and the Authorization header: two methods, refused.
+    let reply = server
+        .check(
+            check("GET", "/profiles/alice")
+                .header("cookie", &cookie)
+                .bearer(&token)
+                .build(),
+        )
+        .await;
+    assert_eq!(reply.body()["error"], "duplicate_token");
+    jwks.stop().await;
+}

@@ -122,11 +122,24 @@ impl JwksServer {
             fetches: Arc::new(AtomicUsize::new(0)),
             max_age: Arc::new(Mutex::new(None)),
         };
-        let app = Router::new()
-            .route("/jwks.json", get(serve))
-            .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        // OIDC discovery: this server is its own issuer, `http://127.0.0.1:<port>`.
+        let discovery = json!({
+            "issuer": format!("http://{addr}"),
+            "jwks_uri": format!("http://{addr}/jwks.json"),
+        })
+        .to_string();
+        let app =
+            Router::new()
+                .route("/jwks.json", get(serve))
+                .route(
+                    "/.well-known/openid-configuration",
+                    get(move || async move {
+                        ([(header::CONTENT_TYPE, "application/json")], discovery)
+                    }),
+                )
+                .with_state(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -142,6 +155,11 @@ impl JwksServer {
             stop: Some(stop),
             task,
         }
+    }
+
+    /// The issuer URL for OIDC discovery against this server.
+    pub fn issuer(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     pub fn uri(&self) -> String {
