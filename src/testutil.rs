@@ -61,6 +61,31 @@ impl TestServer {
             .expect("connects")
     }
 
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .expect("admin answers")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// Waits until every issuer has its keys (bounded, so a bug fails instead of hanging),
+    /// then checks that `/readyz` agrees.
+    pub async fn ready(&self) {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.app.shared.authn.wait_ready(),
+        )
+        .await
+        .expect("every issuer's keys load");
+        let ready = reqwest::get(self.admin_url("/readyz"))
+            .await
+            .expect("admin answers");
+        assert_eq!(ready.status(), 200);
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.app.admin_addr)
     }

@@ -22,12 +22,7 @@ async fn healthz_readyz_and_metrics() {
     server
         .check(check("POST", "/orders").peer(CHECKOUT).build())
         .await;
-    let metrics = reqwest::get(server.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let line = metrics
         .lines()
         .find(|l| l.starts_with("cedargate_decisions_total{") && l.contains(r#"decision="allow""#))

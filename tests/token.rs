@@ -13,7 +13,6 @@ use cedargate::testutil::jwt::{JwksServer, TestKey, b64, claims, now};
 use cedargate::testutil::{Reply, TestServer, check, test_config, test_issuer};
 use jsonwebtoken::{Algorithm, Header};
 use serde_json::json;
-use std::time::Duration;
 
 use tonic::Code;
 
@@ -40,15 +39,7 @@ async fn start(jwks: &JwksServer) -> TestServer {
     let mut config = test_config(PolicySource::Embedded);
     config.issuers = vec![test_issuer(ISS, &jwks.uri())];
     let server = TestServer::with_config(config).await;
-    // Wait on readiness (every issuer has its keys), bounded so a bug fails instead of hanging.
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        server.app.shared.authn.wait_ready(),
-    )
-    .await
-    .expect("keys loaded");
-    let ready = reqwest::get(server.admin_url("/readyz")).await.unwrap();
-    assert_eq!(ready.status(), 200);
+    server.ready().await;
     server
 }
 
@@ -387,12 +378,7 @@ async fn outage_keeps_cached_keys_and_counts_failures() {
         .check(check("GET", "/profiles/alice").bearer(&token).build())
         .await;
     assert_eq!(reply.body()["error"], "unknown_kid");
-    let metrics = reqwest::get(server.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics
             .lines()
@@ -434,12 +420,7 @@ async fn oidc_discovery_finds_the_key_set() {
     let mut config = test_config(PolicySource::Embedded);
     config.issuers = vec![issuer];
     let mut server = TestServer::with_config(config).await;
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        server.app.shared.authn.wait_ready(),
-    )
-    .await
-    .expect("keys loaded through discovery");
+    server.ready().await;
     let token = key.sign(&claims(&jwks.issuer(), "orders", "alice"));
     let reply = server
         .check(check("GET", "/profiles/alice").bearer(&token).build())
@@ -481,12 +462,7 @@ async fn token_from_a_configured_cookie() {
     config.issuers = vec![test_issuer(ISS, &jwks.uri())];
     config.auth.token_source.cookie = Some("session".into());
     let mut server = TestServer::with_config(config).await;
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        server.app.shared.authn.wait_ready(),
-    )
-    .await
-    .unwrap();
+    server.ready().await;
     let token = key.sign(&claims(ISS, "orders", "alice"));
     let cookie = format!("theme=dark; session={token}");
     let reply = server
