@@ -24,6 +24,13 @@ pub enum AppError {
     Policy(#[from] PolicyLoadError),
     #[error(transparent)]
     Authn(#[from] AuthnError),
+    #[error(
+        "issuer `{issuer}`: principal_type `{principal_type}` is not an entity type of the schema; declare it or change principal_type"
+    )]
+    PrincipalType {
+        issuer: String,
+        principal_type: String,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -68,6 +75,19 @@ pub fn load_policies(source: &PolicySource) -> Result<Snapshot, PolicyLoadError>
 /// Loads policies, binds the listeners and starts serving.
 pub async fn build(config: Config) -> Result<App, AppError> {
     let snapshot = load_policies(&config.policies)?;
+    // A token's principal must be a type the schema knows, or no policy could ever match it.
+    for issuer in &config.issuers {
+        if !snapshot
+            .schema
+            .entity_types()
+            .any(|t| t.to_string() == issuer.principal_type)
+        {
+            return Err(AppError::PrincipalType {
+                issuer: issuer.issuer.clone(),
+                principal_type: issuer.principal_type.clone(),
+            });
+        }
+    }
     let authn = Authenticator::start(config.issuers, config.auth)?;
     let shared = Arc::new(Shared::new(snapshot, authn, config.limits));
     // Touch the recorder so /metrics works before the first check.

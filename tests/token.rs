@@ -485,3 +485,41 @@ async fn token_from_a_configured_cookie() {
     assert_eq!(reply.body()["error"], "duplicate_token");
     jwks.stop().await;
 }
+
+#[tokio::test]
+async fn principal_type_must_be_in_the_schema() {
+    let mut issuer = test_issuer(ISS, "http://127.0.0.1:1/jwks.json");
+    issuer.principal_type = "Robot".into();
+    let mut config = test_config(PolicySource::Embedded);
+    config.issuers = vec![issuer];
+    let err = cedargate::app::build(config).await.unwrap_err().to_string();
+    assert!(err.contains("principal_type `Robot`"), "{err}");
+}
+
+#[tokio::test]
+async fn service_tokens_map_to_service_principals() {
+    let key = TestKey::generate(Algorithm::ES256, "svc");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut issuer = test_issuer("https://machines.test", &jwks.uri());
+    issuer.principal_type = "Service".into();
+    let mut config = test_config(PolicySource::Embedded);
+    config.issuers = vec![issuer];
+    let mut server = TestServer::with_config(config).await;
+    server.ready().await;
+    let token = key.sign(&claims("https://machines.test", "orders", "checkout"));
+    let reply = server
+        .check(check("POST", "/orders").bearer(&token).build())
+        .await;
+    assert_eq!(reply.code(), Code::Ok);
+    assert_eq!(
+        reply.header(PRINCIPAL_HEADER).unwrap().0,
+        r#"Service::"checkout""#
+    );
+    assert_eq!(reply.meta_list("policy_ids"), ["orders-checkout-create"]);
+    let token = key.sign(&claims("https://machines.test", "orders", "frontend"));
+    let reply = server
+        .check(check("POST", "/orders").bearer(&token).build())
+        .await;
+    assert_eq!(reply.http_status(), Some(403));
+    jwks.stop().await;
+}

@@ -302,6 +302,17 @@ pub(super) fn build_issuer(
             })
             .collect(),
     };
+    let principal_type = principal_type.unwrap_or_else(|| "User".into());
+    if principal_type
+        .parse::<cedar_policy::EntityTypeName>()
+        .is_err()
+    {
+        problems.push(problem(
+            "issuers[].principal_type",
+            &principal_type,
+            "write a Cedar entity type name such as User or Service",
+        ));
+    }
     IssuerConfig {
         issuer,
         audiences,
@@ -317,7 +328,7 @@ pub(super) fn build_issuer(
             )
         }),
         required_claims,
-        principal_type: principal_type.unwrap_or_else(|| "User".into()),
+        principal_type,
         groups_claim: Some(groups_claim.unwrap_or_else(|| "groups".into()))
             .filter(|c| !c.is_empty()),
         scope_claim: scope_claim.unwrap_or_else(|| "scope".into()),

@@ -65,7 +65,8 @@ impl Authenticator {
         let mut refreshers = Vec::new();
         let mut list = Vec::new();
         for config in issuers {
-            let keys = Arc::new(IssuerKeys::new(config.issuer.clone()));
+            let remote = !matches!(config.jwks, JwksSource::File(_));
+            let keys = Arc::new(IssuerKeys::new(config.issuer.clone(), remote));
             let jwks_err = |source| AuthnError::Jwks {
                 issuer: config.issuer.clone(),
                 source,

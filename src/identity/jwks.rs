@@ -191,10 +191,12 @@ pub struct IssuerKeys {
     refetch: Notify,
     last_early_fetch: Mutex<Option<Instant>>,
     loaded: AtomicBool,
+    /// False for a key set read from a file: nothing would answer a refetch.
+    remote: bool,
 }
 
 impl IssuerKeys {
-    pub fn new(issuer: String) -> Self {
+    pub fn new(issuer: String, remote: bool) -> Self {
         Self {
             issuer,
             current: ArcSwap::from_pointee(KeySet::default()),
@@ -202,6 +204,7 @@ impl IssuerKeys {
             refetch: Notify::new(),
             last_early_fetch: Mutex::new(None),
             loaded: AtomicBool::new(false),
+            remote,
         }
     }
 
@@ -238,6 +241,9 @@ impl IssuerKeys {
     /// On an unknown `kid`: asks for an early fetch unless one was asked for within `interval`,
     /// then waits at most `wait` for the next fetch to finish. True when a fetch finished.
     pub async fn refetch_and_wait(&self, interval: Duration, wait: Duration) -> bool {
+        if !self.remote {
+            return false;
+        }
         let mut generation = self.generation.subscribe();
         let seen = *generation.borrow_and_update();
         let asked = {

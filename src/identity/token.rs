@@ -125,7 +125,11 @@ pub fn extract<'r>(
         if value.contains(',') {
             return Err(TokenError::Duplicate);
         }
-        if let Some((scheme, token)) = value.trim().split_once(' ')
+        let value = value.trim();
+        if value.eq_ignore_ascii_case("bearer") {
+            return Err(TokenError::Malformed("empty bearer token"));
+        }
+        if let Some((scheme, token)) = value.split_once(' ')
             && scheme.eq_ignore_ascii_case("bearer")
         {
             found.push(token.trim_start());
@@ -437,6 +441,8 @@ mod tests {
             Err(TokenError::Duplicate)
         );
         assert!(x(&h("Bearer a b"), &none).is_err());
+        assert!(x(&h("Bearer"), &none).is_err());
+        assert!(x(&h("Bearer   "), &none).is_err());
         let q = BTreeMap::from([("access_token".to_owned(), "x".to_owned())]);
         assert_eq!(x(&none, &q), Err(TokenError::InQuery));
 
