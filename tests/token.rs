@@ -523,3 +523,102 @@ async fn service_tokens_map_to_service_principals() {
     assert_eq!(reply.http_status(), Some(403));
     jwks.stop().await;
 }
+
+/// Asks for an early fetch with a token of unknown kid and returns the answer's reason.
+async fn unknown_kid_reason(server: &mut TestServer, key: &TestKey, iss: &str) -> String {
+    let mut header = Header::new(key.alg);
+    header.kid = Some(format!("unknown-{}", uuid::Uuid::new_v4()));
+    let token = key.sign_with(header, &claims(iss, "orders", "alice"));
+    let reply = server
+        .check(check("GET", "/profiles/alice").bearer(&token).build())
+        .await;
+    reply.body()["error"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_check_does_not_wait_for_a_slow_key_server() {
+    let key = TestKey::generate(Algorithm::ES256, "k");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut server = start(&jwks).await;
+    let before = jwks.fetches();
+    let held = jwks.hold().await;
+    // The early fetch starts and hangs; the check answers 401 while it is still in flight.
+    assert_eq!(
+        unknown_kid_reason(&mut server, &key, ISS).await,
+        "unknown_kid"
+    );
+    assert_eq!(jwks.fetches(), before + 1, "the fetch was started");
+    drop(held);
+    // The fetch finishes in the background; known tokens keep working throughout.
+    let token = key.sign(&claims(ISS, "orders", "alice"));
+    let reply = server
+        .check(check("GET", "/profiles/alice").bearer(&token).build())
+        .await;
+    assert_eq!(reply.code(), Code::Ok);
+    jwks.stop().await;
+}
+
+/// Failed key-set fetches counted for one issuer (metrics are process-wide: labels keep
+/// tests in one binary apart).
+fn fetch_errors(metrics: &str, issuer: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("cedargate_jwks_fetches_total{")
+                && l.contains(r#"result="error""#)
+                && l.contains(&format!(r#"issuer="{issuer}""#))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse::<f64>().unwrap())
+}
+
+#[tokio::test]
+async fn an_oversized_key_set_is_refused_and_the_last_good_keys_stay() {
+    const LIMITS: &str = "https://idp-limits.test";
+    let key = TestKey::generate(Algorithm::ES256, "k");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut config = test_config(PolicySource::Embedded);
+    config.issuers = vec![test_issuer(LIMITS, &jwks.uri())];
+    config.auth.max_jwks_bytes = 64 * 1024;
+    let mut server = TestServer::with_config(config).await;
+    server.ready().await;
+    assert_eq!(fetch_errors(&server.metrics().await, LIMITS), 0.0);
+
+    jwks.pad(128 * 1024);
+    assert_eq!(
+        unknown_kid_reason(&mut server, &key, LIMITS).await,
+        "unknown_kid"
+    );
+    assert_eq!(fetch_errors(&server.metrics().await, LIMITS), 1.0);
+    let token = key.sign(&claims(LIMITS, "orders", "alice"));
+    let reply = server
+        .check(check("GET", "/profiles/alice").bearer(&token).build())
+        .await;
+    assert_eq!(reply.code(), Code::Ok);
+    jwks.stop().await;
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_host_is_not_followed() {
+    const REDIRECTED: &str = "https://idp-redirect.test";
+    let key = TestKey::generate(Algorithm::ES256, "k");
+    let jwks = JwksServer::start(&[&key]).await;
+    let other = JwksServer::start(&[&key]).await;
+    // localhost is another host than 127.0.0.1, though both are this machine.
+    jwks.redirect_to(&other.uri().replace("127.0.0.1", "localhost"));
+    let mut config = test_config(PolicySource::Embedded);
+    config.issuers = vec![test_issuer(REDIRECTED, &jwks.uri())];
+    let server = TestServer::with_config(config).await;
+    let first_fetch_failed = async {
+        while fetch_errors(&server.metrics().await, REDIRECTED) < 1.0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), first_fetch_failed)
+        .await
+        .expect("the redirected fetch fails");
+    assert_eq!(other.fetches(), 0, "the other host was never asked");
+    assert!(!server.app.shared.authn.is_ready());
+    jwks.stop().await;
+    other.stop().await;
+}

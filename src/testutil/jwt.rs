@@ -105,6 +105,12 @@ struct JwksState {
     keys: Arc<Mutex<Vec<Value>>>,
     fetches: Arc<AtomicUsize>,
     max_age: Arc<Mutex<Option<u64>>>,
+    /// Answers wait while a test holds this for writing.
+    gate: Arc<tokio::sync::RwLock<()>>,
+    /// Bytes of padding added to the document (an oversized key set).
+    padding: Arc<AtomicUsize>,
+    /// When set, answer with a redirect to this URL instead.
+    redirect: Arc<Mutex<Option<String>>>,
 }
 
 /// A JWKS endpoint on 127.0.0.1 serving whatever keys the test sets.
@@ -121,6 +127,9 @@ impl JwksServer {
             keys: Arc::new(Mutex::new(keys.iter().map(|k| k.jwk.clone()).collect())),
             fetches: Arc::new(AtomicUsize::new(0)),
             max_age: Arc::new(Mutex::new(None)),
+            gate: Arc::new(tokio::sync::RwLock::new(())),
+            padding: Arc::new(AtomicUsize::new(0)),
+            redirect: Arc::new(Mutex::new(None)),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -174,6 +183,21 @@ impl JwksServer {
         *self.state.keys.lock().unwrap() = keys.iter().map(|k| k.jwk.clone()).collect();
     }
 
+    /// Holds every answer until the guard is dropped (a slow key server).
+    pub async fn hold(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.state.gate.clone().write_owned().await
+    }
+
+    /// Pads the document to be larger than `bytes`.
+    pub fn pad(&self, bytes: usize) {
+        self.state.padding.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Answers with `302 Location: url`.
+    pub fn redirect_to(&self, url: &str) {
+        *self.state.redirect.lock().unwrap() = Some(url.to_owned());
+    }
+
     pub fn set_max_age(&self, seconds: u64) {
         *self.state.max_age.lock().unwrap() = Some(seconds);
     }
@@ -191,7 +215,19 @@ async fn serve(
     State(state): State<JwksState>,
 ) -> (StatusCode, [(header::HeaderName, String); 2], String) {
     state.fetches.fetch_add(1, Ordering::SeqCst);
+    let _open = state.gate.read().await;
+    if let Some(url) = state.redirect.lock().unwrap().clone() {
+        return (
+            StatusCode::FOUND,
+            [
+                (header::LOCATION, url),
+                (header::CACHE_CONTROL, "no-store".to_owned()),
+            ],
+            String::new(),
+        );
+    }
     let keys = state.keys.lock().unwrap().clone();
+    let padding = "x".repeat(state.padding.load(Ordering::SeqCst));
     let cache = state
         .max_age
         .lock()
@@ -203,6 +239,6 @@ async fn serve(
             (header::CONTENT_TYPE, "application/json".to_owned()),
             (header::CACHE_CONTROL, cache),
         ],
-        json!({ "keys": keys }).to_string(),
+        json!({ "keys": keys, "padding": padding }).to_string(),
     )
 }
