@@ -7,7 +7,7 @@
     clippy::indexing_slicing
 )]
 
-use cedargate::config::PolicySource;
+use cedargate::config::{Config, IssuerConfig, PolicySource};
 use cedargate::decision::PRINCIPAL_HEADER;
 use cedargate::testutil::jwt::{JwksServer, TestKey, b64, claims, now};
 use cedargate::testutil::{Reply, TestServer, check, test_config, test_issuer};
@@ -36,8 +36,18 @@ async fn fixture() -> Fixture {
 }
 
 async fn start(jwks: &JwksServer) -> TestServer {
+    ready_server(config_for(test_issuer(ISS, &jwks.uri()))).await
+}
+
+/// The example policy set with one issuer.
+fn config_for(issuer: IssuerConfig) -> Config {
     let mut config = test_config(PolicySource::Embedded);
-    config.issuers = vec![test_issuer(ISS, &jwks.uri())];
+    config.issuers = vec![issuer];
+    config
+}
+
+/// A server whose issuers all have their keys.
+async fn ready_server(config: Config) -> TestServer {
     let server = TestServer::with_config(config).await;
     server.ready().await;
     server
@@ -393,8 +403,7 @@ async fn starts_without_reachable_keys_but_is_not_ready() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let uri = format!("http://{}/jwks.json", listener.local_addr().unwrap());
     drop(listener);
-    let mut config = test_config(PolicySource::Embedded);
-    config.issuers = vec![test_issuer(ISS, &uri)];
+    let config = config_for(test_issuer(ISS, &uri));
     let mut server = TestServer::with_config(config).await;
     let ready = reqwest::get(server.admin_url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 503);
@@ -417,10 +426,7 @@ async fn oidc_discovery_finds_the_key_set() {
             ca_file: None,
         },
     };
-    let mut config = test_config(PolicySource::Embedded);
-    config.issuers = vec![issuer];
-    let mut server = TestServer::with_config(config).await;
-    server.ready().await;
+    let mut server = ready_server(config_for(issuer)).await;
     let token = key.sign(&claims(&jwks.issuer(), "orders", "alice"));
     let reply = server
         .check(check("GET", "/profiles/alice").bearer(&token).build())
@@ -458,11 +464,9 @@ async fn a_cached_token_dies_with_its_key() {
 async fn token_from_a_configured_cookie() {
     let key = TestKey::generate(Algorithm::ES256, "c");
     let jwks = JwksServer::start(&[&key]).await;
-    let mut config = test_config(PolicySource::Embedded);
-    config.issuers = vec![test_issuer(ISS, &jwks.uri())];
+    let mut config = config_for(test_issuer(ISS, &jwks.uri()));
     config.auth.token_source.cookie = Some("session".into());
-    let mut server = TestServer::with_config(config).await;
-    server.ready().await;
+    let mut server = ready_server(config).await;
     let token = key.sign(&claims(ISS, "orders", "alice"));
     let cookie = format!("theme=dark; session={token}");
     let reply = server
@@ -490,8 +494,7 @@ async fn token_from_a_configured_cookie() {
 async fn principal_type_must_be_in_the_schema() {
     let mut issuer = test_issuer(ISS, "http://127.0.0.1:1/jwks.json");
     issuer.principal_type = "Robot".into();
-    let mut config = test_config(PolicySource::Embedded);
-    config.issuers = vec![issuer];
+    let config = config_for(issuer);
     let err = cedargate::app::build(config).await.unwrap_err().to_string();
     assert!(err.contains("principal_type `Robot`"), "{err}");
 }
@@ -502,10 +505,7 @@ async fn service_tokens_map_to_service_principals() {
     let jwks = JwksServer::start(&[&key]).await;
     let mut issuer = test_issuer("https://machines.test", &jwks.uri());
     issuer.principal_type = "Service".into();
-    let mut config = test_config(PolicySource::Embedded);
-    config.issuers = vec![issuer];
-    let mut server = TestServer::with_config(config).await;
-    server.ready().await;
+    let mut server = ready_server(config_for(issuer)).await;
     let token = key.sign(&claims("https://machines.test", "orders", "checkout"));
     let reply = server
         .check(check("POST", "/orders").bearer(&token).build())
@@ -577,11 +577,9 @@ async fn an_oversized_key_set_is_refused_and_the_last_good_keys_stay() {
     const LIMITS: &str = "https://idp-limits.test";
     let key = TestKey::generate(Algorithm::ES256, "k");
     let jwks = JwksServer::start(&[&key]).await;
-    let mut config = test_config(PolicySource::Embedded);
-    config.issuers = vec![test_issuer(LIMITS, &jwks.uri())];
+    let mut config = config_for(test_issuer(LIMITS, &jwks.uri()));
     config.auth.max_jwks_bytes = 64 * 1024;
-    let mut server = TestServer::with_config(config).await;
-    server.ready().await;
+    let mut server = ready_server(config).await;
     assert_eq!(fetch_errors(&server.metrics().await, LIMITS), 0.0);
 
     jwks.pad(128 * 1024);
@@ -606,8 +604,7 @@ async fn a_redirect_to_another_host_is_not_followed() {
     let other = JwksServer::start(&[&key]).await;
     // localhost is another host than 127.0.0.1, though both are this machine.
     jwks.redirect_to(&other.uri().replace("127.0.0.1", "localhost"));
-    let mut config = test_config(PolicySource::Embedded);
-    config.issuers = vec![test_issuer(REDIRECTED, &jwks.uri())];
+    let config = config_for(test_issuer(REDIRECTED, &jwks.uri()));
     let server = TestServer::with_config(config).await;
     let first_fetch_failed = async {
         while fetch_errors(&server.metrics().await, REDIRECTED) < 1.0 {
