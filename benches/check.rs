@@ -26,7 +26,7 @@ fn bench(c: &mut Criterion) {
     let request = check("POST", "/orders").peer(CHECKOUT).build();
 
     // Baseline: Cedar alone on the request cedargate builds.
-    let prepared = prepare(&limits, envoy::input(request.clone())).unwrap();
+    let prepared = prepare(&limits, &Default::default(), envoy::input(request.clone())).unwrap();
     let route = snapshot
         .routes
         .find(&prepared.http.method, &prepared.http.path);
@@ -52,7 +52,7 @@ fn bench(c: &mut Criterion) {
 
     // The benchmarks measure the allow path: make sure that is what they run.
     let run = |request| {
-        let prepared = prepare(&limits, envoy::input(request)).unwrap();
+        let prepared = prepare(&limits, &Default::default(), envoy::input(request)).unwrap();
         decide(&snapshot, prepared, Ok(None), false)
     };
     let decision = run(request.clone());
@@ -67,7 +67,7 @@ fn bench(c: &mut Criterion) {
     let authn = runtime
         .block_on(async { Authenticator::start(Vec::new(), Default::default()) })
         .unwrap();
-    let shared = Arc::new(Shared::new(snapshot, authn, limits));
+    let shared = Arc::new(Shared::new(snapshot, authn, limits, Default::default()));
     let service = CheckService::new(shared);
     let reply = runtime
         .block_on(service.check(tonic::Request::new(request.clone())))

@@ -89,7 +89,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         }
     }
     let authn = Authenticator::start(config.issuers, config.auth)?;
-    let shared = Arc::new(Shared::new(snapshot, authn, config.limits));
+    let shared = Arc::new(Shared::new(snapshot, authn, config.limits, config.peer));
     // Touch the recorder so /metrics works before the first check.
     crate::telemetry::prometheus();
 

@@ -64,6 +64,7 @@ pub struct Config {
     pub log: LogFormat,
     pub issuers: Vec<IssuerConfig>,
     pub auth: AuthSettings,
+    pub peer: PeerSettings,
 }
 
 /// Where the gRPC Check service and the admin HTTP listener bind.
@@ -95,6 +96,16 @@ pub struct Limits {
     pub check_timeout: Duration,
     /// On shutdown, how long to wait for open connections to finish before closing them.
     pub drain_timeout: Duration,
+}
+
+/// Which peer identities cedargate accepts (the `peer:` section).
+#[derive(Debug, Clone, Default)]
+pub struct PeerSettings {
+    /// Allowed SPIFFE trust domains; empty allows any.
+    pub trust_domains: Vec<String>,
+    /// Read `x-forwarded-client-cert` when no certificate is forwarded. Only safe when the
+    /// Envoy in front sanitises the header (`forward_client_cert_details: SANITIZE_SET`).
+    pub trust_xfcc: bool,
 }
 
 /// How log lines are written.
@@ -130,6 +141,7 @@ impl Default for Config {
             log: LogFormat::Json,
             issuers: Vec::new(),
             auth: AuthSettings::default(),
+            peer: PeerSettings::default(),
         }
     }
 }
@@ -149,6 +161,17 @@ struct RawConfig {
     issuers: Vec<issuers::RawIssuer>,
     #[serde(default)]
     authentication: issuers::RawAuth,
+    #[serde(default)]
+    peer: RawPeer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    #[serde(default)]
+    trust_domains: Vec<String>,
+    #[serde(default)]
+    trust_xfcc: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -222,6 +245,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         log,
         issuers,
         authentication,
+        peer,
     } = raw;
     let defaults = Config::default();
     let mut problems = Vec::new();
@@ -302,6 +326,16 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             .map(|raw| issuers::build_issuer(raw, base, &mut problems))
             .collect(),
         auth: issuers::build_auth(authentication, &mut problems),
+        peer: {
+            let RawPeer {
+                trust_domains,
+                trust_xfcc,
+            } = peer;
+            PeerSettings {
+                trust_domains,
+                trust_xfcc,
+            }
+        },
     };
     if problems.is_empty() {
         Ok(config)

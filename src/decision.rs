@@ -14,6 +14,7 @@
 use serde_json::{Map, Value, json};
 use tonic::Code;
 
+use crate::identity::peer::PeerError;
 use crate::identity::token::TokenError;
 use crate::policy::engine::PolicyFailure;
 use crate::policy::mapping::MappingError;
@@ -58,6 +59,8 @@ pub enum DenyReason {
     PolicyError(Vec<PolicyFailure>),
     #[error("authentication failed: {0}")]
     Unauthenticated(#[source] TokenError),
+    #[error("peer identity refused: {0}")]
+    Peer(#[source] PeerError),
     #[error("no route or action for this request: {0}")]
     NoRoute(#[source] MappingError),
     #[error("malformed request: {0}")]
@@ -73,6 +76,9 @@ impl DenyReason {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unauthenticated(e) => e.code(),
+            Self::Peer(PeerError::TrustDomain(_)) => "untrusted_trust_domain",
+            Self::Peer(PeerError::PrincipalMismatch) => "peer_mismatch",
+            Self::Peer(_) => "invalid_peer_certificate",
             Self::PolicyDenied => "policy_denied",
             Self::PolicyError(_) => "policy_error",
             Self::NoRoute(_) => "no_route",
@@ -86,6 +92,7 @@ impl DenyReason {
     fn status(&self) -> (Code, u16) {
         match self {
             Self::Unauthenticated(_) => (Code::Unauthenticated, 401),
+            Self::Peer(_) => (Code::PermissionDenied, 403),
             Self::PolicyDenied | Self::PolicyError(_) | Self::NoRoute(_) => {
                 (Code::PermissionDenied, 403)
             }

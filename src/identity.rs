@@ -4,11 +4,14 @@
 
 pub mod authn;
 pub mod jwks;
+pub mod peer;
 pub mod spiffe;
 pub mod token;
 pub mod token_cache;
 
 use std::sync::Arc;
+
+pub use crate::config::PeerSettings;
 
 pub use spiffe::SpiffeId;
 pub use token::VerifiedToken;
@@ -23,9 +26,82 @@ pub struct Peer {
     pub spiffe_id: Option<SpiffeId>,
     /// The downstream socket address, `ip:port`, when Envoy sent one.
     pub address: String,
+    /// DNS SANs of the peer certificate, when Envoy forwarded it.
+    pub dns_sans: Vec<String>,
+    /// Subject of the peer certificate, when Envoy forwarded it.
+    pub subject: Option<String>,
+    /// SHA-256 of the peer certificate (from the certificate or a trusted XFCC `Hash`).
+    pub cert_sha256: Option<[u8; 32]>,
+}
+
+/// The peer as Envoy sent it, before it is checked.
+#[derive(Debug, Clone, Default)]
+pub struct PeerSource {
+    pub principal: String,
+    pub address: String,
+    /// `source.certificate`: URL-encoded PEM, or empty.
+    pub certificate: String,
 }
 
 impl Peer {
+    /// Checks the peer Envoy described: the forwarded certificate (or a trusted XFCC header)
+    /// must agree with `source.principal`, and a SPIFFE ID must be of an allowed trust domain.
+    pub fn resolve(
+        source: PeerSource,
+        xfcc: Option<&str>,
+        settings: &PeerSettings,
+        now: i64,
+    ) -> Result<Self, peer::PeerError> {
+        let PeerSource {
+            principal,
+            address,
+            certificate,
+        } = source;
+        let mut resolved = Self::from_envoy(principal, address);
+        let (spiffe_from_cert, present) = if !certificate.is_empty() {
+            let cert = peer::parse_certificate(&certificate, now)?;
+            resolved.dns_sans = cert.dns_sans;
+            resolved.subject = Some(cert.subject);
+            resolved.cert_sha256 = Some(cert.sha256);
+            (cert.spiffe_id, true)
+        } else if let (true, Some(header)) = (settings.trust_xfcc, xfcc) {
+            let xfcc = peer::parse_xfcc(header)?;
+            resolved.dns_sans = xfcc.dns;
+            resolved.cert_sha256 = xfcc.sha256;
+            let id = xfcc
+                .uri
+                .filter(|u| u.starts_with("spiffe://"))
+                .map(|u| SpiffeId::parse(&u).map_err(peer::PeerError::Spiffe))
+                .transpose()?;
+            (id, true)
+        } else {
+            (None, false)
+        };
+        if present {
+            // Envoy's source.principal is the first URI SAN: both must name the same workload.
+            if resolved.spiffe_id.is_some() && spiffe_from_cert != resolved.spiffe_id {
+                return Err(peer::PeerError::PrincipalMismatch);
+            }
+            if resolved.principal.is_empty()
+                && let Some(id) = &spiffe_from_cert
+            {
+                resolved.principal = id.to_string();
+            }
+            resolved.spiffe_id = spiffe_from_cert.or(resolved.spiffe_id);
+        }
+        if let Some(id) = &resolved.spiffe_id {
+            let allowed = settings.trust_domains.is_empty()
+                || settings
+                    .trust_domains
+                    .iter()
+                    .any(|td| td == id.trust_domain());
+            if !allowed {
+                return Err(peer::PeerError::TrustDomain(id.trust_domain().to_owned()));
+            }
+        }
+        Ok(resolved)
+    }
+
     /// Builds the peer from Envoy's `source.principal` and socket address.
     pub fn from_envoy(principal: String, address: String) -> Self {
         let spiffe_id = SpiffeId::parse(&principal).ok();
@@ -33,12 +109,13 @@ impl Peer {
             principal,
             spiffe_id,
             address,
+            ..Self::default()
         }
     }
 
     /// True when the peer presented an identity (a verified certificate).
     pub fn is_present(&self) -> bool {
-        !self.principal.is_empty()
+        !self.principal.is_empty() || self.cert_sha256.is_some()
     }
 }
 

@@ -10,6 +10,7 @@
 )]
 
 pub mod jwt;
+pub mod pki;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -114,6 +115,7 @@ pub fn test_issuer(iss: &str, jwks_uri: &str) -> crate::config::IssuerConfig {
         principal_type: "User".into(),
         groups_claim: Some("groups".into()),
         scope_claim: "scope".into(),
+        require_cert_binding: false,
     }
 }
 
@@ -135,6 +137,7 @@ pub struct Check {
     headers: Vec<(String, Vec<u8>)>,
     raw_headers: bool,
     principal: String,
+    certificate: String,
     extensions: HashMap<String, String>,
 }
 
@@ -155,6 +158,7 @@ pub fn check(method: &str, path: &str) -> Check {
         ],
         raw_headers: false,
         principal: String::new(),
+        certificate: String::new(),
         extensions: HashMap::new(),
     }
 }
@@ -190,6 +194,12 @@ impl Check {
     /// The peer's `source.principal`, as Envoy computes it from a verified client certificate.
     pub fn peer(mut self, principal: &str) -> Self {
         self.principal = principal.into();
+        self
+    }
+
+    /// `source.certificate`, URL-encoded PEM (Envoy's `include_peer_certificate: true`).
+    pub fn certificate(mut self, url_encoded_pem: &str) -> Self {
+        self.certificate = url_encoded_pem.into();
         self
     }
 
@@ -246,6 +256,7 @@ impl Check {
                 source: Some(Peer {
                     address: Some(socket("127.0.0.1", 51234)),
                     principal: self.principal,
+                    certificate: self.certificate,
                     ..Peer::default()
                 }),
                 destination: Some(Peer {

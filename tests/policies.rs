@@ -20,7 +20,8 @@ entity HttpQuery tags String;
 entity PathParams tags String;
 type RequestInfo = { method: String, host: String, path: String, scheme: String, protocol: String,
                      id: String, headers: HttpHeaders, query: HttpQuery, params: PathParams };
-type PeerInfo = { present: Bool, principal: String, address: String, spiffe_id?: String, trust_domain?: String };
+type PeerInfo = { present: Bool, principal: String, address: String, dns_sans: Set<String>,
+                  spiffe_id?: String, trust_domain?: String, subject?: String };
 entity TokenClaims tags String;
 type TokenInfo = { issuer: String, subject: String, audience: Set<String>, scope: Set<String>,
                    expires_at: Long, claims: TokenClaims };
@@ -190,7 +191,7 @@ async fn peer_record_without_spiffe_fields_fails_start_up() {
     let dir = policy_dir("permit (principal, action, resource);");
     std::fs::write(
         dir.path().join("schema.cedarschema"),
-        SCHEMA.replace(", spiffe_id?: String, trust_domain?: String", ""),
+        SCHEMA.replace("spiffe_id?: String, trust_domain?: String, ", ""),
     )
     .unwrap();
     let err = start_error(dir.path()).await;

@@ -32,6 +32,8 @@ pub struct IssuerConfig {
     pub groups_claim: Option<String>,
     /// Claim holding the space-separated scopes (RFC 8693 `scope`).
     pub scope_claim: String,
+    /// RFC 8705: the token's `cnf.x5t#S256` must be the peer certificate's thumbprint.
+    pub require_cert_binding: bool,
 }
 
 /// Where an issuer's JSON Web Key Set comes from.
@@ -140,6 +142,8 @@ pub(super) struct RawIssuer {
     groups_claim: Option<String>,
     #[serde(default)]
     scope_claim: Option<String>,
+    #[serde(default)]
+    require_cert_binding: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,6 +273,7 @@ pub(super) fn build_issuer(
         principal_type,
         groups_claim,
         scope_claim,
+        require_cert_binding,
     } = raw;
     if issuer.is_empty() {
         problems.push(problem(
@@ -332,6 +337,7 @@ pub(super) fn build_issuer(
         groups_claim: Some(groups_claim.unwrap_or_else(|| "groups".into()))
             .filter(|c| !c.is_empty()),
         scope_claim: scope_claim.unwrap_or_else(|| "scope".into()),
+        require_cert_binding,
     }
 }
 

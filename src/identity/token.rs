@@ -60,6 +60,8 @@ pub enum TokenError {
     Audience,
     #[error("claim `{0}` is missing")]
     MissingClaim(String),
+    #[error("the token is not bound to the peer's certificate")]
+    CertBinding,
 }
 
 impl TokenError {
@@ -84,6 +86,7 @@ impl TokenError {
             Self::TooOld => "token_too_old",
             Self::Audience => "audience_mismatch",
             Self::MissingClaim(_) => "missing_claim",
+            Self::CertBinding => "cert_binding_mismatch",
         }
     }
 
@@ -109,6 +112,25 @@ pub struct VerifiedToken {
     pub issued_at: Option<i64>,
     /// Every claim, strings as they are and other values as JSON text.
     pub claims: BTreeMap<String, String>,
+    /// RFC 8705 `cnf.x5t#S256`, when the token is bound to a certificate.
+    pub cnf_x5t_s256: Option<String>,
+    /// The issuer requires the binding to be checked against the peer on every request.
+    pub require_cert_binding: bool,
+}
+
+impl VerifiedToken {
+    /// RFC 8705 §3: a bound token is only valid from the certificate it is bound to. Checked on
+    /// every request (a cached token may be replayed from another workload).
+    pub fn check_binding(&self, peer_sha256: Option<&[u8; 32]>) -> Result<(), TokenError> {
+        if !self.require_cert_binding {
+            return Ok(());
+        }
+        let thumbprint = peer_sha256.map(|sha| URL_SAFE_NO_PAD.encode(sha));
+        match (&self.cnf_x5t_s256, thumbprint) {
+            (Some(bound), Some(actual)) if *bound == actual => Ok(()),
+            _ => Err(TokenError::CertBinding),
+        }
+    }
 }
 
 /// Finds the bearer token of a request: `Authorization: Bearer …` (scheme case-insensitive),
@@ -394,6 +416,12 @@ impl IssuerPolicy {
                 .unwrap_or_default(),
             expires_at,
             issued_at,
+            cnf_x5t_s256: claims
+                .get("cnf")
+                .and_then(|cnf| cnf.get("x5t#S256"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            require_cert_binding: self.config.require_cert_binding,
             claims: claims
                 .iter()
                 .map(|(k, v)| {

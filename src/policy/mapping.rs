@@ -161,13 +161,13 @@ pub fn check_schema(schema: &Schema) -> Vec<(EntityUid, String)> {
         request_id: "sample".into(),
     };
     // Both shapes the peer record takes: without and with a SPIFFE ID.
-    let workload = Identity {
-        peer: crate::identity::Peer::from_envoy(
-            "spiffe://example.org/sample".into(),
-            "127.0.0.1:1".into(),
-        ),
-        token: None,
-    };
+    let mut peer = crate::identity::Peer::from_envoy(
+        "spiffe://example.org/sample".into(),
+        "127.0.0.1:1".into(),
+    );
+    peer.subject = Some("CN=sample".into());
+    let workload = Identity { peer, token: None };
+
     let user = Identity {
         token: Some(std::sync::Arc::new(crate::identity::VerifiedToken {
             issuer: "https://issuer.example".into(),
@@ -179,6 +179,8 @@ pub fn check_schema(schema: &Schema) -> Vec<(EntityUid, String)> {
             expires_at: 0,
             issued_at: None,
             claims: Default::default(),
+            cnf_x5t_s256: None,
+            require_cert_binding: false,
         })),
         ..Identity::default()
     };
@@ -281,10 +283,17 @@ fn context(http: &HttpRequest, identity: &Identity) -> Result<Context, MappingEr
         ("present", RestrictedExpression::new_bool(peer.is_present())),
         ("principal", string(&peer.principal)),
         ("address", string(&peer.address)),
+        (
+            "dns_sans",
+            RestrictedExpression::new_set(peer.dns_sans.iter().map(|d| string(d))),
+        ),
     ];
     if let Some(id) = &peer.spiffe_id {
         peer_attrs.push(("spiffe_id", string(id.as_str())));
         peer_attrs.push(("trust_domain", string(id.trust_domain())));
+    }
+    if let Some(subject) = &peer.subject {
+        peer_attrs.push(("subject", string(subject)));
     }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -20,7 +20,7 @@ use crate::config::Limits;
 use crate::decision::{Decision, DenyReason, IDENTITY_HEADER_PREFIX, Outcome};
 use crate::identity::authn::Authenticator;
 use crate::identity::token::TokenError;
-use crate::identity::{Identity, Peer, VerifiedToken};
+use crate::identity::{Identity, Peer, PeerSettings, VerifiedToken};
 use crate::policy::engine::{self, Verdict};
 use crate::policy::routes::TokenRequirement;
 use crate::policy::{Snapshot, mapping};
@@ -34,17 +34,24 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub authn: Authenticator,
     pub limits: Limits,
+    pub peer_settings: PeerSettings,
     /// False while starting and while draining.
     pub ready: AtomicBool,
     inflight: Semaphore,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, authn: Authenticator, limits: Limits) -> Self {
+    pub fn new(
+        snapshot: Snapshot,
+        authn: Authenticator,
+        limits: Limits,
+        peer_settings: PeerSettings,
+    ) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             authn,
             limits,
+            peer_settings,
             ready: AtomicBool::new(false),
             inflight: Semaphore::new(limits.max_inflight),
         }
@@ -81,7 +88,9 @@ impl Authorization for CheckService {
         };
         let started = Instant::now();
         let limits = self.shared.limits;
-        let decision = match guard(|| prepare(&limits, envoy::input(request.into_inner()))) {
+        let peer_settings = &self.shared.peer_settings;
+        let input = request.into_inner();
+        let decision = match guard(|| prepare(&limits, peer_settings, envoy::input(input))) {
             Err(decision) => *decision,
             Ok(prepared) => {
                 let token = self.shared.authn.authenticate(&prepared.http).await;
@@ -114,8 +123,12 @@ pub struct Prepared {
     pub extensions: HashMap<String, String>,
 }
 
-/// Normalises the request; a malformed one is already a decision.
-pub fn prepare(limits: &Limits, input: CheckInput) -> Result<Prepared, Box<Decision>> {
+/// Normalises the request and checks the peer; a malformed one is already a decision.
+pub fn prepare(
+    limits: &Limits,
+    peer_settings: &PeerSettings,
+    input: CheckInput,
+) -> Result<Prepared, Box<Decision>> {
     let CheckInput {
         http,
         peer,
@@ -128,17 +141,29 @@ pub fn prepare(limits: &Limits, input: CheckInput) -> Result<Prepared, Box<Decis
         )));
     };
     let fallback_id = raw.id.clone();
-    match request::normalise(raw, limits.max_path_bytes) {
-        Ok(http) => Ok(Prepared {
-            http,
-            peer,
-            extensions,
-        }),
-        Err(err) => Err(Box::new(Decision::early(
-            fallback_id,
-            DenyReason::BadRequest(err),
-        ))),
-    }
+    let http = request::normalise(raw, limits.max_path_bytes)
+        .map_err(|err| Box::new(Decision::early(fallback_id, DenyReason::BadRequest(err))))?;
+    let xfcc = http
+        .headers
+        .get("x-forwarded-client-cert")
+        .map(String::as_str);
+    let peer = Peer::resolve(peer, xfcc, peer_settings, unix_now()).map_err(|err| {
+        Box::new(Decision::early(
+            http.request_id.clone(),
+            DenyReason::Peer(err),
+        ))
+    })?;
+    Ok(Prepared {
+        http,
+        peer,
+        extensions,
+    })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Decides one prepared check against one snapshot, given the outcome of authentication.
@@ -165,7 +190,13 @@ pub fn decide(
     let route = snapshot.routes.find(&http.method, &http.path);
     // A token that is present must be valid, on every route; a missing one is refused where
     // the route (or, without a route setting, `authentication.require_token`) requires one.
-    let token = match token {
+    let token = match token.and_then(|token| {
+        match &token {
+            Some(t) => t.check_binding(peer.cert_sha256.as_ref()),
+            None => Ok(()),
+        }
+        .map(|()| token)
+    }) {
         Ok(token) => token,
         Err(err) => return deny(decision, DenyReason::Unauthenticated(err)),
     };

@@ -20,7 +20,7 @@ use envoy_types::pb::google::rpc::Status as RpcStatus;
 use serde_json::Value;
 
 use crate::decision::Answer;
-use crate::identity::Peer;
+use crate::identity::PeerSource;
 use crate::request::{RawHeader, RawHttp};
 
 /// What cedargate reads from one CheckRequest.
@@ -28,7 +28,7 @@ use crate::request::{RawHeader, RawHttp};
 pub struct CheckInput {
     /// The HTTP attributes; `None` when Envoy sent none (a network-filter check, or a bug).
     pub http: Option<RawHttp>,
-    pub peer: Peer,
+    pub peer: PeerSource,
     /// Envoy's per-route `context_extensions`.
     pub extensions: HashMap<String, String>,
 }
@@ -59,13 +59,13 @@ pub fn input(request: CheckRequest) -> CheckInput {
     }
 }
 
-fn peer(source: PbPeer) -> Peer {
+fn peer(source: PbPeer) -> PeerSource {
     let PbPeer {
         address,
         service: _,
         labels: _,
         principal,
-        certificate: _,
+        certificate,
     } = source;
     let address = address
         .and_then(|a| a.address)
@@ -80,7 +80,11 @@ fn peer(source: PbPeer) -> Peer {
             _ => None,
         })
         .unwrap_or_default();
-    Peer::from_envoy(principal, address)
+    PeerSource {
+        principal,
+        address,
+        certificate,
+    }
 }
 
 fn http(http: PbHttp) -> RawHttp {
