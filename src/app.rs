@@ -24,6 +24,8 @@ pub enum AppError {
     Policy(#[from] PolicyLoadError),
     #[error(transparent)]
     Authn(#[from] AuthnError),
+    #[error(transparent)]
+    Tls(#[from] crate::server::tls::TlsError),
     #[error(
         "issuer `{issuer}`: principal_type `{principal_type}` is not an entity type of the schema; declare it or change principal_type"
     )]
@@ -88,6 +90,12 @@ pub async fn build(config: Config) -> Result<App, AppError> {
             });
         }
     }
+    let tls = config
+        .tls
+        .clone()
+        .map(crate::server::tls::ReloadingConfig::load)
+        .transpose()?
+        .map(Arc::new);
     let authn = Authenticator::start(config.issuers, config.auth)?;
     let shared = Arc::new(Shared::new(snapshot, authn, config.limits, config.peer));
     // Touch the recorder so /metrics works before the first check.
@@ -119,16 +127,21 @@ pub async fn build(config: Config) -> Result<App, AppError> {
     let limits = config.limits;
     let check = AuthorizationServer::new(CheckService::new(shared.clone()))
         .max_decoding_message_size(limits.max_request_bytes);
-    let grpc = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .timeout(limits.check_timeout)
         .add_service(health_service)
         .add_service(reflection::service()?)
-        .add_service(check)
-        .serve_with_incoming_shutdown(
+        .add_service(check);
+    let grpc = match tls {
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+            crate::server::tls::incoming(grpc_listener, tls),
+            stopped(signal.clone()),
+        )),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             stopped(signal.clone()),
-        );
-    let grpc = tokio::spawn(grpc);
+        )),
+    };
 
     let admin = axum::serve(admin_listener, crate::admin::router(shared.clone()))
         .with_graceful_shutdown(stopped(signal));

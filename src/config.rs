@@ -65,6 +65,7 @@ pub struct Config {
     pub issuers: Vec<IssuerConfig>,
     pub auth: AuthSettings,
     pub peer: PeerSettings,
+    pub tls: Option<TlsSettings>,
 }
 
 /// Where the gRPC Check service and the admin HTTP listener bind.
@@ -96,6 +97,17 @@ pub struct Limits {
     pub check_timeout: Duration,
     /// On shutdown, how long to wait for open connections to finish before closing them.
     pub drain_timeout: Duration,
+}
+
+/// TLS on cedargate's own gRPC listener (the `tls:` section).
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA bundle that client certificates must chain to (mTLS from Envoy to cedargate).
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: refuse connections without a client certificate (default true).
+    pub require_client_cert: bool,
 }
 
 /// Which peer identities cedargate accepts (the `peer:` section).
@@ -142,6 +154,7 @@ impl Default for Config {
             issuers: Vec::new(),
             auth: AuthSettings::default(),
             peer: PeerSettings::default(),
+            tls: None,
         }
     }
 }
@@ -163,6 +176,19 @@ struct RawConfig {
     authentication: issuers::RawAuth,
     #[serde(default)]
     peer: RawPeer,
+    #[serde(default)]
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    client_ca: Option<PathBuf>,
+    #[serde(default)]
+    require_client_cert: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -246,6 +272,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         issuers,
         authentication,
         peer,
+        tls,
     } = raw;
     let defaults = Config::default();
     let mut problems = Vec::new();
@@ -336,6 +363,19 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
                 trust_xfcc,
             }
         },
+        tls: tls.map(
+            |RawTls {
+                 cert,
+                 key,
+                 client_ca,
+                 require_client_cert,
+             }| TlsSettings {
+                cert: base.join(cert),
+                key: base.join(key),
+                client_ca: client_ca.map(|ca| base.join(ca)),
+                require_client_cert: require_client_cert.unwrap_or(true),
+            },
+        ),
     };
     if problems.is_empty() {
         Ok(config)

@@ -4,5 +4,6 @@
 pub mod check;
 pub mod envoy;
 pub mod reflection;
+pub mod tls;
 
 pub use check::{CheckService, Shared};

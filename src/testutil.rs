@@ -44,6 +44,18 @@ impl TestServer {
         Self::with_config(test_config(PolicySource::Dir(dir.to_owned()))).await
     }
 
+    /// A server whose listener the caller connects to itself (TLS tests): the plaintext
+    /// client is never connected.
+    pub async fn with_config_no_client(config: Config) -> Self {
+        app::install_crypto_provider();
+        let app = app::build(config).await.expect("server starts");
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        Self {
+            app,
+            client: AuthorizationClient::new(channel),
+        }
+    }
+
     pub async fn with_config(config: Config) -> Self {
         app::install_crypto_provider();
         let app = app::build(config).await.expect("server starts");

@@ -1,0 +1,179 @@
+//! TLS and mTLS on cedargate's own gRPC listener: real certificates (rcgen), a real tonic
+//! client over rustls; trusted, untrusted and missing client certificates; certificates
+//! replaced on disk are served to the next connection without a restart.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use cedargate::config::{PolicySource, TlsSettings};
+use cedargate::testutil::pki::{TestCa, TestCert};
+use cedargate::testutil::{TestServer, check, test_config};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+struct Pki {
+    server_ca: TestCa,
+    client_ca: TestCa,
+    dir: tempfile::TempDir,
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    // A new modification time even on file systems with coarse timestamps.
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    static WRITES: AtomicU64 = AtomicU64::new(1);
+    let bump = SystemTime::now() + Duration::from_secs(WRITES.fetch_add(1, Ordering::SeqCst));
+    file.set_modified(bump).unwrap();
+}
+
+impl Pki {
+    fn new() -> Self {
+        let pki = Self {
+            server_ca: TestCa::new("cedargate server CA"),
+            client_ca: TestCa::new("envoy client CA"),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        pki.install_server_cert(&pki.server_ca.issue(&[], &["localhost"]));
+        write(&pki.dir.path().join("client-ca.pem"), &pki.client_ca.pem());
+        pki
+    }
+
+    fn install_server_cert(&self, cert: &TestCert) {
+        write(&self.dir.path().join("server.key"), &cert.key_pem);
+        write(&self.dir.path().join("server.pem"), &cert.pem);
+    }
+
+    fn settings(&self, require_client_cert: bool) -> TlsSettings {
+        TlsSettings {
+            cert: self.dir.path().join("server.pem"),
+            key: self.dir.path().join("server.key"),
+            client_ca: Some(self.dir.path().join("client-ca.pem")),
+            require_client_cert,
+        }
+    }
+}
+
+/// Connects over TLS trusting `server_ca`, optionally with a client certificate, and runs one
+/// Check; the error text when anything along the way is refused.
+async fn check_over_tls(
+    server: &TestServer,
+    server_ca: &str,
+    client: Option<&TestCert>,
+) -> Result<(), String> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(server_ca))
+        .domain_name("localhost");
+    if let Some(cert) = client {
+        tls = tls.identity(Identity::from_pem(&cert.pem, &cert.key_pem));
+    }
+    let channel = Endpoint::from_shared(format!("https://{}", server.app.grpc_addr))
+        .unwrap()
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    let reply = AuthorizationClient::new(channel)
+        .check(check("GET", "/healthz").build())
+        .await
+        .map_err(|e| format!("check: {e:?}"))?;
+    assert!(reply.into_inner().status.is_some());
+    Ok(())
+}
+
+fn handshake_failures(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("cedargate_tls_handshake_failures_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[tokio::test]
+async fn mtls_trusted_untrusted_and_missing_client_certificates() {
+    cedargate::app::install_crypto_provider();
+    let pki = Pki::new();
+    let mut config = test_config(PolicySource::Embedded);
+    config.tls = Some(pki.settings(true));
+    let server = TestServer::with_config_no_client(config).await;
+    let server_ca = pki.server_ca.pem();
+    let before = handshake_failures(&server.metrics().await);
+
+    let envoy = pki
+        .client_ca
+        .issue(&["spiffe://shop.example/ns/mesh/sa/envoy"], &[]);
+    check_over_tls(&server, &server_ca, Some(&envoy))
+        .await
+        .expect("a trusted client cert works");
+
+    let rogue = TestCa::new("rogue CA").issue(&["spiffe://shop.example/ns/mesh/sa/envoy"], &[]);
+    let refused = check_over_tls(&server, &server_ca, Some(&rogue)).await;
+    assert!(refused.is_err(), "an untrusted client cert must be refused");
+
+    let refused = check_over_tls(&server, &server_ca, None).await;
+    assert!(
+        refused.is_err(),
+        "no client cert must be refused when one is required"
+    );
+
+    let after = handshake_failures(&server.metrics().await);
+    assert!(after >= before + 2.0, "{before} -> {after}");
+}
+
+#[tokio::test]
+async fn optional_client_certificates() {
+    cedargate::app::install_crypto_provider();
+    let pki = Pki::new();
+    let mut config = test_config(PolicySource::Embedded);
+    config.tls = Some(pki.settings(false));
+    let server = TestServer::with_config_no_client(config).await;
+    check_over_tls(&server, &pki.server_ca.pem(), None)
+        .await
+        .expect("TLS without a client cert");
+}
+
+#[tokio::test]
+async fn a_replaced_server_certificate_serves_the_next_connection() {
+    cedargate::app::install_crypto_provider();
+    let pki = Pki::new();
+    let mut config = test_config(PolicySource::Embedded);
+    config.tls = Some(pki.settings(true));
+    let server = TestServer::with_config_no_client(config).await;
+    let envoy = pki.client_ca.issue(&[], &[]);
+    let old_ca = pki.server_ca.pem();
+    check_over_tls(&server, &old_ca, Some(&envoy))
+        .await
+        .unwrap();
+
+    let new_ca = TestCa::new("renewed server CA");
+    pki.install_server_cert(&new_ca.issue(&[], &["localhost"]));
+    check_over_tls(&server, &new_ca.pem(), Some(&envoy))
+        .await
+        .expect("the new certificate is served without a restart");
+    assert!(
+        check_over_tls(&server, &old_ca, Some(&envoy))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn unreadable_certificates_stop_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(PolicySource::Embedded);
+    config.tls = Some(TlsSettings {
+        cert: dir.path().join("missing.pem"),
+        key: dir.path().join("missing.key"),
+        client_ca: None,
+        require_client_cert: true,
+    });
+    let err = cedargate::app::build(config).await.unwrap_err().to_string();
+    assert!(err.contains("missing.pem"), "{err}");
+}
