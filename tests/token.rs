@@ -619,3 +619,90 @@ async fn a_redirect_to_another_host_is_not_followed() {
     jwks.stop().await;
     other.stop().await;
 }
+
+/// Serves `body` at any path over HTTPS on 127.0.0.1 with `cert`; returns the port.
+async fn https_jwks(cert: &cedargate::testutil::pki::TestCert, body: String) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert.pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |_request| {
+                    let body = body.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(hyper::body::Bytes::from(body)),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn https_key_sets_trust_the_issuer_ca_bundle() {
+    cedargate::app::install_crypto_provider();
+    const TLS_ISS: &str = "https://idp-tls.test";
+    let ca = cedargate::testutil::pki::TestCa::new("private IdP CA");
+    let server_cert = ca.issue(&[], &["localhost"]);
+    let key = TestKey::generate(Algorithm::ES256, "tls");
+    let port = https_jwks(&server_cert, json!({ "keys": [key.jwk] }).to_string()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("idp-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let issuer = |ca_file: Option<std::path::PathBuf>| {
+        let mut issuer = test_issuer(TLS_ISS, "unused");
+        issuer.jwks = cedargate::config::JwksSource::Uri {
+            uri: format!("https://localhost:{port}/jwks.json"),
+            fetch: cedargate::config::FetchOptions {
+                insecure_allow_http: false,
+                ca_file,
+            },
+        };
+        issuer
+    };
+
+    // With the issuer's CA bundle: keys load and tokens verify.
+    let mut server = ready_server(config_for(issuer(Some(ca_file)))).await;
+    let token = key.sign(&claims(TLS_ISS, "orders", "alice"));
+    let reply = server
+        .check(check("GET", "/profiles/alice").bearer(&token).build())
+        .await;
+    assert_eq!(reply.code(), Code::Ok);
+
+    // With the system's roots only, the private CA is not trusted: the fetch fails.
+    let server = TestServer::with_config(config_for(issuer(None))).await;
+    let failed = async {
+        while fetch_errors(&server.metrics().await, TLS_ISS) < 1.0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), failed)
+        .await
+        .expect("the untrusted fetch fails");
+    assert!(!server.app.shared.authn.is_ready());
+}
