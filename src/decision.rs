@@ -178,12 +178,17 @@ impl Decision {
                         headers.push((name.to_owned(), value.clone()));
                     }
                 }
-                let headers_to_remove = self
-                    .client_identity_headers
-                    .iter()
-                    .filter(|name| !headers.iter().any(|(set, _)| set == *name))
-                    .cloned()
-                    .collect();
+                // Every identity header cedargate did not set is removed, whether or not the
+                // Check showed it (Envoy's allowed_headers may hide it from cedargate).
+                let mut headers_to_remove: Vec<String> =
+                    [PRINCIPAL_HEADER, ACTION_HEADER, PEER_HEADER]
+                        .iter()
+                        .map(|name| (*name).to_owned())
+                        .chain(self.client_identity_headers.iter().cloned())
+                        .filter(|name| !headers.iter().any(|(set, _)| set == name))
+                        .collect();
+                headers_to_remove.sort_unstable();
+                headers_to_remove.dedup();
                 Answer {
                     code: Code::Ok,
                     http_status: None,

@@ -215,6 +215,22 @@ async fn forged_identity_headers_never_reach_the_upstream() {
     removed.sort();
     assert_eq!(removed, [PEER_HEADER, "x-cedargate-role"]);
 
+    // The underscore spelling, which many frameworks read as the same header, is removed too.
+    let reply = server
+        .check(
+            check("GET", "/healthz")
+                .header("x_cedargate_peer_spiffe_id", "spiffe://x/y")
+                .build(),
+        )
+        .await;
+    let removed = reply.removed();
+    assert!(
+        removed.contains(&"x_cedargate_peer_spiffe_id".to_owned()),
+        "{removed:?}"
+    );
+    // Identity headers cedargate does not set are removed even when the Check did not show them.
+    assert!(removed.contains(&PEER_HEADER.to_owned()), "{removed:?}");
+
     // A workload: its own peer header overwrites the forged one; the rest is removed.
     let reply = server.check(forged.peer(FRONTEND).build()).await;
     assert_eq!(

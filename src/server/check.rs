@@ -183,7 +183,8 @@ pub fn decide(
     decision.client_identity_headers = http
         .headers
         .keys()
-        .filter(|name| name.starts_with(IDENTITY_HEADER_PREFIX))
+        // Many upstream frameworks (CGI, WSGI, Rack, PHP) read `_` as `-`: match both.
+        .filter(|name| name.replace('_', "-").starts_with(IDENTITY_HEADER_PREFIX))
         .cloned()
         .collect();
 
