@@ -157,7 +157,7 @@ async fn action_groups_work_without_an_entities_file() {
 
 #[tokio::test]
 async fn principal_type_outside_applies_to_is_a_plain_deny() {
-    // Anonymous is not in the action's appliesTo: no policy can match it, so 403, not an error.
+    // Anonymous is not in the action's appliesTo: a deny (403), never an allow, never an error.
     let dir = policy_dir("permit (principal, action, resource);");
     std::fs::write(
         dir.path().join("schema.cedarschema"),
@@ -169,11 +169,9 @@ async fn principal_type_outside_applies_to_is_a_plain_deny() {
     .unwrap();
     let mut server = TestServer::with_policies(dir.path()).await;
     let reply = server.check(check("GET", "/orders/7").build()).await;
-    assert_eq!(
-        reply.code(),
-        Code::Ok,
-        "an unscoped permit matches any principal type"
-    );
+    // Even an unscoped permit must not match a principal type outside appliesTo.
+    assert_eq!(reply.http_status(), Some(403));
+    assert_eq!(reply.body()["error"], "no_route");
 
     std::fs::write(
         dir.path().join("main.cedar"),
@@ -183,7 +181,7 @@ async fn principal_type_outside_applies_to_is_a_plain_deny() {
     let mut server = TestServer::with_policies(dir.path()).await;
     let reply = server.check(check("GET", "/orders/7").build()).await;
     assert_eq!(reply.http_status(), Some(403));
-    assert_eq!(reply.body()["error"], "policy_denied");
+    assert_eq!(reply.body()["error"], "no_route");
 }
 
 #[tokio::test]
