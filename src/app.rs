@@ -127,8 +127,9 @@ pub async fn build(config: Config) -> Result<App, AppError> {
     let limits = config.limits;
     let check = AuthorizationServer::new(CheckService::new(shared.clone()))
         .max_decoding_message_size(limits.max_request_bytes);
+    // The per-check deadline is applied inside the handler (see `server::check::deadline`),
+    // so that running out of time is a denied answer rather than a gRPC error.
     let router = tonic::transport::Server::builder()
-        .timeout(limits.check_timeout)
         .add_service(health_service)
         .add_service(reflection::service()?)
         .add_service(check);

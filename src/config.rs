@@ -348,10 +348,14 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         policies,
         limits,
         log: format.unwrap_or(defaults.log),
-        issuers: issuers
-            .into_iter()
-            .map(|raw| issuers::build_issuer(raw, base, &mut problems))
-            .collect(),
+        issuers: {
+            let built: Vec<IssuerConfig> = issuers
+                .into_iter()
+                .map(|raw| issuers::build_issuer(raw, base, &mut problems))
+                .collect();
+            issuers::check_distinct(&built, &mut problems);
+            built
+        },
         auth: issuers::build_auth(authentication, &mut problems),
         peer: {
             let RawPeer {
@@ -416,10 +420,24 @@ pub(crate) fn positive(
             });
             default
         }
+        Some(v) if v > MAX_COUNT => {
+            problems.push(Problem {
+                field,
+                value: v.to_string(),
+                fix: "must be at most 4294967296",
+            });
+            default
+        }
         Some(v) => v,
         None => default,
     }
 }
+
+/// Upper bound of every count and size in the configuration: far above any sane setting, and
+/// low enough that no later arithmetic (semaphore permits, cache sizing) can overflow.
+const MAX_COUNT: usize = 1 << 32;
+/// Upper bound of every duration: adding it to `Instant::now()` cannot overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub(crate) fn duration(
     value: Option<String>,
@@ -429,12 +447,12 @@ pub(crate) fn duration(
 ) -> Duration {
     let Some(value) = value else { return default };
     match humantime::parse_duration(&value) {
-        Ok(d) if !d.is_zero() => d,
+        Ok(d) if !d.is_zero() && d <= MAX_DURATION => d,
         _ => {
             problems.push(Problem {
                 field,
                 value,
-                fix: "write a positive duration such as 250ms, 5s or 1m",
+                fix: "write a positive duration of at most a year, such as 250ms, 5s or 1m",
             });
             default
         }
@@ -476,6 +494,33 @@ mod tests {
     }
 
     #[test]
+    fn issuers_may_not_share_a_principal_type() {
+        let issuer = |iss: &str| {
+            format!(
+                "  - issuer: {iss}\n    audiences: [a]\n    jwks: {{ uri: \"http://127.0.0.1:1/k\", insecure_allow_http: true }}\n"
+            )
+        };
+        let text = format!("issuers:\n{}{}", issuer("https://a"), issuer("https://b"));
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("`issuers[].principal_type` = `User`"), "{err}");
+        let distinct = text.replacen(
+            "audiences: [a]",
+            "audiences: [a]\n    principal_type: Partner",
+            1,
+        );
+        assert_eq!(parse(&distinct).unwrap().issuers.len(), 2);
+    }
+
+    #[test]
+    fn limits_are_bounded() {
+        let err = parse("limits:\n  max_inflight: 99999999999999999\n  drain_timeout: 1000y\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`limits.max_inflight`"), "{err}");
+        assert!(err.contains("`limits.drain_timeout`"), "{err}");
+    }
+
+    #[test]
     fn issuers_are_checked() {
         let err = parse(
             r#"
@@ -500,6 +545,7 @@ issuers:
             "`issuers[].algorithms` = `HS256`",
             "`issuers[].algorithms` = `none`",
             "`issuers[].issuer` = `http://idp.example`",
+            "`issuers[].issuer` = `https://idp.example`",
             "`issuers[].audiences`",
         ] {
             assert!(err.contains(expected), "{expected} not in {err}");

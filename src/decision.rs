@@ -55,7 +55,9 @@ pub enum Outcome {
 pub enum DenyReason {
     #[error("no policy permits this request")]
     PolicyDenied,
-    #[error("policy evaluation failed: {}", .0.iter().map(|f| format!("`{}`: {}", f.policy_id, f.message)).collect::<Vec<_>>().join("; "))]
+    // Cedar's messages can quote request values (a header passed to `ip()`, say), so only the
+    // policy ids are shown; the messages stay in `PolicyFailure` for explain tooling.
+    #[error("policy evaluation failed in {}", .0.iter().map(|f| format!("`{}`", f.policy_id)).collect::<Vec<_>>().join(", "))]
     PolicyError(Vec<PolicyFailure>),
     #[error("authentication failed: {0}")]
     Unauthenticated(#[source] TokenError),
@@ -69,6 +71,8 @@ pub enum DenyReason {
     Mapping(#[source] MappingError),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("the check took longer than its deadline of {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 impl DenyReason {
@@ -86,6 +90,7 @@ impl DenyReason {
             Self::BadRequest(_) => "malformed_request",
             Self::Mapping(_) => "mapping_error",
             Self::Internal(_) => "internal",
+            Self::Timeout(_) => "timeout",
         }
     }
 
@@ -99,6 +104,7 @@ impl DenyReason {
             Self::BadRequest(e) if e.is_too_long() => (Code::InvalidArgument, 414),
             Self::BadRequest(_) => (Code::InvalidArgument, 400),
             Self::Mapping(_) | Self::Internal(_) => (Code::Internal, 500),
+            Self::Timeout(_) => (Code::Unavailable, 503),
         }
     }
 }

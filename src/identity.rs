@@ -79,7 +79,15 @@ impl Peer {
         };
         if present {
             // Envoy's source.principal is the first URI SAN: both must name the same workload.
+            // A principal that names something else (or a SPIFFE ID the certificate does not
+            // carry) means the two disagree about who is calling: refuse rather than pick one.
             if resolved.spiffe_id.is_some() && spiffe_from_cert != resolved.spiffe_id {
+                return Err(peer::PeerError::PrincipalMismatch);
+            }
+            if let Some(id) = &spiffe_from_cert
+                && !resolved.principal.is_empty()
+                && resolved.principal != id.to_string()
+            {
                 return Err(peer::PeerError::PrincipalMismatch);
             }
             if resolved.principal.is_empty()

@@ -9,9 +9,14 @@
 //! - a path with dot-segments (`.` or `..`, also encoded) is refused: resolving them here would
 //!   authorise another path than the one an upstream without normalisation serves. Envoy's
 //!   `normalize_path: true` resolves them before ext_authz runs, so well-configured traffic never
-//!   hits this rule;
-//! - header names are lowercased; repeated headers are joined with `,` as Envoy does; pseudo-headers
-//!   are left out (their content is in method, host and path); a value that is not UTF-8 is refused.
+//!   hits this rule; so is `..;` (a dot-segment to servlet containers) and a path that is still
+//!   percent-encoded after decoding (`%252e`), which an upstream decoding twice would resolve;
+//! - header names are lowercased; a repeated header is joined with `,` when RFC 9110 defines it as
+//!   a list (`accept`, `x-forwarded-for`, …) and refused otherwise (a policy comparing
+//!   `x-env == "prod"` must not be dodged by sending it twice); pseudo-headers are left out (their
+//!   content is in method, host and path); a value that is not UTF-8 is refused;
+//! - the request id (`x-request-id`, else Envoy's id, else a fresh UUID) is at most 128 printable
+//!   ASCII bytes, because it is echoed in answers and logs.
 //!
 //! This module never sees protobuf types and never decides: it only normalises.
 
@@ -42,8 +47,12 @@ pub enum RequestError {
     ControlCharacter,
     #[error("path contains a `.` or `..` segment")]
     DotSegment,
+    #[error("path is percent-encoded twice")]
+    DoubleEncoded,
     #[error("value of header `{0}` is not UTF-8")]
     HeaderNotUtf8(String),
+    #[error("header `{0}` is repeated, and it is not a list")]
+    RepeatedHeader(String),
 }
 
 impl RequestError {
@@ -86,7 +95,7 @@ pub struct HttpRequest {
     pub protocol: String,
     /// Query parameters, decoded; a repeated name keeps its values joined with `,`.
     pub query: BTreeMap<String, String>,
-    /// Lowercased header names; repeated headers joined with `,`; no pseudo-headers.
+    /// Lowercased header names; repeated list headers joined with `,`; no pseudo-headers.
     pub headers: BTreeMap<String, String>,
     /// The request id: `x-request-id`, else Envoy's `http.id`, else a fresh UUID.
     pub request_id: String,
@@ -120,25 +129,35 @@ pub fn normalise(raw: RawHttp, max_path_bytes: usize) -> Result<HttpRequest, Req
     let query = join_repeated(
         form_urlencoded::parse(raw_query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())),
     );
-    let headers = join_repeated(
-        raw_headers
-            .into_iter()
-            .filter(|h| !h.name.starts_with(':'))
-            .map(|RawHeader { name, value }| {
-                let name = name.to_ascii_lowercase();
-                match String::from_utf8(value) {
-                    Ok(value) => Ok((name, value)),
-                    Err(_) => Err(RequestError::HeaderNotUtf8(name)),
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-    );
-    let request_id = headers
-        .get("x-request-id")
-        .filter(|v| !v.is_empty())
-        .cloned()
-        .or_else(|| (!id.is_empty()).then_some(id))
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut headers = BTreeMap::<String, String>::new();
+    for RawHeader { name, value } in raw_headers {
+        if name.starts_with(':') {
+            continue;
+        }
+        let name = name.to_ascii_lowercase();
+        let Ok(value) = String::from_utf8(value) else {
+            return Err(RequestError::HeaderNotUtf8(name));
+        };
+        match headers.get_mut(&name) {
+            None => {
+                headers.insert(name, value);
+            }
+            Some(joined) if LIST_HEADERS.contains(&name.as_str()) => {
+                joined.push(',');
+                joined.push_str(&value);
+            }
+            // `x-env: prod` twice must not become `prod,prod` and slip past `== "prod"`.
+            Some(_) => return Err(RequestError::RepeatedHeader(name)),
+        }
+    }
+    let request_id = [
+        headers.get("x-request-id").map(String::as_str),
+        Some(id.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|id| is_request_id(id))
+    .map_or_else(|| uuid::Uuid::new_v4().to_string(), ToOwned::to_owned);
     Ok(HttpRequest {
         method,
         host: host.to_ascii_lowercase(),
@@ -155,6 +174,37 @@ pub fn normalise(raw: RawHttp, max_path_bytes: usize) -> Result<HttpRequest, Req
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
+
+/// Request headers that RFC 9110 defines as comma-separated lists, where a repeated field means
+/// the same as one joined field. Any other header repeated is refused.
+const LIST_HEADERS: &[&str] = &[
+    "accept",
+    "accept-charset",
+    "accept-encoding",
+    "accept-language",
+    "cache-control",
+    "connection",
+    "cookie",
+    "forwarded",
+    "if-match",
+    "if-none-match",
+    "pragma",
+    "te",
+    "traceparent",
+    "tracestate",
+    "upgrade",
+    "via",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-client-cert",
+];
+
+/// A request id worth echoing in answers and logs: short, printable ASCII.
+fn is_request_id(id: &str) -> bool {
+    (1..=MAX_REQUEST_ID_BYTES).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+const MAX_REQUEST_ID_BYTES: usize = 128;
 
 fn join_repeated(pairs: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String, String> {
     let mut map = BTreeMap::<String, String>::new();
@@ -200,11 +250,21 @@ fn decode_path(raw: &str) -> Result<String, RequestError> {
     if path.chars().any(char::is_control) {
         return Err(RequestError::ControlCharacter);
     }
+    // `..;x` is `..` to servlet containers (Tomcat drops `;` path parameters).
     if path
         .split('/')
+        .map(|segment| segment.split(';').next().unwrap_or_default())
         .any(|segment| segment == "." || segment == "..")
     {
         return Err(RequestError::DotSegment);
+    }
+    // `%252e` decodes to `%2e`: an upstream that decodes again would see another path.
+    if path
+        .as_bytes()
+        .windows(3)
+        .any(|w| matches!(w, [b'%', hi, lo] if hex(*hi).is_some() && hex(*lo).is_some()))
+    {
+        return Err(RequestError::DoubleEncoded);
     }
     Ok(path)
 }
@@ -238,6 +298,14 @@ mod tests {
             ("/a/./b", Err(RequestError::DotSegment)),
             ("/a/..", Err(RequestError::DotSegment)),
             ("/a/%2e%2E/b", Err(RequestError::DotSegment)),
+            ("/a/..;/b", Err(RequestError::DotSegment)),
+            ("/a/.;x=1/b", Err(RequestError::DotSegment)),
+            ("/a/%2e%2e;/b", Err(RequestError::DotSegment)),
+            ("/a;v=1/b", Ok("/a;v=1/b")),
+            ("/a/%252e%252e/b", Err(RequestError::DoubleEncoded)),
+            ("/a%252Fb", Err(RequestError::DoubleEncoded)),
+            ("/100%25", Ok("/100%")),
+            ("/100%25off", Ok("/100%off")),
             ("/a%2Fb", Err(RequestError::EncodedSlash)),
             ("/a%2fb", Err(RequestError::EncodedSlash)),
             ("/a%5Cb", Err(RequestError::EncodedSlash)),
@@ -291,11 +359,11 @@ mod tests {
         let mut r = raw("GET", "/");
         r.headers = vec![
             RawHeader {
-                name: "X-Tenant".into(),
+                name: "Accept".into(),
                 value: b"a".to_vec(),
             },
             RawHeader {
-                name: "x-tenant".into(),
+                name: "accept".into(),
                 value: b"b".to_vec(),
             },
             RawHeader {
@@ -308,10 +376,22 @@ mod tests {
             },
         ];
         let n = normalise(r.clone(), 64).unwrap();
-        assert_eq!(n.headers.get("x-tenant").map(String::as_str), Some("a,b"));
+        assert_eq!(n.headers.get("accept").map(String::as_str), Some("a,b"));
         assert!(!n.headers.contains_key(":path"));
         assert_eq!(n.request_id, "rid-1");
         assert_eq!(n.host, "api.example.org");
+
+        let mut twice = r.clone();
+        for value in ["prod", "prod"] {
+            twice.headers.push(RawHeader {
+                name: "X-Env".into(),
+                value: value.as_bytes().to_vec(),
+            });
+        }
+        assert_eq!(
+            normalise(twice, 64).unwrap_err(),
+            RequestError::RepeatedHeader("x-env".into())
+        );
 
         r.headers.push(RawHeader {
             name: "X-Bin".into(),
@@ -330,5 +410,15 @@ mod tests {
         assert_eq!(normalise(r, 64).unwrap().request_id, "envoy-id");
         let fresh = normalise(raw("GET", "/"), 64).unwrap().request_id;
         assert_eq!(fresh.len(), 36);
+        // Too long or not printable: not echoed, the next source is used.
+        for bad in ["x".repeat(129), "a b".into(), "a\u{7f}".into()] {
+            let mut r = raw("GET", "/");
+            r.id = "envoy-id".into();
+            r.headers.push(RawHeader {
+                name: "x-request-id".into(),
+                value: bad.clone().into_bytes(),
+            });
+            assert_eq!(normalise(r, 64).unwrap().request_id, "envoy-id", "{bad}");
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! a token or a request body: only names, codes and Cedar uids.
 //!
 //! Metrics: `cedargate_decisions_total{decision,reason}`, `cedargate_check_duration_seconds`
-//! (histogram), `cedargate_rejected_total{reason}`.
+//! (histogram), `cedargate_rejected_total{reason}`, `cedargate_check_panics_total`.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use crate::decision::{Decision, Outcome};
 pub const DECISIONS_TOTAL: &str = "cedargate_decisions_total";
 pub const CHECK_DURATION: &str = "cedargate_check_duration_seconds";
 pub const REJECTED_TOTAL: &str = "cedargate_rejected_total";
+pub const PANICS_TOTAL: &str = "cedargate_check_panics_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
@@ -87,4 +88,9 @@ pub fn decided(decision: &Decision, elapsed: Duration) {
 /// Counts a Check refused before evaluation (overload, …).
 pub fn rejected(reason: &'static str) {
     metrics::counter!(REJECTED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Counts a panic caught in a check (answered as a deny).
+pub fn panicked() {
+    metrics::counter!(PANICS_TOTAL).increment(1);
 }

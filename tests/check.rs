@@ -281,21 +281,3 @@ async fn context_extensions_override_the_route_table() {
     assert_eq!(reply.http_status(), Some(500));
     assert_eq!(reply.body()["error"], "mapping_error");
 }
-
-#[tokio::test]
-async fn path_parameters_cannot_inject_entities() {
-    let mut server = TestServer::start().await;
-    // `{id}` becomes the entity id verbatim; it is never parsed as Cedar.
-    let reply = server
-        .check(
-            check("GET", r#"/orders/1001"%20||%20true"#)
-                .peer(CHECKOUT)
-                .build(),
-        )
-        .await;
-    assert_eq!(reply.http_status(), Some(403));
-    assert_eq!(
-        reply.meta("resource").as_deref(),
-        Some(r#"Order::"1001\" || true""#)
-    );
-}

@@ -195,3 +195,39 @@ async fn peer_record_without_spiffe_fields_fails_start_up() {
     let err = start_error(dir.path()).await;
     assert!(err.contains(r#"action `Action::"orders:read"`"#), "{err}");
 }
+
+#[tokio::test]
+async fn principal_in_entities_file_is_merged_not_a_duplicate() {
+    // The workload is in entities.json (with a team); the request builds it again from the
+    // peer identity. Both must merge into one entity: before, every such request was a 500.
+    let dir = policy_dir(r#"permit (principal in Team::"ops", action, resource is Order);"#);
+    std::fs::write(
+        dir.path().join("schema.cedarschema"),
+        SCHEMA.replace(
+            "entity Workload { trust_domain: String };",
+            "entity Team; entity Workload in [Team] { trust_domain: String, tier?: Long };",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("entities.json"),
+        r#"[
+          { "uid": { "type": "Team", "id": "ops" }, "attrs": {}, "parents": [] },
+          { "uid": { "type": "Workload", "id": "spiffe://td/ns/a/sa/ops" },
+            "attrs": { "trust_domain": "td", "tier": 1 },
+            "parents": [ { "type": "Team", "id": "ops" } ] }
+        ]"#,
+    )
+    .unwrap();
+    let mut server = TestServer::with_policies(dir.path()).await;
+    let known = check("GET", "/orders/7")
+        .peer("spiffe://td/ns/a/sa/ops")
+        .build();
+    let reply = server.check(known).await;
+    assert_eq!(reply.code(), Code::Ok, "{:?}", reply.body());
+    let stranger = check("GET", "/orders/7")
+        .peer("spiffe://td/ns/a/sa/other")
+        .build();
+    let reply = server.check(stranger).await;
+    assert_eq!(reply.http_status(), Some(403));
+}

@@ -706,3 +706,31 @@ async fn https_key_sets_trust_the_issuer_ca_bundle() {
         .expect("the untrusted fetch fails");
     assert!(!server.app.shared.authn.is_ready());
 }
+
+#[tokio::test]
+async fn path_parameters_cannot_inject_entities() {
+    // bob owns Order::"1001" (policies/entities.json): the control request is allowed, so a
+    // crafted id that became Order::"1001" in any way would be allowed too.
+    let mut f = fixture().await;
+    let token = f.keys[1].sign(&claims(ISS, "orders", "bob"));
+    let reply = f
+        .server
+        .check(check("GET", "/orders/1001").bearer(&token).build())
+        .await;
+    assert_eq!(reply.code(), Code::Ok);
+    for (path, resource) in [
+        (r#"/orders/1001"%20||%20true"#, r#"Order::"1001\" || true""#),
+        (
+            r#"/orders/1001",Order::"1002"#,
+            r#"Order::"1001\",Order::\"1002""#,
+        ),
+    ] {
+        let reply = f
+            .server
+            .check(check("GET", path).bearer(&token).build())
+            .await;
+        assert_eq!(reply.http_status(), Some(403), "{path}");
+        assert_eq!(reply.meta("resource").as_deref(), Some(resource), "{path}");
+    }
+    f.jwks.stop().await;
+}

@@ -341,6 +341,30 @@ pub(super) fn build_issuer(
     }
 }
 
+/// Two issuers must not share an `issuer` (which keys would verify?) nor a `principal_type`:
+/// `sub` is unique only within one issuer, so a subject of one could name a user of the other.
+pub(super) fn check_distinct(issuers: &[IssuerConfig], problems: &mut Vec<Problem>) {
+    for (index, issuer) in issuers.iter().enumerate() {
+        let earlier = issuers.get(..index).unwrap_or_default();
+        if earlier.iter().any(|e| e.issuer == issuer.issuer) {
+            problems.push(problem(
+                "issuers[].issuer",
+                &issuer.issuer,
+                "is configured twice; keep one entry per issuer",
+            ));
+        } else if earlier
+            .iter()
+            .any(|e| e.principal_type == issuer.principal_type)
+        {
+            problems.push(problem(
+                "issuers[].principal_type",
+                &issuer.principal_type,
+                "is used by two issuers, whose subjects could collide; give each issuer its own principal_type (declare it in the schema)",
+            ));
+        }
+    }
+}
+
 fn problem(field: &'static str, value: &str, fix: &'static str) -> Problem {
     Problem {
         field,

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};
 
 use crate::config::{AuthSettings, JwksSource};
@@ -61,6 +62,8 @@ pub struct VerifyKey {
     /// The JWK's own `alg`, when it names one.
     pub alg: Option<Algorithm>,
     pub key: DecodingKey,
+    /// SHA-256 of the JWK as served (canonical JSON), to recognise the same key in a refresh.
+    pub fingerprint: [u8; 32],
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -107,6 +110,27 @@ impl KeySet {
         }
     }
 
+    /// Takes over the `Arc`s of keys that `old` already had, unchanged: a refresh that serves
+    /// the same keys must not invalidate every cached token (they are matched by pointer).
+    fn reuse(&mut self, old: &KeySet) {
+        for (kid, key) in &mut self.by_kid {
+            if let Some(prev) = old.by_kid.get(kid)
+                && prev.fingerprint == key.fingerprint
+            {
+                *key = Arc::clone(prev);
+            }
+        }
+        for key in &mut self.anonymous {
+            if let Some(prev) = old
+                .anonymous
+                .iter()
+                .find(|prev| prev.fingerprint == key.fingerprint)
+            {
+                *key = Arc::clone(prev);
+            }
+        }
+    }
+
     /// True when `key` is still part of this set (a cached token dies with its key).
     pub fn contains(&self, key: &Arc<VerifyKey>) -> bool {
         match &key.kid {
@@ -137,6 +161,8 @@ pub fn parse(body: &[u8]) -> Result<KeySet, JwksError> {
     let doc: Doc = serde_json::from_slice(body).map_err(|e| JwksError::Invalid(e.to_string()))?;
     let mut set = KeySet::default();
     for value in doc.keys {
+        // serde_json's maps are sorted, so this is the same for the same key in any order.
+        let fingerprint: [u8; 32] = Sha256::digest(value.to_string().as_bytes()).into();
         let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
             continue;
         };
@@ -170,6 +196,7 @@ pub fn parse(body: &[u8]) -> Result<KeySet, JwksError> {
             kind,
             alg,
             key,
+            fingerprint,
         });
         match &key.kid {
             Some(kid) => {
@@ -227,7 +254,8 @@ impl IssuerKeys {
         }
     }
 
-    fn store(&self, set: KeySet) {
+    fn store(&self, mut set: KeySet) {
+        set.reuse(&self.current.load());
         metrics::gauge!("cedargate_jwks_keys", "issuer" => self.issuer.clone())
             .set(set.len() as f64);
         self.current.store(Arc::new(set));
@@ -495,5 +523,38 @@ pub fn describe(source: &JwksSource) -> String {
         JwksSource::Uri { uri, .. } => uri.split('?').next().unwrap_or_default().to_owned(),
         JwksSource::Discovery { .. } => "OIDC discovery".to_owned(),
         JwksSource::File(path) => path.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RFC8037_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+    const OTHER_X: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+    fn jwks(keys: &[(&str, &str)]) -> KeySet {
+        let keys: Vec<_> = keys
+            .iter()
+            .map(|(kid, x)| serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": x}))
+            .collect();
+        parse(serde_json::json!({ "keys": keys }).to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_refresh_keeps_unchanged_keys_and_replaces_changed_ones() {
+        let old = jwks(&[("a", RFC8037_X), ("b", RFC8037_X)]);
+        let mut new = jwks(&[("a", RFC8037_X), ("b", OTHER_X)]);
+        let (old_a, old_b) = (old.find(Some("a")).unwrap(), old.find(Some("b")).unwrap());
+        assert!(!new.contains(old_a), "fresh parse, fresh Arcs");
+        new.reuse(&old);
+        assert!(
+            new.contains(old_a),
+            "same kid, same material: the cached token stays valid"
+        );
+        assert!(
+            !new.contains(old_b),
+            "same kid, new material: cached tokens die"
+        );
     }
 }

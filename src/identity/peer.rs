@@ -121,34 +121,94 @@ pub struct Xfcc {
 }
 
 /// Parses the element of XFCC closest to cedargate's Envoy (the last one): `Hash=` (hex
-/// SHA-256 of the leaf), `URI=`, `DNS=`; values may be quoted.
+/// SHA-256 of the leaf), `URI=`, `DNS=`. Values may be double-quoted (Envoy quotes `Subject`,
+/// which may hold `,`, `;` and `=`), with `\"` and `\\` escapes inside quotes; separators
+/// inside quotes are data, so a crafted subject cannot smuggle a `URI=` or a new element.
 pub fn parse_xfcc(header: &str) -> Result<Xfcc, PeerError> {
-    let element = header.rsplit(',').next().unwrap_or_default();
+    let elements = split_xfcc(header)?;
+    let element = elements.last().ok_or(PeerError::Xfcc)?;
     let mut xfcc = Xfcc::default();
-    for pair in element.split(';') {
-        let Some((key, value)) = pair.trim().split_once('=') else {
-            return Err(PeerError::Xfcc);
-        };
-        let value = value.trim_matches('"');
+    for (key, value) in element {
         match key.to_ascii_lowercase().as_str() {
-            "hash" => {
-                let mut sha = [0u8; 32];
-                if value.len() != 64 {
-                    return Err(PeerError::Xfcc);
-                }
-                for (byte, pair) in sha.iter_mut().zip(value.as_bytes().chunks(2)) {
-                    let text = std::str::from_utf8(pair).map_err(|_| PeerError::Xfcc)?;
-                    *byte = u8::from_str_radix(text, 16).map_err(|_| PeerError::Xfcc)?;
-                }
-                xfcc.sha256 = Some(sha);
-            }
+            "hash" => xfcc.sha256 = Some(parse_hex_sha256(value)?),
             "uri" if xfcc.uri.is_some() => return Err(PeerError::SeveralUris),
-            "uri" => xfcc.uri = Some(value.to_owned()),
-            "dns" => xfcc.dns.push(value.to_owned()),
+            "uri" => xfcc.uri = Some(value.clone()),
+            "dns" => xfcc.dns.push(value.clone()),
             _ => {}
         }
     }
     Ok(xfcc)
+}
+
+type XfccElement = Vec<(String, String)>;
+
+/// Splits XFCC into elements of `key=value` pairs, honouring quotes.
+fn split_xfcc(header: &str) -> Result<Vec<XfccElement>, PeerError> {
+    let mut elements = vec![Vec::new()];
+    let mut chars = header.chars().peekable();
+    loop {
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' {
+                break;
+            }
+            if matches!(c, ',' | ';' | '"' | '\\') || c.is_control() {
+                return Err(PeerError::Xfcc);
+            }
+            key.push(c);
+            chars.next();
+        }
+        if chars.next() != Some('=') || key.trim().is_empty() {
+            return Err(PeerError::Xfcc);
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') => break,
+                    Some('\\') => value.push(chars.next().ok_or(PeerError::Xfcc)?),
+                    Some(c) if !c.is_control() => value.push(c),
+                    _ => return Err(PeerError::Xfcc),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if matches!(c, ',' | ';') {
+                    break;
+                }
+                if matches!(c, '"' | '=' | '\\') || c.is_control() {
+                    return Err(PeerError::Xfcc);
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        elements
+            .last_mut()
+            .ok_or(PeerError::Xfcc)?
+            .push((key.trim().to_owned(), value));
+        match chars.next() {
+            None => return Ok(elements),
+            Some(';') => {}
+            Some(',') => elements.push(Vec::new()),
+            Some(_) => return Err(PeerError::Xfcc),
+        }
+    }
+}
+
+/// 64 hex digits, nothing else (no sign, no whitespace).
+fn parse_hex_sha256(value: &str) -> Result<[u8; 32], PeerError> {
+    let bytes = value.as_bytes();
+    if bytes.len() != 64 || !bytes.iter().all(u8::is_ascii_hexdigit) {
+        return Err(PeerError::Xfcc);
+    }
+    let mut sha = [0u8; 32];
+    for (byte, pair) in sha.iter_mut().zip(bytes.chunks(2)) {
+        let text = std::str::from_utf8(pair).map_err(|_| PeerError::Xfcc)?;
+        *byte = u8::from_str_radix(text, 16).map_err(|_| PeerError::Xfcc)?;
+    }
+    Ok(sha)
 }
 
 #[cfg(test)]
@@ -168,6 +228,32 @@ mod tests {
         assert_eq!(parse_xfcc("Hash=zz"), Err(PeerError::Xfcc));
         assert_eq!(parse_xfcc("garbage"), Err(PeerError::Xfcc));
         assert_eq!(parse_xfcc("URI=a;URI=b"), Err(PeerError::SeveralUris));
+        assert_eq!(
+            parse_xfcc(&format!("Hash=+{}", "a".repeat(63))),
+            Err(PeerError::Xfcc)
+        );
+    }
+
+    #[test]
+    fn xfcc_quoted_subject_cannot_smuggle_a_uri_or_an_element() {
+        // A client certificate whose subject is crafted to look like XFCC syntax.
+        let x = parse_xfcc(
+            r#"Subject="CN=x;URI=spiffe://td/ns/admin/sa/root,O=\"evil\"";URI=spiffe://td/ns/x/sa/y"#,
+        )
+        .unwrap();
+        assert_eq!(x.uri.as_deref(), Some("spiffe://td/ns/x/sa/y"));
+        let x =
+            parse_xfcc(r#"URI=spiffe://td/ns/x/sa/y;Subject="CN=a,URI=spiffe://td/evil""#).unwrap();
+        assert_eq!(x.uri.as_deref(), Some("spiffe://td/ns/x/sa/y"));
+        for bad in [
+            r#"Subject="unterminated"#,
+            r#"URI=a"b"#,
+            "URI=a;;DNS=b",
+            "=x",
+            "URI=spiffe://td/a\n",
+        ] {
+            assert_eq!(parse_xfcc(bad), Err(PeerError::Xfcc), "{bad}");
+        }
     }
 
     #[test]

@@ -151,10 +151,19 @@ pub fn extract<'r>(
         if value.eq_ignore_ascii_case("bearer") {
             return Err(TokenError::Malformed("empty bearer token"));
         }
-        if let Some((scheme, token)) = value.split_once(' ')
-            && scheme.eq_ignore_ascii_case("bearer")
-        {
+        // Any whitespace separates scheme and token (`Bearer<TAB>x` is a bearer token to
+        // lenient upstream parsers, so it must be one here too); a scheme that only starts
+        // like `Bearer` (`Bearer:x`, `BearerX`) is refused rather than ignored.
+        let (scheme, token) = value
+            .split_once(|c: char| c.is_ascii_whitespace())
+            .unwrap_or((value, ""));
+        if scheme.eq_ignore_ascii_case("bearer") {
             found.push(token.trim_start());
+        } else if scheme
+            .get(..6)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("bearer"))
+        {
+            return Err(TokenError::Malformed("not a bearer token"));
         }
     }
     if let Some(value) = source.header.as_ref().and_then(|name| headers.get(name)) {
@@ -470,6 +479,10 @@ mod tests {
         );
         assert!(x(&h("Bearer a b"), &none).is_err());
         assert!(x(&h("Bearer"), &none).is_err());
+        assert_eq!(x(&h("Bearer\tabc"), &none), some("abc"));
+        assert!(x(&h("Bearer:abc"), &none).is_err());
+        assert!(x(&h("bearerabc"), &none).is_err());
+        assert_eq!(x(&h("Basic dXNlcjpwdw=="), &none), Ok(None));
         assert!(x(&h("Bearer   "), &none).is_err());
         let q = BTreeMap::from([("access_token".to_owned(), "x".to_owned())]);
         assert_eq!(x(&none, &q), Err(TokenError::InQuery));

@@ -49,12 +49,17 @@ pub enum MappingError {
     Invalid(String),
     #[error("the action does not apply to this principal or resource: {0}")]
     NotApplicable(String),
+    #[error("path `{0}` matches a route only when case is ignored")]
+    NearMiss(String),
 }
 
 impl MappingError {
     /// True when no action declared in the schema matches the request (an unknown route).
     pub fn is_unknown_action(&self) -> bool {
-        matches!(self, Self::UnknownAction(_) | Self::NotApplicable(_))
+        matches!(
+            self,
+            Self::UnknownAction(_) | Self::NotApplicable(_) | Self::NearMiss(_)
+        )
     }
 }
 
@@ -123,11 +128,18 @@ pub fn map(
     if let Some(token) = &identity.token {
         per_request.push(tagged(CLAIMS_TYPE, &token.claims)?);
     }
-    per_request.extend(principal_entity);
+    per_request.extend(
+        principal_entity
+            .map(|e| with_static(snapshot, e))
+            .transpose()?,
+    );
+    // Upsert: a request's own entities replace static ones of the same uid (the principal is
+    // already merged with its static entry above), so entities.json can never make every
+    // request fail with a duplicate.
     let entities = snapshot
         .entities
         .clone()
-        .add_entities(per_request, Some(&snapshot.schema))
+        .upsert_entities(per_request, Some(&snapshot.schema))
         .map_err(invalid)?;
     // Validated against the schema: an unscoped policy would otherwise match a principal or
     // resource type outside the action's `appliesTo`. A mismatch is a deny (403), not an error.
@@ -241,6 +253,20 @@ fn principal(identity: &Identity) -> Result<(EntityUid, Option<Entity>), Mapping
         }
         Principal::Anonymous => Ok((uid("Anonymous", "anonymous")?, None)),
     }
+}
+
+/// The principal built from the request, merged with its entry in entities.json if it has one:
+/// static attributes and parents, plus (overriding) what the token or certificate says. Tags
+/// of the static entry are not carried over.
+fn with_static(snapshot: &Snapshot, entity: Entity) -> Result<Entity, MappingError> {
+    let Some(existing) = snapshot.entities.get(&entity.uid()) else {
+        return Ok(entity);
+    };
+    let (uid, mut attrs, mut parents) = existing.clone().into_inner();
+    let (_, request_attrs, request_parents) = entity.into_inner();
+    attrs.extend(request_attrs);
+    parents.extend(request_parents);
+    Entity::new(uid, attrs, parents).map_err(invalid)
 }
 
 /// An entity whose tags are the map's entries (headers, query, path parameters).

@@ -48,6 +48,8 @@ pub enum TokenRequirement {
 pub struct Routes {
     /// One router per method; `"*"` holds the routes for any method.
     routers: HashMap<String, matchit::Router<usize>>,
+    /// The same templates lowercased, to spot a path that differs from a route only by case.
+    folded: HashMap<String, matchit::Router<()>>,
     routes: Vec<Route>,
 }
 
@@ -130,6 +132,13 @@ impl Routes {
             .map(|r| ResourceTemplate::parse(&r, &params, schema))
             .transpose()?;
         let method = method.map_or_else(|| ANY_METHOD.to_owned(), |m| m.to_ascii_uppercase());
+        // Two templates equal but for case share one folded entry: the insert conflict of the
+        // second one is expected and harmless.
+        let _ = self
+            .folded
+            .entry(method.clone())
+            .or_default()
+            .insert(path.to_lowercase(), ());
         self.routers
             .entry(method)
             .or_default()
@@ -144,7 +153,11 @@ impl Routes {
     }
 
     /// The route for a method and a decoded path, if any.
+    ///
+    /// A trailing `/` is not significant (`/orders/` is the route of `/orders`): most
+    /// frameworks serve both alike, and a miss would hand the request to the fallback action.
     pub fn find(&self, method: &str, path: &str) -> Option<RouteMatch<'_>> {
+        let path = without_trailing_slash(path);
         let found = self
             .routers
             .get(method)
@@ -162,6 +175,24 @@ impl Routes {
             params,
             token: route.token,
         })
+    }
+
+    /// True when a path no route matches would match one if case were ignored (`/Orders/7`):
+    /// upstreams that ignore case would serve the route's resource under the fallback action,
+    /// so the caller refuses such a request instead of guessing.
+    pub fn near_miss(&self, method: &str, path: &str) -> bool {
+        let folded = without_trailing_slash(path).to_lowercase();
+        [method, ANY_METHOD]
+            .iter()
+            .filter_map(|m| self.folded.get(*m))
+            .any(|r| r.at(&folded).is_ok())
+    }
+}
+
+fn without_trailing_slash(path: &str) -> &str {
+    match path.strip_suffix('/') {
+        Some(trimmed) if !trimmed.is_empty() => trimmed,
+        _ => path,
     }
 }
 
@@ -278,6 +309,26 @@ mod tests {
             .resource
             .unwrap();
         assert_eq!(item.id().unescaped(), "s1/i\"2");
+    }
+
+    #[test]
+    fn trailing_slash_is_the_same_route_and_case_is_a_near_miss() {
+        let table = routes(
+            r#"routes:
+                 - { method: GET, path: "/orders/{id}", action: "orders:read", resource: 'Order::"{id}"' }
+                 - { path: "/orders", action: "orders:list" }
+            "#,
+        )
+        .unwrap();
+        let m = table.find("GET", "/orders/42/").unwrap();
+        assert_eq!(m.resource.unwrap().to_string(), r#"Order::"42""#);
+        assert!(table.find("GET", "/orders/").is_some());
+        assert!(table.find("GET", "/").is_none());
+        assert!(table.find("GET", "/Orders/42").is_none());
+        assert!(table.near_miss("GET", "/Orders/42"));
+        assert!(table.near_miss("PUT", "/ORDERS/"));
+        assert!(!table.near_miss("PUT", "/Orders/42"));
+        assert!(!table.near_miss("GET", "/elsewhere"));
     }
 
     #[test]

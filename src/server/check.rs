@@ -1,13 +1,16 @@
 //! The Check handler: admission (in-flight cap), then the stages — read the protobuf and
 //! normalise ([`prepare`]), authenticate the bearer token (the only stage that may wait, and
 //! only on a bounded key-set fetch), map to Cedar and evaluate ([`decide`]), answer. Every
-//! failure is a deny; a panic in the synchronous stages is caught and answered as a deny.
+//! failure is a deny; a panic anywhere after admission is caught and answered as a deny, and
+//! so is running past the deadline.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
 
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
@@ -81,37 +84,79 @@ impl Authorization for CheckService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        // Shed load at once rather than queue: Envoy's timeout then fails closed.
+        // Shed load at once rather than queue. UNAVAILABLE (not a deny) lets Envoy retry
+        // another replica; with `failure_mode_allow: false` it is a deny at Envoy.
         let Ok(_permit) = self.shared.inflight.try_acquire() else {
             telemetry::rejected("overload");
             return Err(Status::unavailable("cedargate is over its in-flight limit"));
         };
         let started = Instant::now();
-        let limits = self.shared.limits;
-        let peer_settings = &self.shared.peer_settings;
-        let input = request.into_inner();
-        let decision = match guard(|| prepare(&limits, peer_settings, envoy::input(input))) {
-            Err(decision) => *decision,
-            Ok(prepared) => {
-                let token = self.shared.authn.authenticate(&prepared.http).await;
-                let snapshot = self.shared.snapshot.load();
-                let requires_token = self.shared.authn.requires_token();
-                guard(|| Ok(decide(&snapshot, prepared, token, requires_token)))
-                    .unwrap_or_else(|d| *d)
+        let budget = deadline(self.shared.limits.check_timeout, request.metadata());
+        // Everything after admission runs under one panic guard and one deadline, and both
+        // end in a denied answer, never in a gRPC error Envoy might be told to ignore.
+        let pipeline = AssertUnwindSafe(run(&self.shared, request.into_inner())).catch_unwind();
+        let decision = match tokio::time::timeout(budget, pipeline).await {
+            Ok(Ok(decision)) => decision,
+            Ok(Err(_panic)) => {
+                telemetry::panicked();
+                Decision::early(
+                    String::new(),
+                    DenyReason::Internal("a check panicked".into()),
+                )
             }
+            Err(_elapsed) => Decision::early(String::new(), DenyReason::Timeout(budget)),
         };
         telemetry::decided(&decision, started.elapsed());
-        Ok(Response::new(envoy::response(decision.answer())))
+        let response =
+            std::panic::catch_unwind(AssertUnwindSafe(|| envoy::response(decision.answer())))
+                .unwrap_or_else(|_| {
+                    telemetry::panicked();
+                    let fallback =
+                        Decision::early(String::new(), DenyReason::Internal(String::new()));
+                    envoy::response(fallback.answer())
+                });
+        Ok(Response::new(response))
     }
 }
 
-/// Runs a synchronous stage; a panic becomes an internal-error deny.
-fn guard<T>(stage: impl FnOnce() -> Result<T, Box<Decision>>) -> Result<T, Box<Decision>> {
-    std::panic::catch_unwind(AssertUnwindSafe(stage)).unwrap_or_else(|_| {
-        Err(Box::new(Decision::early(
-            String::new(),
-            DenyReason::Internal("a check stage panicked".into()),
-        )))
+/// The stages of one admitted check.
+async fn run(shared: &Shared, input: CheckRequest) -> Decision {
+    #[cfg(feature = "testutil")]
+    crate::testutil::inject_fault(&input);
+    let prepared = match prepare(&shared.limits, &shared.peer_settings, envoy::input(input)) {
+        Ok(prepared) => prepared,
+        Err(decision) => return *decision,
+    };
+    let token = shared.authn.authenticate(&prepared.http).await;
+    let snapshot = shared.snapshot.load();
+    decide(&snapshot, prepared, token, shared.authn.requires_token())
+}
+
+/// The time a check may take: the configured bound, shortened by the caller's gRPC deadline
+/// (`grpc-timeout`, which Envoy sets from the ext_authz filter's `timeout`).
+pub fn deadline(bound: Duration, metadata: &tonic::metadata::MetadataMap) -> Duration {
+    metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map_or(bound, |caller| caller.min(bound))
+}
+
+/// `grpc-timeout` per the gRPC HTTP/2 spec: at most 8 ASCII digits and a unit (H M S m u n).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
     })
 }
 
@@ -189,6 +234,10 @@ pub fn decide(
         .collect();
 
     let route = snapshot.routes.find(&http.method, &http.path);
+    if route.is_none() && snapshot.routes.near_miss(&http.method, &http.path) {
+        let err = mapping::MappingError::NearMiss(http.path.clone());
+        return deny(decision, DenyReason::NoRoute(err));
+    }
     // A token that is present must be valid, on every route; a missing one is refused where
     // the route (or, without a route setting, `authentication.require_token`) requires one.
     let token = match token.and_then(|token| {
@@ -237,4 +286,30 @@ pub fn decide(
 fn deny(mut decision: Decision, reason: DenyReason) -> Decision {
     decision.outcome = Outcome::Deny(reason);
     decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_values() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse_grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "m", "123456789m", "+5S", "5s", "5 S", "-1S", "é"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+        let mut md = tonic::metadata::MetadataMap::new();
+        let bound = Duration::from_secs(5);
+        assert_eq!(deadline(bound, &md), bound);
+        md.insert("grpc-timeout", "100m".parse().unwrap());
+        assert_eq!(deadline(bound, &md), Duration::from_millis(100));
+        md.insert("grpc-timeout", "60S".parse().unwrap());
+        assert_eq!(deadline(bound, &md), bound);
+    }
 }

@@ -1,0 +1,234 @@
+//! Limits and faults: the in-flight cap sheds load, the per-check deadline and a panic inside a
+//! check end in a denied answer, an oversized message is refused; and after each, the server
+//! still answers health checks and ordinary checks.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::{Duration, Instant};
+
+use cedargate::config::{Config, PolicySource};
+use cedargate::testutil::jwt::{JwksServer, TestKey, claims};
+use cedargate::testutil::{PANIC_EXTENSION, TestServer, check, test_config, test_issuer};
+use jsonwebtoken::{Algorithm, Header};
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+const ISS: &str = "https://idp.test";
+
+/// The server still answers: gRPC health says SERVING and a public check is allowed.
+async fn still_serving(server: &mut TestServer) {
+    let mut health = HealthClient::new(server.channel().await);
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status;
+    assert_eq!(status, 1, "SERVING");
+    let reply = server.check(check("GET", "/healthz").build()).await;
+    assert_eq!(reply.code(), Code::Ok);
+}
+
+/// A server whose checks with an unknown `kid` wait (up to 30 s) for a key-set fetch.
+fn waiting_config(jwks: &JwksServer) -> Config {
+    let mut config = test_config(PolicySource::Embedded);
+    config.issuers = vec![test_issuer(ISS, &jwks.uri())];
+    config.auth.fetch_wait = Duration::from_secs(30);
+    config
+}
+
+/// A token signed by a key the key server does not publish yet: its check waits for a fetch.
+fn unknown_kid_token() -> String {
+    let stranger = TestKey::generate(Algorithm::ES256, "not-yet-published");
+    stranger.sign_with(
+        Header {
+            kid: Some("not-yet-published".into()),
+            ..Header::new(Algorithm::ES256)
+        },
+        &claims(ISS, "orders", "alice"),
+    )
+}
+
+/// Waits (bounded) until the key server has seen `count` fetches.
+async fn fetches_reach(jwks: &JwksServer, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while jwks.fetches() < count {
+        assert!(Instant::now() < deadline, "no key-set fetch started");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn over_the_in_flight_cap_is_shed_at_once() {
+    let key = TestKey::generate(Algorithm::ES256, "k");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut config = waiting_config(&jwks);
+    config.limits.max_inflight = 1;
+    let mut server = TestServer::with_config(config).await;
+    server.ready().await;
+    let fetched = jwks.fetches();
+
+    // One check holds the only permit while it waits for a held key server.
+    let held = jwks.hold().await;
+    let mut client = server.client.clone();
+    let request = check("GET", "/profiles/alice")
+        .bearer(&unknown_kid_token())
+        .build();
+    let waiting = tokio::spawn(async move { client.check(request).await });
+    fetches_reach(&jwks, fetched + 1).await;
+
+    let started = Instant::now();
+    let shed = server
+        .client
+        .check(check("GET", "/healthz").build())
+        .await
+        .expect_err("over the cap");
+    assert_eq!(shed.code(), Code::Unavailable);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shed, not queued"
+    );
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains(r#"cedargate_rejected_total{reason="overload"}"#),
+        "{metrics}"
+    );
+
+    drop(held);
+    let first = waiting.await.unwrap().expect("answered").into_inner();
+    assert_ne!(
+        first.status.unwrap().code,
+        0,
+        "unknown kid is never an allow"
+    );
+    still_serving(&mut server).await;
+    jwks.stop().await;
+}
+
+/// Timeout decisions counted so far (metrics are process-wide; only this test makes them).
+fn timeouts(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("cedargate_decisions_total{") && l.contains(r#"reason="timeout""#))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_check_past_its_deadline_is_a_503_deny() {
+    let key = TestKey::generate(Algorithm::ES256, "k");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut config = waiting_config(&jwks);
+    config.limits.check_timeout = Duration::from_millis(200);
+    let mut server = TestServer::with_config(config).await;
+    server.ready().await;
+    let held = jwks.hold().await;
+    let reply = server
+        .check(
+            check("GET", "/profiles/alice")
+                .bearer(&unknown_kid_token())
+                .build(),
+        )
+        .await;
+    assert_eq!(reply.code(), Code::Unavailable);
+    assert_eq!(reply.http_status(), Some(503));
+    assert_eq!(reply.body()["error"], "timeout");
+    drop(held);
+    still_serving(&mut server).await;
+    jwks.stop().await;
+
+    // The caller's gRPC deadline (`grpc-timeout`) shortens a far-off configured bound.
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut config = waiting_config(&jwks);
+    config.limits.check_timeout = Duration::from_secs(30);
+    let mut server = TestServer::with_config(config).await;
+    server.ready().await;
+    let before = timeouts(&server.metrics().await);
+    let held = jwks.hold().await;
+    let mut request = tonic::Request::new(
+        check("GET", "/profiles/alice")
+            .bearer(&unknown_kid_token())
+            .build(),
+    );
+    // The client gives up at the same moment, so cedargate's 503 or the client's own
+    // cancellation may arrive first; the server-side count below is what proves the point.
+    request.set_timeout(Duration::from_millis(200));
+    match server.client.check(request).await {
+        Ok(reply) => {
+            let reply = cedargate::testutil::Reply(reply.into_inner());
+            assert_eq!(reply.http_status(), Some(503));
+        }
+        Err(status) => assert!(
+            matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
+            "{status:?}"
+        ),
+    }
+    // Still holding the key server: without the caller's deadline, the check would still be
+    // waiting (for up to 30 s) and no timeout would be counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while timeouts(&server.metrics().await) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the caller's deadline was not honoured"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(held);
+    still_serving(&mut server).await;
+    jwks.stop().await;
+}
+
+#[tokio::test]
+async fn a_panic_in_a_check_is_a_counted_deny() {
+    let mut server = TestServer::start().await;
+    let reply = server
+        .check(
+            check("GET", "/healthz")
+                .extension(PANIC_EXTENSION, "1")
+                .build(),
+        )
+        .await;
+    assert_eq!(reply.code(), Code::Internal);
+    assert_eq!(reply.http_status(), Some(500));
+    assert_eq!(reply.body()["error"], "internal");
+    assert!(
+        server
+            .metrics()
+            .await
+            .contains("cedargate_check_panics_total"),
+        "the panic is counted"
+    );
+    still_serving(&mut server).await;
+}
+
+#[tokio::test]
+async fn an_oversized_check_is_refused_and_the_server_goes_on() {
+    let mut config = test_config(PolicySource::Embedded);
+    config.limits.max_request_bytes = 16 * 1024;
+    let mut server = TestServer::with_config(config).await;
+    let big = "x".repeat(32 * 1024);
+    let refused = server
+        .client
+        .check(check("GET", "/healthz").header("x-big", &big).build())
+        .await
+        .expect_err("over max_request_bytes");
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    // Just under the limit is served.
+    let reply = server
+        .check(
+            check("GET", "/healthz")
+                .header("x-big", &big[..8 * 1024])
+                .build(),
+        )
+        .await;
+    assert_eq!(reply.code(), Code::Ok);
+    still_serving(&mut server).await;
+}
