@@ -42,6 +42,8 @@ pub struct Decision {
     pub policy_ids: Vec<String>,
     /// Names of headers the client sent under [`IDENTITY_HEADER_PREFIX`].
     pub client_identity_headers: Vec<String>,
+    /// Further request headers to remove on allow (the token's, when it is not forwarded).
+    pub strip_headers: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -136,6 +138,7 @@ impl Decision {
             peer_spiffe_id: None,
             policy_ids: Vec::new(),
             client_identity_headers: Vec::new(),
+            strip_headers: Vec::new(),
         }
     }
 
@@ -191,6 +194,7 @@ impl Decision {
                         .iter()
                         .map(|name| (*name).to_owned())
                         .chain(self.client_identity_headers.iter().cloned())
+                        .chain(self.strip_headers.iter().cloned())
                         .filter(|name| !headers.iter().any(|(set, _)| set == name))
                         .collect();
                 headers_to_remove.sort_unstable();
@@ -254,6 +258,7 @@ mod tests {
                 PEER_HEADER.into(),
                 "x-cedargate-x".into(),
             ],
+            strip_headers: Vec::new(),
         }
     }
 

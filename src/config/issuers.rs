@@ -74,6 +74,9 @@ pub struct AuthSettings {
     pub token_source: TokenSource,
     /// A request without a token is refused (401) unless its route says `token: optional`.
     pub require_token: bool,
+    /// False: on allow, the header that carried the token (`authorization` or `token_header`)
+    /// is removed before the request goes upstream, which then sees only identity headers.
+    pub forward_token: bool,
     /// Largest accepted token, in bytes.
     pub max_token_bytes: usize,
     /// Verified tokens kept in memory.
@@ -109,6 +112,7 @@ impl Default for AuthSettings {
         Self {
             token_source: TokenSource::default(),
             require_token: true,
+            forward_token: true,
             max_token_bytes: 8 * 1024,
             token_cache_entries: 100_000,
             negative_ttl: Duration::from_secs(5),
@@ -165,6 +169,7 @@ struct RawJwks {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAuth {
     require_token: Option<bool>,
+    forward_token: Option<bool>,
     token_header: Option<String>,
     token_cookie: Option<String>,
     token_query: Option<String>,
@@ -193,6 +198,7 @@ const DEFAULT_ALGORITHMS: &[Algorithm] = &[
 pub(super) fn build_auth(raw: RawAuth, problems: &mut Vec<Problem>) -> AuthSettings {
     let RawAuth {
         require_token,
+        forward_token,
         token_header,
         token_cookie,
         token_query,
@@ -215,6 +221,7 @@ pub(super) fn build_auth(raw: RawAuth, problems: &mut Vec<Problem>) -> AuthSetti
             query: token_query,
         },
         require_token: require_token.unwrap_or(d.require_token),
+        forward_token: forward_token.unwrap_or(d.forward_token),
         max_token_bytes: positive(
             max_token_bytes,
             "authentication.max_token_bytes",

