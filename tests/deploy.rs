@@ -1,0 +1,311 @@
+//! The deployment files parse and carry what they promise: a hardened, probed, disruption-
+//! budgeted Kubernetes Deployment whose ConfigMaps hold a configuration cedargate accepts and
+//! exactly the policy set of `policies/`; an Istio provider and CUSTOM policy that point at the
+//! Service; a multi-stage, non-root Dockerfile.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::{Path, PathBuf};
+
+use cedargate::config::{Config, PolicySource};
+use serde::Deserialize;
+use serde_yaml::Value;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Every YAML document of a file.
+fn documents(path: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(repo(path)).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .collect()
+}
+
+/// The one document of `kind` in a file.
+fn kind(path: &str, kind: &str) -> Value {
+    let mut found = documents(path)
+        .into_iter()
+        .filter(|d| d["kind"] == kind)
+        .collect::<Vec<_>>();
+    assert_eq!(found.len(), 1, "{path}: one {kind}");
+    found.remove(0)
+}
+
+fn str_of<'v>(v: &'v Value, what: &str) -> &'v str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("{what} is a string: {v:?}"))
+}
+
+#[test]
+fn every_deploy_yaml_parses() {
+    let mut files = 0;
+    for dir in ["deploy/kubernetes", "deploy/istio", "deploy/envoy"] {
+        for entry in std::fs::read_dir(repo(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let rel = path
+                    .strip_prefix(repo(""))
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                assert!(!documents(&rel).is_empty(), "{rel}");
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 10, "{files} files");
+}
+
+#[test]
+fn deployment_is_replicated_hardened_and_probed() {
+    let d = kind("deploy/kubernetes/deployment.yaml", "Deployment");
+    assert!(d["spec"]["replicas"].as_u64().unwrap() >= 2);
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_ne!(pod["securityContext"]["runAsUser"], 0);
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    // Longer than the default drain timeout (10 s), so draining finishes before the kill.
+    assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() > 10);
+    let containers = pod["containers"].as_sequence().unwrap();
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    for side in ["requests", "limits"] {
+        for resource in ["cpu", "memory"] {
+            assert!(
+                !c["resources"][side][resource].is_null(),
+                "{side}.{resource}"
+            );
+        }
+    }
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let port_named = |name: &str| {
+        c["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("container port {name}"))["containerPort"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "admin");
+    assert_eq!(port_named("admin"), 9192);
+    assert_eq!(port_named("grpc"), 9191);
+
+    // The --config file is mounted from the config ConfigMap, the policies from theirs.
+    let args: Vec<&str> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| str_of(a, "arg"))
+        .collect();
+    let config_path = args[args.iter().position(|a| *a == "--config").unwrap() + 1];
+    let mounts = c["volumeMounts"].as_sequence().unwrap();
+    let mounted = |path: &str| {
+        mounts
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("nothing mounted at {path}"))["name"]
+            .clone()
+    };
+    let volumes = pod["volumes"].as_sequence().unwrap();
+    let config_map_of = |volume: &Value| {
+        volumes.iter().find(|v| v["name"] == *volume).unwrap()["configMap"]["name"].clone()
+    };
+    assert_eq!(config_map_of(&mounted(config_path)), "cedargate-config");
+    assert_eq!(
+        config_map_of(&mounted("/etc/cedargate/policies")),
+        "cedargate-policies"
+    );
+    assert!(
+        mounts
+            .iter()
+            .all(|m| m["readOnly"] == true || m["mountPath"] == "/tmp")
+    );
+}
+
+#[test]
+fn service_budget_autoscaler_and_network_policy_fit_the_deployment() {
+    let d = kind("deploy/kubernetes/deployment.yaml", "Deployment");
+    let labels = &d["spec"]["template"]["metadata"]["labels"];
+    let s = kind("deploy/kubernetes/service.yaml", "Service");
+    assert_eq!(&s["spec"]["selector"], labels);
+    let grpc = s["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "grpc")
+        .unwrap();
+    assert_eq!(grpc["port"], 9191);
+    assert_eq!(grpc["appProtocol"], "grpc");
+
+    let pdb = kind("deploy/kubernetes/pdb.yaml", "PodDisruptionBudget");
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], labels);
+    assert!(pdb["spec"]["minAvailable"].as_u64().unwrap() >= 1);
+
+    let hpa = kind("deploy/kubernetes/hpa.yaml", "HorizontalPodAutoscaler");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], d["metadata"]["name"]);
+    assert!(hpa["spec"]["minReplicas"].as_u64().unwrap() >= 2);
+    assert!(hpa["spec"]["maxReplicas"].as_u64() > hpa["spec"]["minReplicas"].as_u64());
+
+    let np = kind("deploy/kubernetes/networkpolicy.yaml", "NetworkPolicy");
+    assert_eq!(&np["spec"]["podSelector"]["matchLabels"], labels);
+    let types: Vec<&str> = np["spec"]["policyTypes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|t| str_of(t, "policy type"))
+        .collect();
+    assert_eq!(types, ["Ingress", "Egress"]);
+
+    let kustomization = &documents("deploy/kubernetes/kustomization.yaml")[0];
+    let listed: Vec<&str> = kustomization["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| str_of(r, "resource"))
+        .collect();
+    for file in [
+        "deployment.yaml",
+        "service.yaml",
+        "configmap.yaml",
+        "pdb.yaml",
+        "hpa.yaml",
+        "networkpolicy.yaml",
+    ] {
+        assert!(listed.contains(&file), "{file} in kustomization.yaml");
+    }
+}
+
+#[test]
+fn config_maps_hold_an_accepted_config_and_exactly_the_policy_set() {
+    let maps = documents("deploy/kubernetes/configmap.yaml");
+    let data = |name: &str| {
+        maps.iter()
+            .find(|m| m["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("ConfigMap {name}"))["data"]
+            .clone()
+    };
+    let text = str_of(
+        &data("cedargate-config")["cedargate.yaml"],
+        "cedargate.yaml",
+    )
+    .to_owned();
+    let config = Config::from_yaml(Path::new("/etc/cedargate/cedargate.yaml"), &text)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.listen.grpc.port(), 9191);
+    assert_eq!(config.listen.admin.port(), 9192);
+    assert!(
+        config.listen.grpc.ip().is_unspecified(),
+        "reachable from other pods"
+    );
+    assert_eq!(
+        config.policies,
+        PolicySource::Dir(PathBuf::from("/etc/cedargate/policies"))
+    );
+
+    let policies = data("cedargate-policies");
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = 0;
+    for entry in std::fs::read_dir(repo("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let shipped = str_of(&policies[name.as_str()], &name);
+        assert_eq!(
+            shipped,
+            std::fs::read_to_string(&path).unwrap(),
+            "{name} differs from policies/: run python3 scripts/render-policy-configmap.py"
+        );
+        std::fs::write(dir.path().join(&name), shipped).unwrap();
+        files += 1;
+    }
+    assert_eq!(
+        policies.as_mapping().unwrap().len(),
+        files,
+        "no stale files"
+    );
+    cedargate::app::load_policies(&PolicySource::Dir(dir.path().to_owned()))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn istio_provider_points_at_the_service_and_fails_closed() {
+    let operator = kind("deploy/istio/meshconfig.yaml", "IstioOperator");
+    let providers = operator["spec"]["meshConfig"]["extensionProviders"]
+        .as_sequence()
+        .unwrap();
+    let provider = &providers[0];
+    let grpc = &provider["envoyExtAuthzGrpc"];
+    let service = kind("deploy/kubernetes/service.yaml", "Service");
+    assert_eq!(
+        grpc["service"],
+        format!(
+            "{}.{}.svc.cluster.local",
+            str_of(&service["metadata"]["name"], "name"),
+            str_of(&service["metadata"]["namespace"], "namespace")
+        )
+        .as_str()
+    );
+    assert_eq!(grpc["port"], 9191);
+    assert_eq!(grpc["failOpen"], false);
+    assert!(grpc["timeout"].as_str().is_some());
+
+    let policy = kind(
+        "deploy/istio/authorizationpolicy.yaml",
+        "AuthorizationPolicy",
+    );
+    assert_eq!(policy["spec"]["action"], "CUSTOM");
+    assert_eq!(policy["spec"]["provider"]["name"], provider["name"]);
+    let mtls = kind(
+        "deploy/istio/authorizationpolicy.yaml",
+        "PeerAuthentication",
+    );
+    assert_eq!(mtls["spec"]["mtls"]["mode"], "STRICT");
+}
+
+#[test]
+fn dockerfile_is_multi_stage_and_runs_as_non_root() {
+    let text = std::fs::read_to_string(repo("deploy/Dockerfile")).unwrap();
+    let instructions: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let stages: Vec<&&str> = instructions
+        .iter()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert!(stages.len() >= 2, "multi-stage: {stages:?}");
+    let last_from = instructions
+        .iter()
+        .rposition(|l| l.starts_with("FROM "))
+        .unwrap();
+    let runtime = &instructions[last_from..];
+    assert!(runtime[0].contains("distroless"), "{}", runtime[0]);
+    let user = runtime
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the runtime stage sets USER");
+    assert!(!["0", "root", "0:0"].contains(&user.trim()), "{user}");
+    assert!(runtime.iter().any(|l| l.starts_with("COPY --from=")));
+    assert!(
+        instructions.iter().any(|l| l.contains("--locked")),
+        "builds from Cargo.lock"
+    );
+}
