@@ -130,6 +130,10 @@ pub async fn build(config: Config) -> Result<App, AppError> {
     // The per-check deadline is applied inside the handler (see `server::check::deadline`),
     // so that running out of time is a denied answer rather than a gRPC error.
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .tcp_keepalive(Some(limits.keepalive_interval))
         .add_service(health_service)
         .add_service(reflection::service()?)
         .add_service(check);

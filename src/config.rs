@@ -91,12 +91,22 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Longest accepted request target (path and query), in bytes; longer is HTTP 414.
     pub max_path_bytes: usize,
+    /// Most headers one checked request may carry; more is HTTP 431.
+    pub max_headers: usize,
+    /// Largest total size of the checked request's header names and values; more is HTTP 431.
+    pub max_header_bytes: usize,
     /// Checks evaluated at once; more are refused at once with `UNAVAILABLE`.
     pub max_inflight: usize,
     /// Upper bound on the time one Check may take.
     pub check_timeout: Duration,
     /// On shutdown, how long to wait for open connections to finish before closing them.
     pub drain_timeout: Duration,
+    /// HTTP/2 streams one connection may have open at once (Envoy multiplexes its checks).
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 PING interval on idle connections; a peer that does not answer within
+    /// `keepalive_timeout` is dropped.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 /// TLS on cedargate's own gRPC listener (the `tls:` section).
@@ -133,9 +143,14 @@ impl Default for Limits {
         Self {
             max_request_bytes: 1024 * 1024,
             max_path_bytes: 8 * 1024,
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
             max_inflight: 512,
             check_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 1024,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -218,9 +233,14 @@ struct RawPolicies {
 struct RawLimits {
     max_request_bytes: Option<usize>,
     max_path_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    max_header_bytes: Option<usize>,
     max_inflight: Option<usize>,
     check_timeout: Option<String>,
     drain_timeout: Option<String>,
+    max_concurrent_streams: Option<usize>,
+    keepalive_interval: Option<String>,
+    keepalive_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -304,9 +324,14 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
     let RawLimits {
         max_request_bytes,
         max_path_bytes,
+        max_headers,
+        max_header_bytes,
         max_inflight,
         check_timeout,
         drain_timeout,
+        max_concurrent_streams,
+        keepalive_interval,
+        keepalive_timeout,
     } = limits;
     let d = defaults.limits;
     let limits = Limits {
@@ -320,6 +345,18 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             max_path_bytes,
             "limits.max_path_bytes",
             d.max_path_bytes,
+            &mut problems,
+        ),
+        max_headers: positive(
+            max_headers,
+            "limits.max_headers",
+            d.max_headers,
+            &mut problems,
+        ),
+        max_header_bytes: positive(
+            max_header_bytes,
+            "limits.max_header_bytes",
+            d.max_header_bytes,
             &mut problems,
         ),
         max_inflight: positive(
@@ -338,6 +375,25 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             drain_timeout,
             "limits.drain_timeout",
             d.drain_timeout,
+            &mut problems,
+        ),
+        max_concurrent_streams: u32::try_from(positive(
+            max_concurrent_streams,
+            "limits.max_concurrent_streams",
+            d.max_concurrent_streams as usize,
+            &mut problems,
+        ))
+        .unwrap_or(u32::MAX),
+        keepalive_interval: duration(
+            keepalive_interval,
+            "limits.keepalive_interval",
+            d.keepalive_interval,
+            &mut problems,
+        ),
+        keepalive_timeout: duration(
+            keepalive_timeout,
+            "limits.keepalive_timeout",
+            d.keepalive_timeout,
             &mut problems,
         ),
     };

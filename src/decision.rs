@@ -89,6 +89,7 @@ impl DenyReason {
             Self::PolicyError(_) => "policy_error",
             Self::NoRoute(_) => "no_route",
             Self::BadRequest(e) if e.is_too_long() => "path_too_long",
+            Self::BadRequest(e) if e.is_headers_too_large() => "headers_too_large",
             Self::BadRequest(_) => "malformed_request",
             Self::Mapping(_) => "mapping_error",
             Self::Internal(_) => "internal",
@@ -104,6 +105,7 @@ impl DenyReason {
                 (Code::PermissionDenied, 403)
             }
             Self::BadRequest(e) if e.is_too_long() => (Code::InvalidArgument, 414),
+            Self::BadRequest(e) if e.is_headers_too_large() => (Code::InvalidArgument, 431),
             Self::BadRequest(_) => (Code::InvalidArgument, 400),
             Self::Mapping(_) | Self::Internal(_) => (Code::Internal, 500),
             Self::Timeout(_) => (Code::Unavailable, 503),

@@ -53,12 +53,24 @@ pub enum RequestError {
     HeaderNotUtf8(String),
     #[error("header `{0}` is repeated, and it is not a list")]
     RepeatedHeader(String),
+    #[error("the request carries {count} headers, over the limit of {max}")]
+    TooManyHeaders { count: usize, max: usize },
+    #[error("the request's headers are {len} bytes, over the limit of {max}")]
+    HeadersTooLarge { len: usize, max: usize },
 }
 
 impl RequestError {
     /// True when the request was refused only for its length (HTTP 414 rather than 400).
     pub fn is_too_long(&self) -> bool {
         matches!(self, Self::PathTooLong { .. })
+    }
+
+    /// True when the request was refused for the number or size of its headers (HTTP 431).
+    pub fn is_headers_too_large(&self) -> bool {
+        matches!(
+            self,
+            Self::TooManyHeaders { .. } | Self::HeadersTooLarge { .. }
+        )
     }
 }
 
@@ -99,6 +111,34 @@ pub struct HttpRequest {
     pub headers: BTreeMap<String, String>,
     /// The request id: `x-request-id`, else Envoy's `http.id`, else a fresh UUID.
     pub request_id: String,
+}
+
+/// Refuses a request with more than `max_headers` headers, or whose header names and values
+/// add up to more than `max_bytes`, before any of them is copied.
+pub fn check_header_bounds(
+    raw: &RawHttp,
+    max_headers: usize,
+    max_bytes: usize,
+) -> Result<(), RequestError> {
+    let count = raw.headers.len();
+    if count > max_headers {
+        return Err(RequestError::TooManyHeaders {
+            count,
+            max: max_headers,
+        });
+    }
+    let len: usize = raw
+        .headers
+        .iter()
+        .map(|h| h.name.len().saturating_add(h.value.len()))
+        .fold(0, usize::saturating_add);
+    if len > max_bytes {
+        return Err(RequestError::HeadersTooLarge {
+            len,
+            max: max_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// Normalises the HTTP attributes of a Check; see the module docs for the rules.

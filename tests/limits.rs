@@ -232,3 +232,31 @@ async fn an_oversized_check_is_refused_and_the_server_goes_on() {
     assert_eq!(reply.code(), Code::Ok);
     still_serving(&mut server).await;
 }
+
+#[tokio::test]
+async fn too_many_or_too_large_headers_are_431() {
+    let mut config = test_config(PolicySource::Embedded);
+    config.limits.max_headers = 20;
+    config.limits.max_header_bytes = 4096;
+    let mut server = TestServer::with_config(config).await;
+    let mut many = check("GET", "/healthz");
+    for i in 0..30 {
+        many = many.header(&format!("x-h{i}"), "v");
+    }
+    let reply = server.check(many.build()).await;
+    assert_eq!(reply.http_status(), Some(431));
+    assert_eq!(reply.body()["error"], "headers_too_large");
+    let big = check("GET", "/healthz").header("x-big", &"v".repeat(5000));
+    let reply = server.check(big.build()).await;
+    assert_eq!(reply.http_status(), Some(431));
+    // Within both bounds: decided as usual.
+    let reply = server
+        .check(
+            check("GET", "/healthz")
+                .header("x-ok", &"v".repeat(1000))
+                .build(),
+        )
+        .await;
+    assert_eq!(reply.code(), Code::Ok);
+    still_serving(&mut server).await;
+}

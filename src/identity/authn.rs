@@ -163,6 +163,11 @@ impl Authenticator {
         self.cache.len()
     }
 
+    /// Remembered failures (the negative cache).
+    pub fn cached_failures(&self) -> usize {
+        self.cache.failures()
+    }
+
     /// The request's verified token, `None` without one, or why it was refused.
     pub async fn authenticate(
         &self,

@@ -87,6 +87,10 @@ impl TokenCache {
         self.verified.len()
     }
 
+    pub fn failures(&self) -> usize {
+        self.failed.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.verified.is_empty()
     }

@@ -191,6 +191,8 @@ pub fn prepare(
         )));
     };
     let fallback_id = raw.id.clone();
+    request::check_header_bounds(&raw, limits.max_headers, limits.max_header_bytes)
+        .map_err(|err| Box::new(Decision::early(String::new(), DenyReason::BadRequest(err))))?;
     let http = request::normalise(raw, limits.max_path_bytes)
         .map_err(|err| Box::new(Decision::early(fallback_id, DenyReason::BadRequest(err))))?;
     let xfcc = http
