@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
-use crate::config::{Config, PolicySource};
+use crate::config::{Config, GrpcListen, PolicySource};
 use crate::identity::authn::{Authenticator, AuthnError};
 use crate::policy::{PolicyLoadError, Snapshot, store};
 use crate::server::{CheckService, Shared, reflection};
@@ -33,6 +33,11 @@ pub enum AppError {
         issuer: String,
         principal_type: String,
     },
+    #[cfg(unix)]
+    #[error(transparent)]
+    Unix(#[from] crate::server::unix::UnixError),
+    #[error("listen.grpc: {0}")]
+    UnixUnsupported(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -49,10 +54,20 @@ pub enum AppError {
     Join(#[from] tokio::task::JoinError),
 }
 
+/// The bound Check listener, before it serves.
+enum Listener {
+    Tcp(TcpListener),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener),
+}
+
 /// A running server.
 #[derive(Debug)]
 pub struct App {
-    pub grpc_addr: SocketAddr,
+    /// The Check listener's address when it is TCP.
+    pub grpc_addr: Option<SocketAddr>,
+    /// The Check listener's socket when it is a Unix socket (removed at shutdown).
+    pub grpc_path: Option<std::path::PathBuf>,
     pub admin_addr: SocketAddr,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
@@ -106,13 +121,30 @@ pub async fn build(config: Config) -> Result<App, AppError> {
             .await
             .map_err(|source| AppError::Bind { addr, source })
     };
-    let grpc_listener = bind(config.listen.grpc).await?;
-    let admin_listener = bind(config.listen.admin).await?;
     let local = |l: &TcpListener, addr| {
         l.local_addr()
             .map_err(|source| AppError::Bind { addr, source })
     };
-    let grpc_addr = local(&grpc_listener, config.listen.grpc)?;
+    let (grpc_listener, grpc_addr, grpc_path) = match &config.listen.grpc {
+        GrpcListen::Tcp(addr) => {
+            let listener = bind(*addr).await?;
+            let bound = local(&listener, *addr)?;
+            (Listener::Tcp(listener), Some(bound), None)
+        }
+        #[cfg(unix)]
+        GrpcListen::Unix(path) => (
+            Listener::Unix(crate::server::unix::bind(path)?),
+            None,
+            Some(path.clone()),
+        ),
+        #[cfg(not(unix))]
+        GrpcListen::Unix(_) => {
+            return Err(AppError::UnixUnsupported(
+                "Unix sockets need a Unix system".into(),
+            ));
+        }
+    };
+    let admin_listener = bind(config.listen.admin).await?;
     let admin_addr = local(&admin_listener, config.listen.admin)?;
 
     let (shutdown, signal) = watch::channel(false);
@@ -137,13 +169,18 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         .add_service(health_service)
         .add_service(reflection::service()?)
         .add_service(check);
-    let grpc = match tls {
-        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
-            crate::server::tls::incoming(grpc_listener, tls),
+    let grpc = match (grpc_listener, tls) {
+        (Listener::Tcp(listener), Some(tls)) => tokio::spawn(router.serve_with_incoming_shutdown(
+            crate::server::tls::incoming(listener, tls),
             stopped(signal.clone()),
         )),
-        None => tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+        (Listener::Tcp(listener), None) => tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopped(signal.clone()),
+        )),
+        #[cfg(unix)]
+        (Listener::Unix(listener), _) => tokio::spawn(router.serve_with_incoming_shutdown(
+            crate::server::unix::incoming(listener, config.listen.unix_allowed_uids.clone()),
             stopped(signal.clone()),
         )),
     };
@@ -153,9 +190,11 @@ pub async fn build(config: Config) -> Result<App, AppError> {
     let admin = tokio::spawn(async move { admin.await });
 
     shared.ready.store(true, Ordering::Release);
-    tracing::info!(%grpc_addr, %admin_addr, "cedargate serving");
+    let grpc_shown = grpc_addr.map_or_else(|| config.listen.grpc.to_string(), |a| a.to_string());
+    tracing::info!(grpc_addr = %grpc_shown, %admin_addr, "cedargate serving");
     Ok(App {
         grpc_addr,
+        grpc_path,
         admin_addr,
         shared,
         shutdown,
@@ -174,6 +213,7 @@ impl App {
             shutdown,
             mut grpc,
             mut admin,
+            grpc_path,
             ..
         } = self;
         shared.ready.store(false, Ordering::Release);
@@ -186,6 +226,9 @@ impl App {
                 tracing::warn!("drain timeout: closing gRPC connections still open");
                 grpc.abort();
             }
+        }
+        if let Some(path) = grpc_path {
+            let _ = std::fs::remove_file(path);
         }
         match tokio::time::timeout_at(deadline, &mut admin).await {
             Ok(result) => result?.map_err(AppError::Admin)?,

@@ -69,10 +69,43 @@ pub struct Config {
 }
 
 /// Where the gRPC Check service and the admin HTTP listener bind.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listen {
-    pub grpc: SocketAddr,
+    pub grpc: GrpcListen,
     pub admin: SocketAddr,
+    /// Unix socket only: peer UIDs (SO_PEERCRED) allowed to connect; empty allows any local
+    /// process that can reach the socket (directory 0700, socket 0600: the same user).
+    pub unix_allowed_uids: Vec<u32>,
+}
+
+/// The Check listener: TCP, or a Unix-domain socket (`unix:/run/cedargate/check.sock`), the
+/// natural transport for a sidecar next to Envoy (Envoy's `pipe` address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcListen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl GrpcListen {
+    /// `unix:/absolute/path` or an IP address and port.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.strip_prefix("unix:") {
+            Some(path) if path.starts_with('/') && path.len() > 1 => {
+                Some(Self::Unix(PathBuf::from(path)))
+            }
+            Some(_) => None,
+            None => text.parse().ok().map(Self::Tcp),
+        }
+    }
+}
+
+impl std::fmt::Display for GrpcListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 /// Where the policy set comes from.
@@ -160,8 +193,9 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: Listen {
-                grpc: SocketAddr::from(([127, 0, 0, 1], 9191)),
+                grpc: GrpcListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 9191))),
                 admin: SocketAddr::from(([127, 0, 0, 1], 9192)),
+                unix_allowed_uids: Vec::new(),
             },
             policies: PolicySource::Embedded,
             limits: Limits::default(),
@@ -220,6 +254,7 @@ struct RawPeer {
 struct RawListen {
     grpc: Option<String>,
     admin: Option<String>,
+    unix_allowed_uids: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -297,10 +332,38 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
     let defaults = Config::default();
     let mut problems = Vec::new();
 
-    let RawListen { grpc, admin } = listen;
-    let grpc = socket_addr(grpc, "listen.grpc", defaults.listen.grpc, &mut problems);
+    let RawListen {
+        grpc,
+        admin,
+        unix_allowed_uids,
+    } = listen;
+    let grpc = match grpc {
+        None => defaults.listen.grpc.clone(),
+        Some(text) => GrpcListen::parse(&text).unwrap_or_else(|| {
+            problems.push(Problem {
+                field: "listen.grpc",
+                value: text,
+                fix: "write an IP address and port (127.0.0.1:9191, [::1]:9191) or unix:/absolute/path.sock",
+            });
+            defaults.listen.grpc.clone()
+        }),
+    };
     let admin = socket_addr(admin, "listen.admin", defaults.listen.admin, &mut problems);
-    if grpc == admin && grpc.port() != 0 {
+    if unix_allowed_uids.is_some() && !matches!(grpc, GrpcListen::Unix(_)) {
+        problems.push(Problem {
+            field: "listen.unix_allowed_uids",
+            value: String::new(),
+            fix: "peer UIDs can only be checked on a Unix socket: set listen.grpc to unix:/path or remove this",
+        });
+    }
+    if matches!(grpc, GrpcListen::Unix(_)) && tls.is_some() {
+        problems.push(Problem {
+            field: "tls",
+            value: String::new(),
+            fix: "TLS is for the TCP listener; a Unix socket is protected by its file permissions and listen.unix_allowed_uids",
+        });
+    }
+    if grpc == GrpcListen::Tcp(admin) && admin.port() != 0 {
         problems.push(Problem {
             field: "listen.admin",
             value: admin.to_string(),
@@ -400,7 +463,11 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
 
     let RawLog { format } = log;
     let config = Config {
-        listen: Listen { grpc, admin },
+        listen: Listen {
+            grpc,
+            admin,
+            unix_allowed_uids: unix_allowed_uids.unwrap_or_default(),
+        },
         policies,
         limits,
         log: format.unwrap_or(defaults.log),
@@ -527,6 +594,21 @@ mod tests {
     fn empty_file_is_the_default() {
         let config = parse("").unwrap();
         assert_eq!(config.listen.grpc.to_string(), "127.0.0.1:9191");
+        let unix =
+            parse("listen:\n  grpc: unix:/run/cedargate/check.sock\n  unix_allowed_uids: [1337]\n")
+                .unwrap();
+        assert_eq!(
+            unix.listen.grpc,
+            GrpcListen::Unix(PathBuf::from("/run/cedargate/check.sock"))
+        );
+        assert_eq!(unix.listen.unix_allowed_uids, [1337]);
+        let err = parse("listen:\n  grpc: unix:relative.sock\n  unix_allowed_uids: [1]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`listen.grpc` = `unix:relative.sock`"),
+            "{err}"
+        );
         assert_eq!(config.policies, PolicySource::Embedded);
         assert_eq!(config.limits.max_inflight, 512);
     }

@@ -5,5 +5,7 @@ pub mod check;
 pub mod envoy;
 pub mod reflection;
 pub mod tls;
+#[cfg(unix)]
+pub mod unix;
 
 pub use check::{CheckService, Shared};

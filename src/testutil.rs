@@ -75,7 +75,7 @@ impl TestServer {
     pub async fn with_config(config: Config) -> Self {
         app::install_crypto_provider();
         let app = app::build(config).await.expect("server starts");
-        let client = AuthorizationClient::connect(format!("http://{}", app.grpc_addr))
+        let client = AuthorizationClient::connect(format!("http://{}", grpc_addr(&app)))
             .await
             .expect("client connects");
         Self { app, client }
@@ -83,7 +83,7 @@ impl TestServer {
 
     /// A new gRPC channel to the server, for other services (health, reflection).
     pub async fn channel(&self) -> Channel {
-        tonic::transport::Endpoint::from_shared(format!("http://{}", self.app.grpc_addr))
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc_addr()))
             .expect("valid URI")
             .connect()
             .await
@@ -115,9 +115,18 @@ impl TestServer {
         assert_eq!(ready.status(), 200);
     }
 
+    /// The TCP address of the Check listener (test configurations listen on 127.0.0.1:0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        grpc_addr(&self.app)
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.app.admin_addr)
     }
+}
+
+fn grpc_addr(app: &App) -> SocketAddr {
+    app.grpc_addr.expect("the test server listens on TCP")
 }
 
 /// An issuer for tests: `iss`, audience `orders`, keys from `jwks_uri` (plain HTTP on loopback).
@@ -150,7 +159,7 @@ pub fn test_issuer(iss: &str, jwks_uri: &str) -> crate::config::IssuerConfig {
 /// The default configuration on 127.0.0.1 port 0 for both listeners.
 pub fn test_config(policies: PolicySource) -> Config {
     let mut config = Config::default();
-    config.listen.grpc = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.listen.grpc = crate::config::GrpcListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 0)));
     config.listen.admin = SocketAddr::from(([127, 0, 0, 1], 0));
     config.policies = policies;
     config

@@ -52,12 +52,11 @@ async fn readyz_turns_false_on_shutdown_and_listeners_close() {
 #[tokio::test]
 async fn grpc_health_reports_serving() {
     let server = TestServer::start().await;
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", server.app.grpc_addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = HealthClient::new(channel);
     let status = health
         .check(HealthCheckRequest {

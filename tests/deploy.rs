@@ -205,12 +205,12 @@ fn config_maps_hold_an_accepted_config_and_exactly_the_policy_set() {
     .to_owned();
     let config = Config::from_yaml(Path::new("/etc/cedargate/cedargate.yaml"), &text)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(config.listen.grpc.port(), 9191);
+    let cedargate::config::GrpcListen::Tcp(grpc) = config.listen.grpc else {
+        panic!("the Kubernetes Service reaches cedargate over TCP");
+    };
+    assert_eq!(grpc.port(), 9191);
     assert_eq!(config.listen.admin.port(), 9192);
-    assert!(
-        config.listen.grpc.ip().is_unspecified(),
-        "reachable from other pods"
-    );
+    assert!(grpc.ip().is_unspecified(), "reachable from other pods");
     assert_eq!(
         config.policies,
         PolicySource::Dir(PathBuf::from("/etc/cedargate/policies"))

@@ -155,13 +155,8 @@ async fn envoy_enforces_cedargate_decisions() {
     let server = TestServer::with_config(config).await;
     server.ready().await;
     let upstream = Upstream::start().await;
-    let (envoy, port) = envoy_for(
-        LOCAL,
-        server.app.grpc_addr.port(),
-        &upstream,
-        &HashMap::new(),
-    )
-    .await;
+    let (envoy, port) =
+        envoy_for(LOCAL, server.grpc_addr().port(), &upstream, &HashMap::new()).await;
     let client = http_client();
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
 
@@ -258,7 +253,7 @@ async fn mtls_workload_identity_decides() {
     let pki = Pki::new();
     let server = TestServer::with_config(test_config(PolicySource::Embedded)).await;
     let upstream = Upstream::start().await;
-    let (envoy, port) = envoy_for(MTLS, server.app.grpc_addr.port(), &upstream, &pki.files()).await;
+    let (envoy, port) = envoy_for(MTLS, server.grpc_addr().port(), &upstream, &pki.files()).await;
     let url = format!("https://envoy.test:{port}/orders");
 
     // The checkout workload may create orders (policy orders-checkout-workload-create).

@@ -73,7 +73,7 @@ async fn check_over_tls(
     if let Some(cert) = client {
         tls = tls.identity(Identity::from_pem(&cert.pem, &cert.key_pem));
     }
-    let channel = Endpoint::from_shared(format!("https://{}", server.app.grpc_addr))
+    let channel = Endpoint::from_shared(format!("https://{}", server.grpc_addr()))
         .unwrap()
         .tls_config(tls)
         .map_err(|e| e.to_string())?

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::config::{Config, LogFormat, PolicySource};
+use crate::config::{Config, GrpcListen, LogFormat, PolicySource};
+
+fn parse_grpc(text: &str) -> Result<GrpcListen, String> {
+    GrpcListen::parse(text).ok_or_else(|| "write IP:PORT or unix:/absolute/path".to_owned())
+}
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -17,9 +21,10 @@ pub struct ServeArgs {
     /// Policy directory; overrides `policies.dir` of the configuration.
     #[arg(long)]
     pub policies: Option<PathBuf>,
-    /// gRPC (Check) listen address; overrides `listen.grpc`.
-    #[arg(long, value_name = "ADDR")]
-    pub grpc: Option<std::net::SocketAddr>,
+    /// gRPC (Check) listen address (`127.0.0.1:9191` or `unix:/path.sock`); overrides
+    /// `listen.grpc`.
+    #[arg(long, value_name = "ADDR", value_parser = parse_grpc)]
+    pub grpc: Option<GrpcListen>,
     /// Admin (health, metrics) listen address; overrides `listen.admin`.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<std::net::SocketAddr>,
