@@ -71,6 +71,8 @@ pub struct App {
     pub admin_addr: SocketAddr,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
+    /// The admin listener stops after the gRPC drain, so `/readyz` answers 503 meanwhile.
+    admin_shutdown: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<std::io::Result<()>>,
 }
@@ -148,6 +150,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
     let admin_addr = local(&admin_listener, config.listen.admin)?;
 
     let (shutdown, signal) = watch::channel(false);
+    let (admin_shutdown, admin_signal) = watch::channel(false);
     let stopped = |mut signal: watch::Receiver<bool>| async move {
         let _ = signal.wait_for(|stop| *stop).await;
     };
@@ -186,7 +189,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
     };
 
     let admin = axum::serve(admin_listener, crate::admin::router(shared.clone()))
-        .with_graceful_shutdown(stopped(signal));
+        .with_graceful_shutdown(stopped(admin_signal));
     let admin = tokio::spawn(async move { admin.await });
 
     shared.ready.store(true, Ordering::Release);
@@ -198,6 +201,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         admin_addr,
         shared,
         shutdown,
+        admin_shutdown,
         grpc,
         admin,
     })
@@ -211,6 +215,7 @@ impl App {
         let Self {
             shared,
             shutdown,
+            admin_shutdown,
             mut grpc,
             mut admin,
             grpc_path,
@@ -230,6 +235,7 @@ impl App {
         if let Some(path) = grpc_path {
             let _ = std::fs::remove_file(path);
         }
+        let _ = admin_shutdown.send(true);
         match tokio::time::timeout_at(deadline, &mut admin).await {
             Ok(result) => result?.map_err(AppError::Admin)?,
             Err(_) => admin.abort(),

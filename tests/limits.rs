@@ -260,3 +260,56 @@ async fn too_many_or_too_large_headers_are_431() {
     assert_eq!(reply.code(), Code::Ok);
     still_serving(&mut server).await;
 }
+
+#[tokio::test]
+async fn shutdown_turns_readiness_off_first_and_lets_in_flight_checks_finish() {
+    let key = TestKey::generate(Algorithm::ES256, "k");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut config = waiting_config(&jwks);
+    config.auth.fetch_wait = Duration::from_secs(1);
+    let server = TestServer::with_config(config).await;
+    server.ready().await;
+    let readyz = server.admin_url("/readyz");
+    let fetched = jwks.fetches();
+    let held = jwks.hold().await;
+
+    // A check in flight: it waits (up to 1 s) for a key-set fetch the held server stalls.
+    let mut client = server.client.clone();
+    let request = check("GET", "/profiles/alice")
+        .bearer(&unknown_kid_token())
+        .build();
+    let in_flight = tokio::spawn(async move { client.check(request).await });
+    fetches_reach(&jwks, fetched + 1).await;
+
+    let TestServer { app, client } = server;
+    let stopping = tokio::spawn(app.shutdown());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = reqwest::get(&readyz)
+            .await
+            .map(|r| r.status().as_u16())
+            .ok();
+        if status == Some(503) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz still {status:?}");
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !in_flight.is_finished(),
+        "readiness turned false while the check was in flight"
+    );
+
+    // The in-flight check gets its answer (a deny: its key never arrived), not a reset.
+    let answer = in_flight.await.unwrap().expect("answered during the drain");
+    assert_eq!(
+        cedargate::testutil::Reply(answer.into_inner()).http_status(),
+        Some(401)
+    );
+    stopping
+        .await
+        .unwrap()
+        .expect("clean shutdown within the drain timeout");
+    drop((held, client));
+    jwks.stop().await;
+}

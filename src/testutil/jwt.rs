@@ -111,6 +111,8 @@ struct JwksState {
     padding: Arc<AtomicUsize>,
     /// When set, answer with a redirect to this URL instead.
     redirect: Arc<Mutex<Option<String>>>,
+    /// When set, answer with this status and body instead (a broken key server).
+    failure: Arc<Mutex<Option<(u16, String)>>>,
 }
 
 /// A JWKS endpoint on 127.0.0.1 serving whatever keys the test sets.
@@ -130,6 +132,7 @@ impl JwksServer {
             gate: Arc::new(tokio::sync::RwLock::new(())),
             padding: Arc::new(AtomicUsize::new(0)),
             redirect: Arc::new(Mutex::new(None)),
+            failure: Arc::new(Mutex::new(None)),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -198,6 +201,11 @@ impl JwksServer {
         *self.state.redirect.lock().unwrap() = Some(url.to_owned());
     }
 
+    /// Answers every fetch with `status` and `body` (`None` restores normal answers).
+    pub fn fail_with(&self, failure: Option<(u16, &str)>) {
+        *self.state.failure.lock().unwrap() = failure.map(|(s, b)| (s, b.to_owned()));
+    }
+
     pub fn set_max_age(&self, seconds: u64) {
         *self.state.max_age.lock().unwrap() = Some(seconds);
     }
@@ -224,6 +232,16 @@ async fn serve(
                 (header::CACHE_CONTROL, "no-store".to_owned()),
             ],
             String::new(),
+        );
+    }
+    if let Some((status, body)) = state.failure.lock().unwrap().clone() {
+        return (
+            StatusCode::from_u16(status).unwrap(),
+            [
+                (header::CONTENT_TYPE, "application/json".to_owned()),
+                (header::CACHE_CONTROL, "no-store".to_owned()),
+            ],
+            body,
         );
     }
     let keys = state.keys.lock().unwrap().clone();
