@@ -69,10 +69,13 @@ async fn health_answers(server: &TestServer) {
     assert_eq!(health.status(), 200);
 }
 
+/// An issuer, what its key server answers instead of keys, and how much padding it adds.
+type Fault<'a> = (&'a str, Option<(u16, &'a str)>, usize);
+
 #[tokio::test]
 async fn a_broken_key_server_keeps_the_last_good_keys() {
     let huge = "x".repeat(50 * 1024 * 1024);
-    let faults: [(&str, Option<(u16, &str)>, usize); 4] = [
+    let faults: [Fault<'_>; 4] = [
         ("https://idp-500.test", Some((500, "internal error")), 0),
         (
             "https://idp-garbage.test",
