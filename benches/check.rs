@@ -67,7 +67,13 @@ fn bench(c: &mut Criterion) {
     let authn = runtime
         .block_on(async { Authenticator::start(Vec::new(), Default::default()) })
         .unwrap();
-    let shared = Arc::new(Shared::new(snapshot, authn, limits, Default::default()));
+    let shared = Arc::new(Shared::new(
+        snapshot,
+        authn,
+        limits,
+        Default::default(),
+        Default::default(),
+    ));
     let service = CheckService::new(shared);
     let reply = runtime
         .block_on(service.check(tonic::Request::new(request.clone())))

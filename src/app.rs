@@ -15,6 +15,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::config::{Config, GrpcListen, PolicySource};
 use crate::identity::authn::{Authenticator, AuthnError};
 use crate::policy::{PolicyLoadError, Snapshot, store};
+use crate::server::check::CheckOptions;
 use crate::server::{CheckService, Shared, reflection};
 
 /// Why the server could not start or stopped with an error.
@@ -38,6 +39,8 @@ pub enum AppError {
     Unix(#[from] crate::server::unix::UnixError),
     #[error("listen.grpc: {0}")]
     UnixUnsupported(String),
+    #[error(transparent)]
+    Reload(#[from] crate::reload::ReloadError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -73,6 +76,8 @@ pub struct App {
     shutdown: watch::Sender<bool>,
     /// The admin listener stops after the gRPC drain, so `/readyz` answers 503 meanwhile.
     admin_shutdown: watch::Sender<bool>,
+    /// Reloads the policy directory on SIGHUP and, with `policies.watch`, on file changes.
+    reloader: Option<crate::reload::Reloader>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<std::io::Result<()>>,
 }
@@ -95,17 +100,18 @@ pub fn load_policies(source: &PolicySource) -> Result<Snapshot, PolicyLoadError>
 pub async fn build(config: Config) -> Result<App, AppError> {
     let snapshot = load_policies(&config.policies)?;
     // A token's principal must be a type the schema knows, or no policy could ever match it.
-    for issuer in &config.issuers {
-        if !snapshot
-            .schema
-            .entity_types()
-            .any(|t| t.to_string() == issuer.principal_type)
-        {
-            return Err(AppError::PrincipalType {
-                issuer: issuer.issuer.clone(),
-                principal_type: issuer.principal_type.clone(),
-            });
-        }
+    let principal_types: Vec<String> = config
+        .issuers
+        .iter()
+        .map(|i| i.principal_type.clone())
+        .collect();
+    if let Some(missing) = crate::reload::missing_principal_type(&snapshot, &principal_types)
+        && let Some(issuer) = config.issuers.iter().find(|i| i.principal_type == missing)
+    {
+        return Err(AppError::PrincipalType {
+            issuer: issuer.issuer.clone(),
+            principal_type: missing.to_owned(),
+        });
     }
     let tls = config
         .tls
@@ -113,8 +119,21 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         .map(crate::server::tls::ReloadingConfig::load)
         .transpose()?
         .map(Arc::new);
+    let secret_headers = config.auth.token_source.header.iter().cloned().collect();
     let authn = Authenticator::start(config.issuers, config.auth)?;
-    let shared = Arc::new(Shared::new(snapshot, authn, config.limits, config.peer));
+    let options = CheckOptions {
+        dry_run: config.dry_run,
+        decision_log: config.decision_log.clone(),
+        secret_headers,
+    };
+    crate::telemetry::policy_loaded(None, &snapshot.version);
+    let shared = Arc::new(Shared::new(
+        snapshot,
+        authn,
+        config.limits,
+        config.peer.clone(),
+        options,
+    ));
     // Touch the recorder so /metrics works before the first check.
     crate::telemetry::prometheus();
 
@@ -188,6 +207,16 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         )),
     };
 
+    let reloader = match &config.policies {
+        PolicySource::Dir(dir) => Some(crate::reload::Reloader::start(
+            dir.clone(),
+            shared.clone(),
+            principal_types,
+            config.watch_policies,
+        )?),
+        PolicySource::Embedded => None,
+    };
+
     let admin = axum::serve(admin_listener, crate::admin::router(shared.clone()))
         .with_graceful_shutdown(stopped(admin_signal));
     let admin = tokio::spawn(async move { admin.await });
@@ -202,6 +231,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         shared,
         shutdown,
         admin_shutdown,
+        reloader,
         grpc,
         admin,
     })
@@ -219,9 +249,13 @@ impl App {
             mut grpc,
             mut admin,
             grpc_path,
+            reloader,
             ..
         } = self;
         shared.ready.store(false, Ordering::Release);
+        if let Some(reloader) = &reloader {
+            reloader.stop();
+        }
         shared.authn.stop();
         let _ = shutdown.send(true);
         let deadline = tokio::time::Instant::now() + shared.limits.drain_timeout;

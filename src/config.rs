@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod decision_log;
 mod issuers;
 
+pub use decision_log::{DecisionLogSettings, NEVER_LOGGED};
 pub use issuers::{AuthSettings, FetchOptions, IssuerConfig, JwksSource, TokenSource, uri_allowed};
 
 /// Why a configuration could not be used; every variant names the file.
@@ -62,6 +64,12 @@ pub struct Config {
     pub policies: PolicySource,
     pub limits: Limits,
     pub log: LogFormat,
+    pub decision_log: DecisionLogSettings,
+    /// Evaluate and record every decision, but allow all requests (`dry_run: true`): a new
+    /// policy set can be watched on real traffic before it is enforced.
+    pub dry_run: bool,
+    /// Reload the policy directory when its files change (and on SIGHUP).
+    pub watch_policies: bool,
     pub issuers: Vec<IssuerConfig>,
     pub auth: AuthSettings,
     pub peer: PeerSettings,
@@ -204,6 +212,9 @@ impl Default for Config {
             auth: AuthSettings::default(),
             peer: PeerSettings::default(),
             tls: None,
+            decision_log: DecisionLogSettings::default(),
+            dry_run: false,
+            watch_policies: true,
         }
     }
 }
@@ -227,6 +238,8 @@ struct RawConfig {
     peer: RawPeer,
     #[serde(default)]
     tls: Option<RawTls>,
+    #[serde(default)]
+    dry_run: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,6 +274,7 @@ struct RawListen {
 #[serde(deny_unknown_fields)]
 struct RawPolicies {
     dir: PathBuf,
+    watch: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -282,6 +296,8 @@ struct RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawLog {
     format: Option<LogFormat>,
+    #[serde(default)]
+    decisions: decision_log::RawDecisionLog,
 }
 
 impl Config {
@@ -327,6 +343,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         issuers,
         authentication,
         peer,
+        dry_run,
         tls,
     } = raw;
     let defaults = Config::default();
@@ -371,8 +388,9 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         });
     }
 
+    let policies_watch = policies.as_ref().and_then(|p| p.watch);
     let policies = match policies {
-        Some(RawPolicies { dir }) if dir.as_os_str().is_empty() => {
+        Some(RawPolicies { dir, .. }) if dir.as_os_str().is_empty() => {
             problems.push(Problem {
                 field: "policies.dir",
                 value: String::new(),
@@ -380,7 +398,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             });
             PolicySource::Embedded
         }
-        Some(RawPolicies { dir }) => PolicySource::Dir(base.join(dir)),
+        Some(RawPolicies { dir, .. }) => PolicySource::Dir(base.join(dir)),
         None => PolicySource::Embedded,
     };
 
@@ -461,7 +479,9 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         ),
     };
 
-    let RawLog { format } = log;
+    let RawLog { format, decisions } = log;
+    let decision_log = decision_log::build(decisions, &mut problems);
+    let watch_policies = policies_watch.unwrap_or(true);
     let config = Config {
         listen: Listen {
             grpc,
@@ -471,6 +491,9 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         policies,
         limits,
         log: format.unwrap_or(defaults.log),
+        decision_log,
+        dry_run,
+        watch_policies,
         issuers: {
             let built: Vec<IssuerConfig> = issuers
                 .into_iter()

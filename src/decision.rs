@@ -44,6 +44,14 @@ pub struct Decision {
     pub client_identity_headers: Vec<String>,
     /// Further request headers to remove on allow (the token's, when it is not forwarded).
     pub strip_headers: Vec<String>,
+    /// False in dry-run: the decision is recorded, and the request is allowed whatever it is.
+    pub enforced: bool,
+    /// The policy set version the decision was made with.
+    pub policy_version: Option<std::sync::Arc<str>>,
+    /// The downstream peer's address, for the decision log.
+    pub peer_addr: String,
+    /// Request headers and token claims the decision log was configured to carry.
+    pub log_attributes: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -141,6 +149,10 @@ impl Decision {
             policy_ids: Vec::new(),
             client_identity_headers: Vec::new(),
             strip_headers: Vec::new(),
+            enforced: true,
+            policy_version: None,
+            peer_addr: String::new(),
+            log_attributes: Vec::new(),
         }
     }
 
@@ -175,9 +187,15 @@ impl Decision {
             }
         }
         metadata.insert("policy_ids".into(), json!(self.policy_ids));
+        if let Some(version) = &self.policy_version {
+            metadata.insert("policy_version".into(), json!(version.as_ref()));
+        }
+        metadata.insert("enforced".into(), json!(self.enforced));
 
-        match &self.outcome {
-            Outcome::Allow => {
+        match (&self.outcome, self.enforced) {
+            // Dry-run: the would-be deny is in the metadata and the logs; the request passes,
+            // still with forged identity headers removed.
+            (Outcome::Allow, _) | (Outcome::Deny(_), false) => {
                 let mut headers = Vec::new();
                 let identity = [
                     (PRINCIPAL_HEADER, &self.principal),
@@ -210,7 +228,7 @@ impl Decision {
                     metadata,
                 }
             }
-            Outcome::Deny(reason) => {
+            (Outcome::Deny(reason), true) => {
                 let (code, status) = reason.status();
                 let body =
                     json!({ "error": reason.code(), "request_id": self.request_id }).to_string();
@@ -261,6 +279,10 @@ mod tests {
                 "x-cedargate-x".into(),
             ],
             strip_headers: Vec::new(),
+            enforced: true,
+            policy_version: None,
+            peer_addr: String::new(),
+            log_attributes: Vec::new(),
         }
     }
 

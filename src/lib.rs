@@ -4,7 +4,7 @@
 //!
 //! Data flow, one module per stage: [`server`] (protobuf in) → [`request`] (normalise) →
 //! [`identity`] (who) → [`policy`] (routes, mapping, engine) → [`decision`] (answer) →
-//! [`server`] (protobuf out). Around it: [`config`], [`app`], [`admin`], [`telemetry`], [`cli`].
+//! [`server`] (protobuf out). Around it: [`config`], [`app`], [`admin`], [`telemetry`], [`reload`], [`cli`].
 
 pub mod admin;
 pub mod app;
@@ -13,6 +13,7 @@ pub mod config;
 pub mod decision;
 pub mod identity;
 pub mod policy;
+pub mod reload;
 pub mod request;
 pub mod server;
 pub mod telemetry;

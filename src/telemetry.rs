@@ -2,8 +2,11 @@
 //! admin listener), the metric names, and the decision log line. Never logs a header value,
 //! a token or a request body: only names, codes and Cedar uids.
 //!
-//! Metrics: `cedargate_decisions_total{decision,reason}`, `cedargate_check_duration_seconds`
-//! (histogram), `cedargate_rejected_total{reason}`, `cedargate_check_panics_total`.
+//! Metrics (README, "Operations", has the full table): `cedargate_decisions_total{decision,
+//! reason,enforced}`, `cedargate_check_duration_seconds` (histogram),
+//! `cedargate_rejected_total{reason}`, `cedargate_auth_failures_total{reason}`,
+//! `cedargate_check_panics_total`, `cedargate_checks_in_flight`, `cedargate_policy_info{version}`,
+//! `cedargate_policy_reloads_total{result}`, `cedargate_build_info{version}`.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -11,12 +14,17 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::config::LogFormat;
-use crate::decision::{Decision, Outcome};
+use crate::decision::{Decision, DenyReason, Outcome};
 
 pub const DECISIONS_TOTAL: &str = "cedargate_decisions_total";
 pub const CHECK_DURATION: &str = "cedargate_check_duration_seconds";
 pub const REJECTED_TOTAL: &str = "cedargate_rejected_total";
 pub const PANICS_TOTAL: &str = "cedargate_check_panics_total";
+pub const AUTH_FAILURES_TOTAL: &str = "cedargate_auth_failures_total";
+pub const IN_FLIGHT: &str = "cedargate_checks_in_flight";
+pub const POLICY_INFO: &str = "cedargate_policy_info";
+pub const POLICY_RELOADS_TOTAL: &str = "cedargate_policy_reloads_total";
+pub const BUILD_INFO: &str = "cedargate_build_info";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
@@ -37,6 +45,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
         }
+        build_info();
         handle
     })
 }
@@ -61,28 +70,119 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-/// Counts and logs one decision.
-pub fn decided(decision: &Decision, elapsed: Duration) {
+/// Counts and logs one decision. Denies are always logged, allows as sampled.
+pub fn decided(decision: &Decision, elapsed: Duration, sampler: &Sampler) {
     let verdict = if decision.is_allow() { "allow" } else { "deny" };
     let reason = decision.reason_code();
-    metrics::counter!(DECISIONS_TOTAL, "decision" => verdict, "reason" => reason).increment(1);
+    let enforced = if decision.enforced { "true" } else { "false" };
+    metrics::counter!(DECISIONS_TOTAL, "decision" => verdict, "reason" => reason, "enforced" => enforced)
+        .increment(1);
     metrics::histogram!(CHECK_DURATION).record(elapsed.as_secs_f64());
     let detail = match &decision.outcome {
         Outcome::Allow => None,
+        Outcome::Deny(reason @ (DenyReason::Unauthenticated(_) | DenyReason::Peer(_))) => {
+            metrics::counter!(AUTH_FAILURES_TOTAL, "reason" => reason.code()).increment(1);
+            Some(reason.to_string())
+        }
         Outcome::Deny(reason) => Some(reason.to_string()),
     };
+    if decision.is_allow() && !sampler.sample() {
+        return;
+    }
+    let attributes = (!decision.log_attributes.is_empty()).then(|| {
+        serde_json::Value::Object(
+            decision
+                .log_attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+                .collect(),
+        )
+        .to_string()
+    });
     tracing::info!(
         target: "cedargate::decision",
+        service = "cedargate",
         request_id = %decision.request_id,
+        peer_addr = %decision.peer_addr,
         decision = verdict,
+        enforced = decision.enforced,
         reason,
         principal = decision.principal.as_deref().unwrap_or(""),
         action = decision.action.as_deref().unwrap_or(""),
         resource = decision.resource.as_deref().unwrap_or(""),
         policy_ids = ?decision.policy_ids,
+        policy_version = decision.policy_version.as_deref().unwrap_or(""),
+        attributes = attributes.as_deref().unwrap_or(""),
         detail = detail.as_deref().unwrap_or(""),
         latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
     );
+}
+
+/// Logs one allow in every `n` (`log.decisions.sample_allow` = 1/n); lock-free.
+#[derive(Debug)]
+pub struct Sampler {
+    every: u64,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl Sampler {
+    pub fn new(rate: f64) -> Self {
+        let every = if rate > 0.0 && rate < 1.0 {
+            // rate is in (0, 1): 1/rate is finite and at least 1.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let n = (1.0 / rate).round() as u64;
+            n.max(1)
+        } else {
+            1
+        };
+        Self {
+            every,
+            seen: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn sample(&self) -> bool {
+        self.every == 1
+            || self
+                .seen
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .is_multiple_of(self.every)
+    }
+}
+
+/// Counts a check in flight while it lives (also when its task is cancelled or panics).
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn enter() -> Self {
+        metrics::gauge!(IN_FLIGHT).increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(IN_FLIGHT).decrement(1.0);
+    }
+}
+
+/// Records the policy set in force: `cedargate_policy_info{version}` is 1 for it, 0 for the
+/// one it replaced.
+pub fn policy_loaded(previous: Option<&str>, version: &str) {
+    if let Some(previous) = previous.filter(|p| *p != version) {
+        metrics::gauge!(POLICY_INFO, "version" => previous.to_owned()).set(0.0);
+    }
+    metrics::gauge!(POLICY_INFO, "version" => version.to_owned()).set(1.0);
+}
+
+/// Counts a policy reload: `success`, `unchanged` or `error`.
+pub fn policy_reload(result: &'static str) {
+    metrics::counter!(POLICY_RELOADS_TOTAL, "result" => result).increment(1);
+}
+
+/// `cedargate_build_info{version}` = 1.
+pub fn build_info() {
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
 /// Counts a Check refused before evaluation (overload, …).

@@ -382,7 +382,7 @@ impl Reply {
         serde_json::from_str(&self.denied().expect("a denied response").body).expect("JSON body")
     }
 
-    /// A string field of the dynamic metadata.
+    /// A string (or boolean, as `true`/`false`) field of the dynamic metadata.
     pub fn meta(&self, key: &str) -> Option<String> {
         use envoy_types::pb::google::protobuf::value::Kind;
         match self
@@ -395,6 +395,7 @@ impl Reply {
             .as_ref()?
         {
             Kind::StringValue(s) => Some(s.clone()),
+            Kind::BoolValue(b) => Some(b.to_string()),
             _ => None,
         }
     }

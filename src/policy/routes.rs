@@ -33,6 +33,8 @@ struct RawRoute {
     resource: Option<String>,
     #[serde(default)]
     token: Option<TokenRequirement>,
+    #[serde(default)]
+    dry_run: bool,
 }
 
 /// Whether a route needs a bearer token; without the field, `authentication.require_token`.
@@ -58,6 +60,7 @@ struct Route {
     action: EntityUid,
     resource: Option<ResourceTemplate>,
     token: Option<TokenRequirement>,
+    dry_run: bool,
 }
 
 /// `Type::"literal {param} literal"`, kept as a type and id pieces.
@@ -82,6 +85,8 @@ pub struct RouteMatch<'r> {
     /// Path parameters in template order.
     pub params: Vec<(String, String)>,
     pub token: Option<TokenRequirement>,
+    /// Decisions on this route are recorded but not enforced (`dry_run: true`).
+    pub dry_run: bool,
 }
 
 const ANY_METHOD: &str = "*";
@@ -121,6 +126,7 @@ impl Routes {
             action,
             resource,
             token,
+            dry_run,
         } = raw;
         let action =
             action_uid(&action).ok_or_else(|| format!("`{action}` is not an action name"))?;
@@ -148,6 +154,7 @@ impl Routes {
             action,
             resource,
             token,
+            dry_run,
         });
         Ok(())
     }
@@ -174,6 +181,7 @@ impl Routes {
             resource: route.resource.as_ref().map(|t| t.build(&params)),
             params,
             token: route.token,
+            dry_run: route.dry_run,
         })
     }
 

@@ -27,6 +27,9 @@ pub struct Snapshot {
     pub routes: Routes,
     /// Which file each policy came from.
     pub policy_files: HashMap<PolicyId, PathBuf>,
+    /// Content hash of the files (first 12 hex digits of a SHA-256 over names and texts):
+    /// the policy set version in metrics, logs and answers.
+    pub version: std::sync::Arc<str>,
 }
 
 /// One file of a policy set, read into memory.
@@ -127,6 +130,30 @@ pub fn load_embedded() -> Result<Snapshot, PolicyLoadError> {
     )
 }
 
+/// The content hash of a policy set: independent of the directory it was read from.
+fn version_of(files: &[SourceFile]) -> std::sync::Arc<str> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut named: Vec<_> = files
+        .iter()
+        .map(|f| (f.path.file_name().unwrap_or_default(), &f.text))
+        .collect();
+    named.sort();
+    for (name, text) in named {
+        hasher.update(name.as_encoded_bytes());
+        hasher.update([0]);
+        hasher.update(text.len().to_le_bytes());
+        hasher.update(text.as_bytes());
+    }
+    let digest = hasher.finalize();
+    digest
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into()
+}
+
 /// Reads the policy files directly in `dir` (not below it) and loads them.
 pub fn load_dir(dir: &Path) -> Result<Snapshot, PolicyLoadError> {
     let read_err = |path: &Path| {
@@ -174,6 +201,7 @@ fn kind(path: &Path) -> Option<Kind> {
 
 /// Loads a policy set from files in memory; see the module docs for what is checked.
 pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
+    let version = version_of(&files);
     let of_kind = |k: Kind| files.iter().filter(move |f| kind(&f.path) == Some(k));
     let mut problems = Vec::new();
 
@@ -256,6 +284,7 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
             entities,
             routes,
             policy_files,
+            version,
         })
     } else {
         Err(PolicyLoadError::Invalid { problems })

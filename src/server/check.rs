@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use super::envoy::{self, CheckInput};
-use crate::config::Limits;
+use crate::config::{DecisionLogSettings, Limits, NEVER_LOGGED};
 use crate::decision::{Decision, DenyReason, IDENTITY_HEADER_PREFIX, Outcome};
 use crate::identity::authn::Authenticator;
 use crate::identity::token::TokenError;
@@ -40,7 +40,19 @@ pub struct Shared {
     pub peer_settings: PeerSettings,
     /// False while starting and while draining.
     pub ready: AtomicBool,
+    pub options: CheckOptions,
     inflight: Semaphore,
+    sampler: telemetry::Sampler,
+}
+
+/// How decisions are enforced and logged.
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    /// Record decisions but allow every request.
+    pub dry_run: bool,
+    pub decision_log: DecisionLogSettings,
+    /// Header names never logged (credentials), besides [`crate::config::NEVER_LOGGED`].
+    pub secret_headers: Vec<String>,
 }
 
 impl Shared {
@@ -49,6 +61,7 @@ impl Shared {
         authn: Authenticator,
         limits: Limits,
         peer_settings: PeerSettings,
+        options: CheckOptions,
     ) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -57,6 +70,8 @@ impl Shared {
             peer_settings,
             ready: AtomicBool::new(false),
             inflight: Semaphore::new(limits.max_inflight),
+            sampler: telemetry::Sampler::new(options.decision_log.sample_allow),
+            options,
         }
     }
 
@@ -90,6 +105,7 @@ impl Authorization for CheckService {
             telemetry::rejected("overload");
             return Err(Status::unavailable("cedargate is over its in-flight limit"));
         };
+        let _in_flight = telemetry::InFlight::enter();
         let started = Instant::now();
         let budget = deadline(self.shared.limits.check_timeout, request.metadata());
         // Everything after admission runs under one panic guard and one deadline, and both
@@ -106,7 +122,14 @@ impl Authorization for CheckService {
             }
             Err(_elapsed) => Decision::early(String::new(), DenyReason::Timeout(budget)),
         };
-        telemetry::decided(&decision, started.elapsed());
+        let mut decision = decision;
+        if decision.policy_version.is_none() {
+            decision.policy_version = Some(self.shared.snapshot.load().version.clone());
+        }
+        if self.shared.options.dry_run {
+            decision.enforced = false;
+        }
+        telemetry::decided(&decision, started.elapsed(), &self.shared.sampler);
         let response =
             std::panic::catch_unwind(AssertUnwindSafe(|| envoy::response(decision.answer())))
                 .unwrap_or_else(|_| {
@@ -129,12 +152,54 @@ async fn run(shared: &Shared, input: CheckRequest) -> Decision {
     };
     let token = shared.authn.authenticate(&prepared.http).await;
     let had_token = matches!(token, Ok(Some(_)));
+    let log_attributes = log_attributes(&shared.options, &prepared.http, &token);
+    let peer_addr = prepared.peer.address.clone();
     let snapshot = shared.snapshot.load();
     let mut decision = decide(&snapshot, prepared, token, shared.authn.requires_token());
     if had_token && decision.is_allow() {
         decision.strip_headers = shared.authn.token_headers_to_strip();
     }
+    decision.policy_version = Some(snapshot.version.clone());
+    decision.peer_addr = peer_addr;
+    decision.log_attributes = log_attributes;
     decision
+}
+
+/// The request headers and token claims `log.decisions` asks for; credentials never, values
+/// listed under `redact` as `[redacted]`.
+fn log_attributes(
+    options: &CheckOptions,
+    http: &HttpRequest,
+    token: &Result<Option<Arc<VerifiedToken>>, TokenError>,
+) -> Vec<(String, String)> {
+    let settings = &options.decision_log;
+    if settings.include_headers.is_empty() && settings.include_claims.is_empty() {
+        return Vec::new();
+    }
+    let secret = |name: &str| {
+        NEVER_LOGGED.contains(&name) || options.secret_headers.iter().any(|s| s == name)
+    };
+    let shown = |name: &str, value: &str| {
+        if settings.redact.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+            "[redacted]".to_owned()
+        } else {
+            value.chars().take(256).collect()
+        }
+    };
+    let mut attributes = Vec::new();
+    for name in &settings.include_headers {
+        if let Some(value) = http.headers.get(name).filter(|_| !secret(name)) {
+            attributes.push((format!("header.{name}"), shown(name, value)));
+        }
+    }
+    if let Ok(Some(token)) = token {
+        for name in &settings.include_claims {
+            if let Some(value) = token.claims.get(name) {
+                attributes.push((format!("claim.{name}"), shown(name, value)));
+            }
+        }
+    }
+    attributes
 }
 
 /// The time a check may take: the configured bound, shortened by the caller's gRPC deadline
@@ -241,6 +306,7 @@ pub fn decide(
         .collect();
 
     let route = snapshot.routes.find(&http.method, &http.path);
+    decision.enforced = !route.as_ref().is_some_and(|r| r.dry_run);
     if route.is_none() && snapshot.routes.near_miss(&http.method, &http.path) {
         let err = mapping::MappingError::NearMiss(http.path.clone());
         return deny(decision, DenyReason::NoRoute(err));

@@ -1,0 +1,190 @@
+//! Hot reload of the policy directory: a changed file is in force for the next checks, an
+//! invalid change keeps the last good set (and is counted), and checks running during many
+//! reloads all get a valid answer. Waits poll the server's own state with a deadline.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cedargate::config::PolicySource;
+use cedargate::testutil::{TestServer, check, test_config};
+use tonic::Code;
+
+const BASE: &str = r#"
+@id("public-health")
+permit (principal, action == Action::"GET", resource == Path::"/healthz");
+"#;
+
+/// A copy of the example policy set in a directory of its own, with `main` as the policies.
+fn policy_dir(main: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for file in ["schema.cedarschema", "routes.yaml", "entities.json"] {
+        std::fs::copy(example.join(file), dir.path().join(file)).unwrap();
+    }
+    std::fs::write(dir.path().join("main.cedar"), main).unwrap();
+    dir
+}
+
+/// Writes a file the way editors and ConfigMaps do: a new file renamed over the old.
+fn replace(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+fn version(server: &TestServer) -> Arc<str> {
+    server.app.shared.snapshot.load().version.clone()
+}
+
+/// Waits, bounded, until the policy set in force is no longer `old`.
+async fn version_changes_from(server: &TestServer, old: &str) -> Arc<str> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = version(server);
+        if &*now != old {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "the policy set was not reloaded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn counter(metrics: &str, line_start: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_changed_policy_is_in_force_and_a_broken_one_is_refused() {
+    let dir = policy_dir(BASE);
+    let mut server =
+        TestServer::with_config(test_config(PolicySource::Dir(dir.path().to_owned()))).await;
+    let list = || check("GET", "/orders").build();
+    assert_eq!(server.check(list()).await.http_status(), Some(403));
+    let v1 = version(&server);
+
+    // A new policy on disk: in force without a restart.
+    let opened = format!(
+        "{BASE}\n@id(\"anyone-lists\")\npermit (principal, action == Action::\"orders:list\", resource);\n"
+    );
+    replace(dir.path(), "main.cedar", &opened);
+    let v2 = version_changes_from(&server, &v1).await;
+    let reply = server.check(list()).await;
+    assert_eq!(reply.code(), Code::Ok);
+    assert_eq!(reply.meta_list("policy_ids"), ["anyone-lists"]);
+    assert_eq!(reply.meta("policy_version").as_deref(), Some(&*v2));
+    let metrics = server.metrics().await;
+    assert_eq!(
+        counter(
+            &metrics,
+            &format!("cedargate_policy_info{{version=\"{v2}\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            &format!("cedargate_policy_info{{version=\"{v1}\"}}")
+        ),
+        0.0
+    );
+
+    // A broken change: refused, counted, the last good set stays in force, still ready.
+    let errors = |m: &str| counter(m, "cedargate_policy_reloads_total{result=\"error\"}");
+    let before = errors(&server.metrics().await);
+    replace(
+        dir.path(),
+        "main.cedar",
+        "permit (principal, action, resource) when { oops };",
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while errors(&server.metrics().await) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the broken change was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(version(&server), v2);
+    assert_eq!(server.check(list()).await.code(), Code::Ok);
+    let ready = reqwest::get(server.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // Fixed again: the reload goes through.
+    replace(dir.path(), "main.cedar", BASE);
+    version_changes_from(&server, &v2).await;
+    assert_eq!(server.check(list()).await.http_status(), Some(403));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_checks_during_twenty_reloads_all_get_valid_answers() {
+    // Two valid sets that allow the same request through different policies: any answer
+    // must come whole from one of them.
+    let set = |id: &str| {
+        format!(
+            "{BASE}\n@id(\"{id}\")\npermit (principal, action == Action::\"orders:list\", resource);\n"
+        )
+    };
+    let dir = policy_dir(&set("lists-a"));
+    let server =
+        TestServer::with_config(test_config(PolicySource::Dir(dir.path().to_owned()))).await;
+    let server = Arc::new(server);
+
+    // 50 callers keep checking until the 20 reloads are done.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut checks = Vec::new();
+    for _ in 0..50 {
+        let mut client = server.client.clone();
+        let done = done.clone();
+        checks.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Acquire) || answers.len() < 20 {
+                let reply = client
+                    .check(check("GET", "/orders").build())
+                    .await
+                    .expect("no failed check during reloads")
+                    .into_inner();
+                answers.push(cedargate::testutil::Reply(reply));
+            }
+            answers
+        }));
+    }
+    let mut current = version(&server);
+    for i in 0..20 {
+        replace(
+            dir.path(),
+            "main.cedar",
+            &set(if i % 2 == 0 { "lists-b" } else { "lists-a" }),
+        );
+        current = version_changes_from(&server, &current).await;
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let (mut total, mut seen_a, mut seen_b) = (0, false, false);
+    for task in checks {
+        for reply in task.await.unwrap() {
+            assert_eq!(reply.code(), Code::Ok, "{:?}", reply.body());
+            let ids = reply.meta_list("policy_ids");
+            assert!(ids == ["lists-a"] || ids == ["lists-b"], "{ids:?}");
+            seen_a |= ids == ["lists-a"];
+            seen_b |= ids == ["lists-b"];
+            total += 1;
+        }
+    }
+    assert!(total >= 1000, "{total} checks");
+    assert!(seen_a && seen_b, "checks ran across the reloads");
+    let reloads = counter(
+        &server.metrics().await,
+        "cedargate_policy_reloads_total{result=\"success\"}",
+    );
+    assert!(reloads >= 20.0, "{reloads}");
+}
