@@ -14,6 +14,11 @@ listen:
   admin: 0.0.0.0:9192
 policies:
   dir: /etc/cedargate/policies
+limits:
+  # Kubernetes removes a terminating pod from endpoints asynchronously: stay ready-false but
+  # serving for this long before closing the listener (terminationGracePeriodSeconds covers
+  # it plus the 10 s drain).
+  shutdown_delay: 5s
 log:
   format: json
 issuers:
@@ -22,6 +27,8 @@ issuers:
     audiences: [orders]
     jwks: { discovery: true }
 peer:
+  # Istio's usual trust domain. The example policies name workloads of `shop.example`:
+  # write yours with spiffe://cluster.local/ns/<namespace>/sa/<service-account>.
   trust_domains: [cluster.local]
 """
 

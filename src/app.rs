@@ -70,7 +70,7 @@ pub struct App {
     /// The Check listener's address when it is TCP.
     pub grpc_addr: Option<SocketAddr>,
     /// The Check listener's socket when it is a Unix socket (removed at shutdown).
-    pub grpc_path: Option<std::path::PathBuf>,
+    pub grpc_socket: Option<crate::server::unix::BoundSocket>,
     pub admin_addr: SocketAddr,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
@@ -146,18 +146,18 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         l.local_addr()
             .map_err(|source| AppError::Bind { addr, source })
     };
-    let (grpc_listener, grpc_addr, grpc_path) = match &config.listen.grpc {
+    let (grpc_listener, grpc_addr, grpc_socket) = match &config.listen.grpc {
         GrpcListen::Tcp(addr) => {
             let listener = bind(*addr).await?;
             let bound = local(&listener, *addr)?;
             (Listener::Tcp(listener), Some(bound), None)
         }
         #[cfg(unix)]
-        GrpcListen::Unix(path) => (
-            Listener::Unix(crate::server::unix::bind(path)?),
-            None,
-            Some(path.clone()),
-        ),
+        GrpcListen::Unix(path) => {
+            let (listener, bound) =
+                crate::server::unix::bind(path, config.listen.unix_group_access)?;
+            (Listener::Unix(listener), None, Some(bound))
+        }
         #[cfg(not(unix))]
         GrpcListen::Unix(_) => {
             return Err(AppError::UnixUnsupported(
@@ -226,7 +226,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
     tracing::info!(grpc_addr = %grpc_shown, %admin_addr, "cedargate serving");
     Ok(App {
         grpc_addr,
-        grpc_path,
+        grpc_socket,
         admin_addr,
         shared,
         shutdown,
@@ -238,7 +238,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
 }
 
 impl App {
-    /// Turns `/readyz` false, stops accepting, sends HTTP/2 GOAWAY so clients finish their
+    /// Turns `/readyz` false, waits `limits.shutdown_delay` while still serving, stops accepting, sends HTTP/2 GOAWAY so clients finish their
     /// in-flight checks, and waits for connections to close; connections still open after
     /// `limits.drain_timeout` (a client that ignores GOAWAY) are closed.
     pub async fn shutdown(self) -> Result<(), AppError> {
@@ -248,7 +248,7 @@ impl App {
             admin_shutdown,
             mut grpc,
             mut admin,
-            grpc_path,
+            grpc_socket,
             reloader,
             ..
         } = self;
@@ -256,6 +256,8 @@ impl App {
         if let Some(reloader) = &reloader {
             reloader.stop();
         }
+        // Not ready, still serving: give endpoints time to notice before the listener closes.
+        tokio::time::sleep(shared.limits.shutdown_delay).await;
         shared.authn.stop();
         let _ = shutdown.send(true);
         let deadline = tokio::time::Instant::now() + shared.limits.drain_timeout;
@@ -266,8 +268,8 @@ impl App {
                 grpc.abort();
             }
         }
-        if let Some(path) = grpc_path {
-            let _ = std::fs::remove_file(path);
+        if let Some(socket) = grpc_socket {
+            socket.remove();
         }
         let _ = admin_shutdown.send(true);
         match tokio::time::timeout_at(deadline, &mut admin).await {

@@ -84,6 +84,9 @@ pub struct Listen {
     /// Unix socket only: peer UIDs (SO_PEERCRED) allowed to connect; empty allows any local
     /// process that can reach the socket (directory 0700, socket 0600: the same user).
     pub unix_allowed_uids: Vec<u32>,
+    /// Unix socket only: directory 0750 and socket 0660, for an Envoy of another UID that
+    /// shares cedargate's group (e.g. Kubernetes `fsGroup`).
+    pub unix_group_access: bool,
 }
 
 /// The Check listener: TCP, or a Unix-domain socket (`unix:/run/cedargate/check.sock`), the
@@ -142,6 +145,9 @@ pub struct Limits {
     pub check_timeout: Duration,
     /// On shutdown, how long to wait for open connections to finish before closing them.
     pub drain_timeout: Duration,
+    /// On shutdown, how long `/readyz` answers 503 while new checks are still served, so that
+    /// load balancers and Kubernetes endpoints stop sending before the listener closes.
+    pub shutdown_delay: Duration,
     /// HTTP/2 streams one connection may have open at once (Envoy multiplexes its checks).
     pub max_concurrent_streams: u32,
     /// HTTP/2 PING interval on idle connections; a peer that does not answer within
@@ -189,6 +195,7 @@ impl Default for Limits {
             max_inflight: 512,
             check_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
             max_concurrent_streams: 1024,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
@@ -204,6 +211,7 @@ impl Default for Config {
                 grpc: GrpcListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 9191))),
                 admin: SocketAddr::from(([127, 0, 0, 1], 9192)),
                 unix_allowed_uids: Vec::new(),
+                unix_group_access: false,
             },
             policies: PolicySource::Embedded,
             limits: Limits::default(),
@@ -268,6 +276,8 @@ struct RawListen {
     grpc: Option<String>,
     admin: Option<String>,
     unix_allowed_uids: Option<Vec<u32>>,
+    #[serde(default)]
+    unix_group_access: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -287,6 +297,7 @@ struct RawLimits {
     max_inflight: Option<usize>,
     check_timeout: Option<String>,
     drain_timeout: Option<String>,
+    shutdown_delay: Option<String>,
     max_concurrent_streams: Option<usize>,
     keepalive_interval: Option<String>,
     keepalive_timeout: Option<String>,
@@ -353,6 +364,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         grpc,
         admin,
         unix_allowed_uids,
+        unix_group_access,
     } = listen;
     let grpc = match grpc {
         None => defaults.listen.grpc.clone(),
@@ -410,6 +422,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         max_inflight,
         check_timeout,
         drain_timeout,
+        shutdown_delay,
         max_concurrent_streams,
         keepalive_interval,
         keepalive_timeout,
@@ -458,6 +471,12 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             d.drain_timeout,
             &mut problems,
         ),
+        shutdown_delay: duration(
+            shutdown_delay,
+            "limits.shutdown_delay",
+            d.shutdown_delay,
+            &mut problems,
+        ),
         max_concurrent_streams: u32::try_from(positive(
             max_concurrent_streams,
             "limits.max_concurrent_streams",
@@ -487,6 +506,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             grpc,
             admin,
             unix_allowed_uids: unix_allowed_uids.unwrap_or_default(),
+            unix_group_access,
         },
         policies,
         limits,
@@ -670,6 +690,12 @@ mod tests {
             1,
         );
         assert_eq!(parse(&distinct).unwrap().issuers.len(), 2);
+        let reserved = distinct.replace("principal_type: Partner", "principal_type: Workload");
+        let err = parse(&reserved).unwrap_err().to_string();
+        assert!(
+            err.contains("`issuers[].principal_type` = `Workload`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -70,6 +70,18 @@ fn deployment_is_replicated_hardened_and_probed() {
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_ne!(pod["securityContext"]["runAsUser"], 0);
     assert_eq!(pod["automountServiceAccountToken"], false);
+    // The Check port is reached over the mesh's mTLS: a sidecar, and STRICT for the pod.
+    assert_eq!(
+        d["spec"]["template"]["metadata"]["annotations"]["sidecar.istio.io/inject"],
+        "true"
+    );
+    let strict = kind("deploy/istio/cedargate-mtls.yaml", "PeerAuthentication");
+    assert_eq!(strict["spec"]["mtls"]["mode"], "STRICT");
+    assert_eq!(strict["metadata"]["namespace"], d["metadata"]["namespace"]);
+    assert_eq!(
+        strict["spec"]["selector"]["matchLabels"],
+        d["spec"]["template"]["metadata"]["labels"]
+    );
     // Longer than the default drain timeout (10 s), so draining finishes before the kill.
     assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() > 10);
     let containers = pod["containers"].as_sequence().unwrap();
@@ -211,6 +223,16 @@ fn config_maps_hold_an_accepted_config_and_exactly_the_policy_set() {
     assert_eq!(grpc.port(), 9191);
     assert_eq!(config.listen.admin.port(), 9192);
     assert!(grpc.ip().is_unspecified(), "reachable from other pods");
+    // Endpoints drop the pod before it stops serving, and the drain fits the grace period.
+    let d = kind("deploy/kubernetes/deployment.yaml", "Deployment");
+    let grace = d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    assert!(config.limits.shutdown_delay >= std::time::Duration::from_secs(1));
+    assert!(
+        (config.limits.shutdown_delay + config.limits.drain_timeout).as_secs() < grace,
+        "shutdown delay + drain fit in terminationGracePeriodSeconds"
+    );
     assert_eq!(
         config.policies,
         PolicySource::Dir(PathBuf::from("/etc/cedargate/policies"))

@@ -104,9 +104,9 @@ async fn a_broken_key_server_keeps_the_last_good_keys() {
             (Code::Unauthenticated, "unknown_kid"),
             "{iss}"
         );
-        assert_eq!(
-            fetch_errors(&server.metrics().await, iss),
-            before + 1.0,
+        // At least this fetch failed (the background refresh may have retried meanwhile).
+        assert!(
+            fetch_errors(&server.metrics().await, iss) >= before + 1.0,
             "{iss}"
         );
         // The last good keys still verify.

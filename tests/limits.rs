@@ -262,11 +262,12 @@ async fn too_many_or_too_large_headers_are_431() {
 }
 
 #[tokio::test]
-async fn shutdown_turns_readiness_off_first_and_lets_in_flight_checks_finish() {
+async fn shutdown_turns_readiness_off_first_serves_through_the_delay_and_drains() {
     let key = TestKey::generate(Algorithm::ES256, "k");
     let jwks = JwksServer::start(&[&key]).await;
     let mut config = waiting_config(&jwks);
     config.auth.fetch_wait = Duration::from_secs(1);
+    config.limits.shutdown_delay = Duration::from_millis(500);
     let server = TestServer::with_config(config).await;
     server.ready().await;
     let readyz = server.admin_url("/readyz");
@@ -299,6 +300,13 @@ async fn shutdown_turns_readiness_off_first_and_lets_in_flight_checks_finish() {
         !in_flight.is_finished(),
         "readiness turned false while the check was in flight"
     );
+    // During limits.shutdown_delay, not ready but still serving new checks.
+    let mut late = client.clone();
+    let reply = late
+        .check(check("GET", "/healthz").build())
+        .await
+        .expect("still served");
+    assert_eq!(reply.into_inner().status.unwrap().code, 0);
 
     // The in-flight check gets its answer (a deny: its key never arrived), not a reset.
     let answer = in_flight.await.unwrap().expect("answered during the drain");

@@ -120,23 +120,23 @@ async fn overload_is_shed_while_health_and_decisions_hold() {
     while started.elapsed() < SOAK {
         let probe = Instant::now();
         let status = tokio::time::timeout(
-            Duration::from_secs(1),
+            Duration::from_secs(2),
             health.check(HealthCheckRequest {
                 service: String::new(),
             }),
         )
         .await
-        .expect("gRPC health answers within 1 s under overload")
+        .expect("gRPC health answers within 2 s under overload")
         .expect("health answers")
         .into_inner()
         .status;
         assert_eq!(status, 1, "SERVING");
         let admin = tokio::time::timeout(
-            Duration::from_secs(1),
+            Duration::from_secs(2),
             reqwest::get(server.admin_url("/healthz")),
         )
         .await
-        .expect("/healthz answers within 1 s under overload")
+        .expect("/healthz answers within 2 s under overload")
         .unwrap();
         assert_eq!(admin.status(), 200);
         probes += 1;
@@ -161,7 +161,7 @@ async fn overload_is_shed_while_health_and_decisions_hold() {
         allowed > 0 && denied > 0,
         "checks were still decided under overload"
     );
-    assert!(probes >= 20);
+    assert!(probes >= 10, "{probes} health probes");
     assert!(
         after.saturating_sub(before) < RSS_GROWTH_BOUND_KIB,
         "RSS grew from {before} KiB to {after} KiB"

@@ -132,5 +132,37 @@ async fn unsafe_directories_and_foreign_files_are_refused() {
     assert!(file.exists());
     let server = app::build(unix_config(&file, Vec::new())).await.unwrap();
     assert_eq!(check_over(&file).await.unwrap().code(), tonic::Code::Ok);
+
+    // A live socket (this server's) is not taken over by a second instance.
+    let err = app::build(unix_config(&file, Vec::new()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("in use"), "{err}");
+    assert_eq!(
+        check_over(&file).await.unwrap().code(),
+        tonic::Code::Ok,
+        "still served"
+    );
     server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn group_access_opens_the_socket_to_the_group_only() {
+    app::install_crypto_provider();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("grp/check.sock");
+    let mut config = unix_config(&path, Vec::new());
+    config.listen.unix_group_access = true;
+    let server = app::build(config).await.unwrap();
+    assert_eq!(mode(path.parent().unwrap()), 0o750);
+    assert_eq!(mode(&path), 0o660);
+    // Shutdown removes only the socket it created: one that replaced it (a newer instance's)
+    // stays.
+    std::fs::remove_file(&path).unwrap();
+    let newer = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    server.shutdown().await.unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino);
+    drop(newer);
 }

@@ -348,10 +348,28 @@ pub(super) fn build_issuer(
     }
 }
 
+/// Entity types cedargate creates from other sources than a token.
+const RESERVED_TYPES: &[&str] = &[
+    "Workload",
+    "Anonymous",
+    "Group",
+    "HttpHeaders",
+    "HttpQuery",
+    "PathParams",
+    "TokenClaims",
+];
+
 /// Two issuers must not share an `issuer` (which keys would verify?) nor a `principal_type`:
 /// `sub` is unique only within one issuer, so a subject of one could name a user of the other.
 pub(super) fn check_distinct(issuers: &[IssuerConfig], problems: &mut Vec<Problem>) {
     for (index, issuer) in issuers.iter().enumerate() {
+        if RESERVED_TYPES.contains(&issuer.principal_type.as_str()) {
+            problems.push(problem(
+                "issuers[].principal_type",
+                &issuer.principal_type,
+                "is a type cedargate builds itself (workloads, anonymous callers, groups, request helpers); a token must not claim it: choose User, Service or a type of your own",
+            ));
+        }
         let earlier = issuers.get(..index).unwrap_or_default();
         if earlier.iter().any(|e| e.issuer == issuer.issuer) {
             problems.push(problem(

@@ -161,8 +161,8 @@ pub fn parse(body: &[u8]) -> Result<KeySet, JwksError> {
     let doc: Doc = serde_json::from_slice(body).map_err(|e| JwksError::Invalid(e.to_string()))?;
     let mut set = KeySet::default();
     for value in doc.keys {
-        // serde_json's maps are sorted, so this is the same for the same key in any order.
-        let fingerprint: [u8; 32] = Sha256::digest(value.to_string().as_bytes()).into();
+        // Members sorted: the same key served with its members in another order is the same.
+        let fingerprint: [u8; 32] = Sha256::digest(canonical(&value).as_bytes()).into();
         let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
             continue;
         };
@@ -206,6 +206,29 @@ pub fn parse(body: &[u8]) -> Result<KeySet, JwksError> {
         }
     }
     Ok(set)
+}
+
+/// JSON with every object's members sorted by name (serde_json keeps insertion order when
+/// another crate enables its `preserve_order` feature, as cedar-policy does).
+fn canonical(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut members: Vec<_> = map.iter().collect();
+            members.sort_by(|a, b| a.0.cmp(b.0));
+            let inner: Vec<String> = members
+                .into_iter()
+                .map(|(k, v)| format!("{}:{}", serde_json::Value::from(k.as_str()), canonical(v)))
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        serde_json::Value::Array(items) => {
+            format!(
+                "[{}]",
+                items.iter().map(canonical).collect::<Vec<_>>().join(",")
+            )
+        }
+        other => other.to_string(),
+    }
 }
 
 /// One issuer's keys, shared by checks and the refresher.
@@ -556,5 +579,18 @@ mod tests {
             !new.contains(old_b),
             "same kid, new material: cached tokens die"
         );
+    }
+
+    #[test]
+    fn member_order_does_not_change_a_key() {
+        let body = |doc: &str| parse(doc.as_bytes()).unwrap();
+        let old = body(&format!(
+            r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","kid":"a","x":"{RFC8037_X}"}}]}}"#
+        ));
+        let mut new = body(&format!(
+            r#"{{"keys":[{{"x":"{RFC8037_X}","kid":"a","crv":"Ed25519","kty":"OKP"}}]}}"#
+        ));
+        new.reuse(&old);
+        assert!(new.contains(old.find(Some("a")).unwrap()));
     }
 }

@@ -120,16 +120,24 @@ pub struct Xfcc {
     pub dns: Vec<String>,
 }
 
-/// Parses the element of XFCC closest to cedargate's Envoy (the last one): `Hash=` (hex
+/// Parses the one element of XFCC set by cedargate's Envoy: `Hash=` (hex
 /// SHA-256 of the leaf), `URI=`, `DNS=`. Values may be double-quoted (Envoy quotes `Subject`,
 /// which may hold `,`, `;` and `=`), with `\"` and `\\` escapes inside quotes; separators
 /// inside quotes are data, so a crafted subject cannot smuggle a `URI=` or a new element.
+///
+/// Exactly one element is accepted: cedargate trusts XFCC only behind a proxy that sets it with
+/// `SANITIZE_SET`. Envoy does not quote `URI=` values, so a client certificate whose URI SAN
+/// holds `,Hash=…;URI=spiffe://…` would otherwise forge an element of its own; with one element
+/// it can only repeat a key, and a repeated `Hash` or `URI` is refused.
 pub fn parse_xfcc(header: &str) -> Result<Xfcc, PeerError> {
     let elements = split_xfcc(header)?;
-    let element = elements.last().ok_or(PeerError::Xfcc)?;
+    let [element] = elements.as_slice() else {
+        return Err(PeerError::Xfcc);
+    };
     let mut xfcc = Xfcc::default();
     for (key, value) in element {
         match key.to_ascii_lowercase().as_str() {
+            "hash" if xfcc.sha256.is_some() => return Err(PeerError::Xfcc),
             "hash" => xfcc.sha256 = Some(parse_hex_sha256(value)?),
             "uri" if xfcc.uri.is_some() => return Err(PeerError::SeveralUris),
             "uri" => xfcc.uri = Some(value.clone()),
@@ -216,10 +224,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn xfcc_last_element() {
+    fn xfcc_one_element() {
         let hash = "a".repeat(64);
         let x = parse_xfcc(&format!(
-            "By=spiffe://td/a;URI=spiffe://td/evil,By=spiffe://td/gw;Hash={hash};URI=spiffe://td/ns/x/sa/y;DNS=y.td"
+            "By=spiffe://td/gw;Hash={hash};URI=spiffe://td/ns/x/sa/y;DNS=y.td"
         ))
         .unwrap();
         assert_eq!(x.uri.as_deref(), Some("spiffe://td/ns/x/sa/y"));

@@ -137,6 +137,8 @@ impl Routes {
         let resource = resource
             .map(|r| ResourceTemplate::parse(&r, &params, schema))
             .transpose()?;
+        // Request paths are matched without a trailing `/`: templates are stored the same way.
+        let path = without_trailing_slash(&path).to_owned();
         let method = method.map_or_else(|| ANY_METHOD.to_owned(), |m| m.to_ascii_uppercase());
         // Two templates equal but for case share one folded entry: the insert conflict of the
         // second one is expected and harmless.
@@ -185,11 +187,19 @@ impl Routes {
         })
     }
 
-    /// True when a path no route matches would match one if case were ignored (`/Orders/7`):
+    /// True when a path no route matches would match one if case and `;` parameters were
+    /// ignored (`/Orders/7`, `/orders;x=1/7`):
     /// upstreams that ignore case would serve the route's resource under the fallback action,
     /// so the caller refuses such a request instead of guessing.
     pub fn near_miss(&self, method: &str, path: &str) -> bool {
-        let folded = without_trailing_slash(path).to_lowercase();
+        // Case and `;` path parameters (`/orders;x=1/42`, which servlet containers serve as
+        // `/orders/42`) are folded away.
+        let folded = without_trailing_slash(path)
+            .split('/')
+            .map(|segment| segment.split(';').next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("/")
+            .to_lowercase();
         [method, ANY_METHOD]
             .iter()
             .filter_map(|m| self.folded.get(*m))
@@ -337,6 +347,16 @@ mod tests {
         assert!(table.near_miss("PUT", "/ORDERS/"));
         assert!(!table.near_miss("PUT", "/Orders/42"));
         assert!(!table.near_miss("GET", "/elsewhere"));
+        assert!(table.near_miss("GET", "/orders;jsessionid=1/42"));
+        // A template written with a trailing `/` is reachable too.
+        let table = routes(
+            r#"routes:
+                 - { method: GET, path: "/orders/", action: "orders:list" }
+            "#,
+        )
+        .unwrap();
+        assert!(table.find("GET", "/orders/").is_some());
+        assert!(table.find("GET", "/orders").is_some());
     }
 
     #[test]

@@ -203,13 +203,18 @@ fn log_attributes(
 }
 
 /// The time a check may take: the configured bound, shortened by the caller's gRPC deadline
-/// (`grpc-timeout`, which Envoy sets from the ext_authz filter's `timeout`).
+/// (`grpc-timeout`, which Envoy sets from the ext_authz filter's `timeout`) less a margin
+/// (a tenth, between 1 and 50 ms), so that cedargate's 503 deny reaches the caller before
+/// the caller (and tonic's own timeout layer, which reads the same header) gives up.
 pub fn deadline(bound: Duration, metadata: &tonic::metadata::MetadataMap) -> Duration {
     metadata
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
-        .map_or(bound, |caller| caller.min(bound))
+        .map_or(bound, |caller| {
+            let margin = (caller / 10).clamp(Duration::from_millis(1), Duration::from_millis(50));
+            caller.saturating_sub(margin).min(bound)
+        })
 }
 
 /// `grpc-timeout` per the gRPC HTTP/2 spec: at most 8 ASCII digits and a unit (H M S m u n).
@@ -381,7 +386,9 @@ mod tests {
         let bound = Duration::from_secs(5);
         assert_eq!(deadline(bound, &md), bound);
         md.insert("grpc-timeout", "100m".parse().unwrap());
-        assert_eq!(deadline(bound, &md), Duration::from_millis(100));
+        assert_eq!(deadline(bound, &md), Duration::from_millis(90));
+        md.insert("grpc-timeout", "2S".parse().unwrap());
+        assert_eq!(deadline(bound, &md), Duration::from_millis(1950));
         md.insert("grpc-timeout", "60S".parse().unwrap());
         assert_eq!(deadline(bound, &md), bound);
     }

@@ -1,10 +1,13 @@
 //! The Unix-domain-socket Check listener (`listen.grpc: unix:/path`), for a sidecar next to
-//! Envoy. Hardening: the socket's directory is created with mode 0700 (an existing one must
-//! not be open to group or others), the socket is 0600, a stale socket is replaced but any
-//! other file at the path is refused, and when `listen.unix_allowed_uids` is set, a connecting
+//! Envoy. Hardening: the socket's directory is created with mode 0700 (0750 with
+//! `listen.unix_group_access`, for an Envoy of another UID in a shared group); an existing one
+//! must belong to cedargate's user and not be open to others (nor to the group, without group
+//! access). The socket is 0600 (0660). A stale socket is replaced, but a live one (another
+//! instance answers) or any other file at the path is refused; at shutdown only the socket
+//! this process created is removed. When `listen.unix_allowed_uids` is set, a connecting
 //! process whose UID (SO_PEERCRED) is not listed is disconnected before it can send anything.
 
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,8 +29,16 @@ pub enum UnixError {
         "socket directory {path} has mode {mode:o}, open to group or others; use a directory of cedargate's own with mode 0700"
     )]
     DirPermissions { path: PathBuf, mode: u32 },
+    #[error(
+        "socket directory {path} belongs to UID {owner}, not to cedargate's UID {me}; use a directory of cedargate's own"
+    )]
+    DirOwner { path: PathBuf, owner: u32, me: u32 },
     #[error("{0} exists and is not a socket; remove it or choose another listen.grpc path")]
     NotASocket(PathBuf),
+    #[error(
+        "{0} is in use by a running process (another cedargate?); stop it or choose another path"
+    )]
+    InUse(PathBuf),
     #[error("cannot listen on unix:{path}: {source}")]
     Bind {
         path: PathBuf,
@@ -36,8 +47,36 @@ pub enum UnixError {
     },
 }
 
-/// Creates the directory (0700) and the socket (0600) at `path`.
-pub fn bind(path: &Path) -> Result<UnixListener, UnixError> {
+/// The socket file this process created: removed at shutdown only if it is still this one.
+#[derive(Debug, Clone)]
+pub struct BoundSocket {
+    pub path: PathBuf,
+    /// Device, inode and change time: an inode number alone may be reused at once.
+    identity: (u64, u64, i64, i64),
+}
+
+fn identity(meta: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
+}
+
+impl BoundSocket {
+    /// Removes the socket unless another process has replaced it since.
+    pub fn remove(&self) {
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| identity(&m) == self.identity);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Creates the directory and the socket at `path` with the modes above.
+pub fn bind(path: &Path, group_access: bool) -> Result<(UnixListener, BoundSocket), UnixError> {
+    let (dir_mode, socket_mode, forbidden) = if group_access {
+        (0o750, 0o660, 0o007)
+    } else {
+        (0o700, 0o600, 0o077)
+    };
     let dir = path.parent().unwrap_or(Path::new("/"));
     let dir_err = |source| UnixError::Dir {
         path: dir.to_owned(),
@@ -49,7 +88,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, UnixError> {
             .permissions()
             .mode()
             & 0o777;
-        if mode & 0o077 != 0 {
+        if mode & forbidden != 0 {
             return Err(UnixError::DirPermissions {
                 path: dir.to_owned(),
                 mode,
@@ -58,12 +97,15 @@ pub fn bind(path: &Path) -> Result<UnixListener, UnixError> {
     } else {
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(dir_mode)
             .create(dir)
             .map_err(dir_err)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(UnixError::InUse(path.to_owned()));
+            }
             // A socket left behind by a process that did not shut down cleanly.
             let _ = std::fs::remove_file(path);
         }
@@ -75,8 +117,25 @@ pub fn bind(path: &Path) -> Result<UnixListener, UnixError> {
         source,
     };
     let listener = UnixListener::bind(path).map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
-    Ok(listener)
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))
+        .map_err(bind_err)?;
+    let socket = std::fs::symlink_metadata(path).map_err(bind_err)?;
+    let bound = BoundSocket {
+        path: path.to_owned(),
+        identity: identity(&socket),
+    };
+    // The socket belongs to this process's UID: the directory must too, or its owner could
+    // swap the socket for one of their own.
+    let owner = std::fs::metadata(dir).map_err(dir_err)?.uid();
+    if owner != socket.uid() {
+        bound.remove();
+        return Err(UnixError::DirOwner {
+            path: dir.to_owned(),
+            owner,
+            me: socket.uid(),
+        });
+    }
+    Ok((listener, bound))
 }
 
 /// Accepted connections whose peer UID is allowed (any, when `allowed_uids` is empty).
