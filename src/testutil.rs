@@ -129,6 +129,34 @@ fn grpc_addr(app: &App) -> SocketAddr {
     app.grpc_addr.expect("the test server listens on TCP")
 }
 
+/// The value of the first sample of `metric` whose labels include every `labels` pair, in
+/// Prometheus text; 0 when there is none yet.
+pub fn metric_value(metrics: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().expect("a sample value"))
+}
+
+/// This process's resident set size, in KiB (Linux `/proc/self/status`).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("/proc/self/status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
 /// An issuer for tests: `iss`, audience `orders`, keys from `jwks_uri` (plain HTTP on loopback).
 pub fn test_issuer(iss: &str, jwks_uri: &str) -> crate::config::IssuerConfig {
     crate::config::IssuerConfig {

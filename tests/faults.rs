@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use cedargate::config::PolicySource;
 use cedargate::testutil::jwt::{JwksServer, TestKey, claims, now};
-use cedargate::testutil::{TestServer, check, test_config, test_issuer};
+use cedargate::testutil::{TestServer, check, metric_value, test_config, test_issuer};
 use jsonwebtoken::{Algorithm, Header};
 use serde_json::json;
 use tonic::Code;
@@ -28,18 +28,6 @@ async fn server_for(iss: &str, jwks: &JwksServer) -> TestServer {
     let server = TestServer::with_config(config).await;
     server.ready().await;
     server
-}
-
-fn fetch_errors(metrics: &str, issuer: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("cedargate_jwks_fetches_total{")
-                && l.contains(r#"result="error""#)
-                && l.contains(&format!(r#"issuer="{issuer}""#))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0.0, |v| v.parse::<f64>().unwrap())
 }
 
 /// The answer to a token signed by `key` but naming a `kid` the server has not seen.
@@ -97,7 +85,11 @@ async fn a_broken_key_server_keeps_the_last_good_keys() {
 
         jwks.fail_with(failure);
         jwks.pad(padding);
-        let before = fetch_errors(&server.metrics().await, iss);
+        let before = metric_value(
+            &server.metrics().await,
+            "cedargate_jwks_fetches_total",
+            &[("issuer", iss), ("result", "error")],
+        );
         let (code, error) = with_new_kid(&mut server, &key, iss, "rotated").await;
         assert_eq!(
             (code, error.as_str()),
@@ -106,7 +98,11 @@ async fn a_broken_key_server_keeps_the_last_good_keys() {
         );
         // At least this fetch failed (the background refresh may have retried meanwhile).
         assert!(
-            fetch_errors(&server.metrics().await, iss) >= before + 1.0,
+            metric_value(
+                &server.metrics().await,
+                "cedargate_jwks_fetches_total",
+                &[("issuer", iss), ("result", "error")]
+            ) >= before + 1.0,
             "{iss}"
         );
         // The last good keys still verify.

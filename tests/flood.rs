@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cedargate::config::PolicySource;
 use cedargate::testutil::jwt::{JwksServer, TestKey, b64, claims};
-use cedargate::testutil::{Reply, TestServer, check, test_config, test_issuer};
+use cedargate::testutil::{Reply, TestServer, check, rss_kib, test_config, test_issuer};
 use jsonwebtoken::Algorithm;
 use tonic::Code;
 
@@ -25,15 +25,6 @@ const FORGED: usize = 180_000;
 const SIGNED: usize = 20_000;
 const CONCURRENCY: usize = 32;
 const RSS_GROWTH_BOUND_KIB: u64 = 96 * 1024;
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_distinct_tokens_keeps_memory_bounded() {

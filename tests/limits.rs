@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use cedargate::config::{Config, PolicySource};
 use cedargate::testutil::jwt::{JwksServer, TestKey, claims};
-use cedargate::testutil::{PANIC_EXTENSION, TestServer, check, test_config, test_issuer};
+use cedargate::testutil::{
+    PANIC_EXTENSION, TestServer, check, metric_value, test_config, test_issuer,
+};
 use jsonwebtoken::{Algorithm, Header};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -113,15 +115,6 @@ async fn over_the_in_flight_cap_is_shed_at_once() {
     jwks.stop().await;
 }
 
-/// Timeout decisions counted so far (metrics are process-wide; only this test makes them).
-fn timeouts(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with("cedargate_decisions_total{") && l.contains(r#"reason="timeout""#))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
 #[tokio::test]
 async fn a_check_past_its_deadline_is_a_503_deny() {
     let key = TestKey::generate(Algorithm::ES256, "k");
@@ -151,7 +144,11 @@ async fn a_check_past_its_deadline_is_a_503_deny() {
     config.limits.check_timeout = Duration::from_secs(30);
     let mut server = TestServer::with_config(config).await;
     server.ready().await;
-    let before = timeouts(&server.metrics().await);
+    let before = metric_value(
+        &server.metrics().await,
+        "cedargate_decisions_total",
+        &[("reason", "timeout")],
+    );
     let held = jwks.hold().await;
     let mut request = tonic::Request::new(
         check("GET", "/profiles/alice")
@@ -174,7 +171,12 @@ async fn a_check_past_its_deadline_is_a_503_deny() {
     // Still holding the key server: without the caller's deadline, the check would still be
     // waiting (for up to 30 s) and no timeout would be counted.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while timeouts(&server.metrics().await) <= before {
+    while metric_value(
+        &server.metrics().await,
+        "cedargate_decisions_total",
+        &[("reason", "timeout")],
+    ) <= before
+    {
         assert!(
             Instant::now() < deadline,
             "the caller's deadline was not honoured"

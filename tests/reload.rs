@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cedargate::config::PolicySource;
-use cedargate::testutil::{TestServer, check, test_config};
+use cedargate::testutil::{TestServer, check, metric_value, test_config};
 use tonic::Code;
 
 const BASE: &str = r#"
@@ -56,14 +56,6 @@ async fn version_changes_from(server: &TestServer, old: &str) -> Arc<str> {
     }
 }
 
-fn counter(metrics: &str, line_start: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0.0, |v| v.parse().unwrap())
-}
-
 #[tokio::test]
 async fn a_changed_policy_is_in_force_and_a_broken_one_is_refused() {
     let dir = policy_dir(BASE);
@@ -85,22 +77,17 @@ async fn a_changed_policy_is_in_force_and_a_broken_one_is_refused() {
     assert_eq!(reply.meta("policy_version").as_deref(), Some(&*v2));
     let metrics = server.metrics().await;
     assert_eq!(
-        counter(
-            &metrics,
-            &format!("cedargate_policy_info{{version=\"{v2}\"}}")
-        ),
+        metric_value(&metrics, "cedargate_policy_info", &[("version", &v2)]),
         1.0
     );
     assert_eq!(
-        counter(
-            &metrics,
-            &format!("cedargate_policy_info{{version=\"{v1}\"}}")
-        ),
+        metric_value(&metrics, "cedargate_policy_info", &[("version", &v1)]),
         0.0
     );
 
     // A broken change: refused, counted, the last good set stays in force, still ready.
-    let errors = |m: &str| counter(m, "cedargate_policy_reloads_total{result=\"error\"}");
+    let errors =
+        |m: &str| metric_value(m, "cedargate_policy_reloads_total", &[("result", "error")]);
     let before = errors(&server.metrics().await);
     replace(
         dir.path(),
@@ -182,9 +169,10 @@ async fn a_thousand_checks_during_twenty_reloads_all_get_valid_answers() {
     }
     assert!(total >= 1000, "{total} checks");
     assert!(seen_a && seen_b, "checks ran across the reloads");
-    let reloads = counter(
+    let reloads = metric_value(
         &server.metrics().await,
-        "cedargate_policy_reloads_total{result=\"success\"}",
+        "cedargate_policy_reloads_total",
+        &[("result", "success")],
     );
     assert!(reloads >= 20.0, "{reloads}");
 }

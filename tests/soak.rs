@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use cedargate::config::PolicySource;
 use cedargate::testutil::jwt::{JwksServer, TestKey, claims};
-use cedargate::testutil::{Reply, TestServer, check, test_config, test_issuer};
+use cedargate::testutil::{Reply, TestServer, check, rss_kib, test_config, test_issuer};
 use jsonwebtoken::Algorithm;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -26,15 +26,6 @@ const CALLERS: usize = 64;
 const CAP: usize = 8;
 const SOAK: Duration = Duration::from_secs(5);
 const RSS_GROWTH_BOUND_KIB: u64 = 64 * 1024;
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_shed_while_health_and_decisions_hold() {

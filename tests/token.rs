@@ -10,7 +10,7 @@
 use cedargate::config::{Config, IssuerConfig, PolicySource};
 use cedargate::decision::PRINCIPAL_HEADER;
 use cedargate::testutil::jwt::{JwksServer, TestKey, b64, claims, now};
-use cedargate::testutil::{Reply, TestServer, check, test_config, test_issuer};
+use cedargate::testutil::{Reply, TestServer, check, metric_value, test_config, test_issuer};
 use jsonwebtoken::{Algorithm, Header};
 use serde_json::json;
 
@@ -558,20 +558,6 @@ async fn a_check_does_not_wait_for_a_slow_key_server() {
     jwks.stop().await;
 }
 
-/// Failed key-set fetches counted for one issuer (metrics are process-wide: labels keep
-/// tests in one binary apart).
-fn fetch_errors(metrics: &str, issuer: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("cedargate_jwks_fetches_total{")
-                && l.contains(r#"result="error""#)
-                && l.contains(&format!(r#"issuer="{issuer}""#))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0.0, |v| v.parse::<f64>().unwrap())
-}
-
 #[tokio::test]
 async fn an_oversized_key_set_is_refused_and_the_last_good_keys_stay() {
     const LIMITS: &str = "https://idp-limits.test";
@@ -580,14 +566,28 @@ async fn an_oversized_key_set_is_refused_and_the_last_good_keys_stay() {
     let mut config = config_for(test_issuer(LIMITS, &jwks.uri()));
     config.auth.max_jwks_bytes = 64 * 1024;
     let mut server = ready_server(config).await;
-    assert_eq!(fetch_errors(&server.metrics().await, LIMITS), 0.0);
+    assert_eq!(
+        metric_value(
+            &server.metrics().await,
+            "cedargate_jwks_fetches_total",
+            &[("issuer", LIMITS), ("result", "error")]
+        ),
+        0.0
+    );
 
     jwks.pad(128 * 1024);
     assert_eq!(
         unknown_kid_reason(&mut server, &key, LIMITS).await,
         "unknown_kid"
     );
-    assert_eq!(fetch_errors(&server.metrics().await, LIMITS), 1.0);
+    assert_eq!(
+        metric_value(
+            &server.metrics().await,
+            "cedargate_jwks_fetches_total",
+            &[("issuer", LIMITS), ("result", "error")]
+        ),
+        1.0
+    );
     let token = key.sign(&claims(LIMITS, "orders", "alice"));
     let reply = server
         .check(check("GET", "/profiles/alice").bearer(&token).build())
@@ -607,7 +607,12 @@ async fn a_redirect_to_another_host_is_not_followed() {
     let config = config_for(test_issuer(REDIRECTED, &jwks.uri()));
     let server = TestServer::with_config(config).await;
     let first_fetch_failed = async {
-        while fetch_errors(&server.metrics().await, REDIRECTED) < 1.0 {
+        while metric_value(
+            &server.metrics().await,
+            "cedargate_jwks_fetches_total",
+            &[("issuer", REDIRECTED), ("result", "error")],
+        ) < 1.0
+        {
             tokio::task::yield_now().await;
         }
     };
@@ -697,7 +702,12 @@ async fn https_key_sets_trust_the_issuer_ca_bundle() {
     // With the system's roots only, the private CA is not trusted: the fetch fails.
     let server = TestServer::with_config(config_for(issuer(None))).await;
     let failed = async {
-        while fetch_errors(&server.metrics().await, TLS_ISS) < 1.0 {
+        while metric_value(
+            &server.metrics().await,
+            "cedargate_jwks_fetches_total",
+            &[("issuer", TLS_ISS), ("result", "error")],
+        ) < 1.0
+        {
             tokio::task::yield_now().await;
         }
     };
