@@ -52,6 +52,8 @@ pub struct Decision {
     pub peer_addr: String,
     /// Request headers and token claims the decision log was configured to carry.
     pub log_attributes: Vec<(String, String)>,
+    /// The W3C trace id of the checked request (`traceparent`), for the decision log.
+    pub trace_id: Option<String>,
 }
 
 #[derive(Debug)]
@@ -153,6 +155,7 @@ impl Decision {
             policy_version: None,
             peer_addr: String::new(),
             log_attributes: Vec::new(),
+            trace_id: None,
         }
     }
 
@@ -283,6 +286,7 @@ mod tests {
             policy_version: None,
             peer_addr: String::new(),
             log_attributes: Vec::new(),
+            trace_id: None,
         }
     }
 

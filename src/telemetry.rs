@@ -112,6 +112,7 @@ pub fn decided(decision: &Decision, elapsed: Duration, sampler: &Sampler) {
         resource = decision.resource.as_deref().unwrap_or(""),
         policy_ids = ?decision.policy_ids,
         policy_version = decision.policy_version.as_deref().unwrap_or(""),
+        trace_id = decision.trace_id.as_deref().unwrap_or(""),
         attributes = attributes.as_deref().unwrap_or(""),
         detail = detail.as_deref().unwrap_or(""),
         latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
@@ -193,4 +194,56 @@ pub fn rejected(reason: &'static str) {
 /// Counts a panic caught in a check (answered as a deny).
 pub fn panicked() {
     metrics::counter!(PANICS_TOTAL).increment(1);
+}
+
+/// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`), so that a
+/// decision log line joins the trace of the request it decided. Malformed or all-zero ids are
+/// ignored (W3C Trace Context §3.2).
+pub fn trace_id(traceparent: &str) -> Option<String> {
+    let mut parts = traceparent.trim().split('-');
+    let (Some(version), Some(trace), Some(parent), Some(flags)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
+    let valid = hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && hex(trace, 32)
+        && !zero(trace)
+        && hex(parent, 16)
+        && !zero(parent)
+        && hex(flags, 2);
+    valid.then(|| trace.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(
+            trace_id(&format!("00-{id}-00f067aa0ba902b7-01")).as_deref(),
+            Some(id)
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert_eq!(trace_id(bad), None, "{bad}");
+        }
+    }
 }

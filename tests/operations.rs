@@ -187,6 +187,10 @@ log:
         .header("x-secret-ish", "hidden-value")
         .without_header("x-request-id")
         .header("x-request-id", "rid-allow-1")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .build();
     let reply = Reply(client.check(request).await.unwrap().into_inner());
     assert_eq!(reply.code(), Code::Ok, "{:?}", reply.body());
@@ -223,6 +227,7 @@ log:
     assert_eq!(allow["principal"], r#"User::"alice""#);
     assert_eq!(allow["action"], r#"Action::"profile:read""#);
     assert_eq!(allow["target"], "cedargate::decision");
+    assert_eq!(allow["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     let attributes: serde_json::Value =
         serde_json::from_str(allow["attributes"].as_str().unwrap()).unwrap();
     assert_eq!(attributes["header.x-tenant"], "blue");

@@ -154,6 +154,11 @@ async fn run(shared: &Shared, input: CheckRequest) -> Decision {
     let had_token = matches!(token, Ok(Some(_)));
     let log_attributes = log_attributes(&shared.options, &prepared.http, &token);
     let peer_addr = prepared.peer.address.clone();
+    let trace_id = prepared
+        .http
+        .headers
+        .get("traceparent")
+        .and_then(|t| telemetry::trace_id(t));
     let snapshot = shared.snapshot.load();
     let mut decision = decide(&snapshot, prepared, token, shared.authn.requires_token());
     if had_token && decision.is_allow() {
@@ -162,6 +167,7 @@ async fn run(shared: &Shared, input: CheckRequest) -> Decision {
     decision.policy_version = Some(snapshot.version.clone());
     decision.peer_addr = peer_addr;
     decision.log_attributes = log_attributes;
+    decision.trace_id = trace_id;
     decision
 }
 
