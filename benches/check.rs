@@ -61,7 +61,9 @@ fn bench(c: &mut Criterion) {
         b.iter(|| run(black_box(request.clone())))
     });
 
+    // Timers on: the handler bounds every check with a deadline.
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     let authn = runtime
