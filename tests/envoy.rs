@@ -455,3 +455,49 @@ async fn envoy_fails_closed_while_cedargate_is_down() {
         "every upstream request is an allowed answer"
     );
 }
+
+#[tokio::test]
+async fn envoy_reaches_cedargate_over_a_unix_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("run/check.sock");
+    let mut config = test_config(PolicySource::Embedded);
+    config.listen.grpc = cedargate::config::GrpcListen::Unix(socket.clone());
+    cedargate::app::install_crypto_provider();
+    let server = cedargate::app::build(config).await.unwrap();
+    let upstream = Upstream::start().await;
+    let (listen, admin) = (free_port(), free_port());
+    let ports = HashMap::from([
+        (LISTEN_LOCAL, listen),
+        (UPSTREAM, upstream.port),
+        (ADMIN, admin),
+    ]);
+    let files = HashMap::from([("/run/cedargate/check.sock", socket.clone())]);
+    let rendered = render("deploy/envoy/envoy-uds.yaml", &ports, &files);
+    let envoy = Envoy::start(&rendered, admin).await;
+    let client = http_client();
+
+    let reply = client
+        .get(format!("http://127.0.0.1:{listen}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200, "{}", envoy.log());
+    assert_eq!(
+        upstream.seen()[0].header(PRINCIPAL_HEADER),
+        Some(r#"Anonymous::"anonymous""#)
+    );
+    let reply = client
+        .get(format!("http://127.0.0.1:{listen}/orders"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 403);
+    assert_eq!(upstream.seen().len(), 1);
+    server.shutdown().await.unwrap();
+    let reply = client
+        .get(format!("http://127.0.0.1:{listen}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 503, "fails closed when the socket is gone");
+}

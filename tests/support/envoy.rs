@@ -110,7 +110,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Reads a shipped Envoy configuration and replaces ports (by their shipped value) and file
-/// names (by their shipped path): what is tested is the shipped filter chain.
+/// names and socket paths (by their shipped path): what is tested is the shipped filter chain.
 pub fn render(shipped: &str, ports: &HashMap<u64, u16>, files: &HashMap<&str, PathBuf>) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(shipped);
     let text = std::fs::read_to_string(&path).expect("shipped config");
@@ -134,7 +134,7 @@ fn rewrite(
                     *child = Value::from(u64::from(*port));
                 } else if key.as_str() == Some("address") && child.as_str() == Some("0.0.0.0") {
                     *child = Value::from("127.0.0.1");
-                } else if key.as_str() == Some("filename")
+                } else if matches!(key.as_str(), Some("filename" | "path"))
                     && let Some(path) = child.as_str().and_then(|f| files.get(f))
                 {
                     *child = Value::from(path.display().to_string());
