@@ -125,6 +125,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         dry_run: config.dry_run,
         decision_log: config.decision_log.clone(),
         secret_headers,
+        trace_spans: config.otel.is_some(),
     };
     crate::telemetry::policy_loaded(None, &snapshot.version);
     let shared = Arc::new(Shared::new(

@@ -14,9 +14,11 @@ use serde::Deserialize;
 
 mod decision_log;
 mod issuers;
+mod otel;
 
 pub use decision_log::{DecisionLogSettings, NEVER_LOGGED};
 pub use issuers::{AuthSettings, FetchOptions, IssuerConfig, JwksSource, TokenSource, uri_allowed};
+pub use otel::OtelSettings;
 
 /// Why a configuration could not be used; every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,8 @@ pub struct Config {
     pub dry_run: bool,
     /// Reload the policy directory when its files change (and on SIGHUP).
     pub watch_policies: bool,
+    /// OpenTelemetry span export (`tracing:`), off when absent.
+    pub otel: Option<OtelSettings>,
     pub issuers: Vec<IssuerConfig>,
     pub auth: AuthSettings,
     pub peer: PeerSettings,
@@ -223,6 +227,7 @@ impl Default for Config {
             decision_log: DecisionLogSettings::default(),
             dry_run: false,
             watch_policies: true,
+            otel: None,
         }
     }
 }
@@ -248,6 +253,8 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     dry_run: bool,
+    #[serde(default)]
+    tracing: otel::RawOtel,
 }
 
 #[derive(Debug, Deserialize)]
@@ -355,6 +362,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         authentication,
         peer,
         dry_run,
+        tracing,
         tls,
     } = raw;
     let defaults = Config::default();
@@ -514,6 +522,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         decision_log,
         dry_run,
         watch_policies,
+        otel: otel::build(tracing, &mut problems),
         issuers: {
             let built: Vec<IssuerConfig> = issuers
                 .into_iter()

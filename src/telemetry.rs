@@ -8,6 +8,8 @@
 //! `cedargate_check_panics_total`, `cedargate_checks_in_flight`, `cedargate_policy_info{version}`,
 //! `cedargate_policy_reloads_total{result}`, `cedargate_build_info{version}`.
 
+pub mod otel;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -57,17 +59,23 @@ pub fn render() -> String {
     handle.render()
 }
 
-/// Installs the log subscriber (`RUST_LOG` filters; default `info`). Safe to call twice.
-pub fn init_logging(format: LogFormat) {
+/// Installs the log subscriber (`RUST_LOG` filters; default `info`), with OpenTelemetry span
+/// export when `tracing` is given. Safe to call twice (the first subscriber stays).
+pub fn init_logging(format: LogFormat, tracing: Option<&otel::Tracing>) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Text => fmt.boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(tracing.map(otel::Tracing::layer))
+        .try_init();
 }
 
 /// Counts and logs one decision. Denies are always logged, allows as sampled.

@@ -65,8 +65,6 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Some("json") => config.log = LogFormat::Json,
         _ => {}
     }
-    crate::telemetry::init_logging(config.log);
-
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,7 +75,22 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let served = runtime.block_on(async move {
+        // The OTLP exporter needs the runtime, so logging starts inside it.
+        let tracing = config
+            .otel
+            .as_ref()
+            .map(crate::telemetry::otel::Tracing::start)
+            .transpose()
+            .map_err(|err| err.to_string())?;
+        crate::telemetry::init_logging(config.log, tracing.as_ref());
+        let result = serve(config).await.map_err(|err| err.to_string());
+        if let Some(tracing) = &tracing {
+            tracing.shutdown();
+        }
+        result
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("cedargate: {err}");

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use tracing::Instrument;
 
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
@@ -53,6 +54,8 @@ pub struct CheckOptions {
     pub decision_log: DecisionLogSettings,
     /// Header names never logged (credentials), besides [`crate::config::NEVER_LOGGED`].
     pub secret_headers: Vec<String>,
+    /// Build a `cedargate.check` span per check (OpenTelemetry export is on).
+    pub trace_spans: bool,
 }
 
 impl Shared {
@@ -110,8 +113,13 @@ impl Authorization for CheckService {
         let budget = deadline(self.shared.limits.check_timeout, request.metadata());
         // Everything after admission runs under one panic guard and one deadline, and both
         // end in a denied answer, never in a gRPC error Envoy might be told to ignore.
+        let span = if self.shared.options.trace_spans {
+            telemetry::otel::check_span(envoy::traceparent(request.get_ref()).as_deref())
+        } else {
+            tracing::Span::none()
+        };
         let pipeline = AssertUnwindSafe(run(&self.shared, request.into_inner())).catch_unwind();
-        let decision = match tokio::time::timeout(budget, pipeline).await {
+        let decision = match tokio::time::timeout(budget, pipeline.instrument(span.clone())).await {
             Ok(Ok(decision)) => decision,
             Ok(Err(_panic)) => {
                 telemetry::panicked();
@@ -129,6 +137,11 @@ impl Authorization for CheckService {
         if self.shared.options.dry_run {
             decision.enforced = false;
         }
+        span.record(
+            "decision",
+            if decision.is_allow() { "allow" } else { "deny" },
+        );
+        span.record("reason", decision.reason_code());
         telemetry::decided(&decision, started.elapsed(), &self.shared.sampler);
         let response =
             std::panic::catch_unwind(AssertUnwindSafe(|| envoy::response(decision.answer())))

@@ -33,6 +33,33 @@ pub struct CheckInput {
     pub extensions: HashMap<String, String>,
 }
 
+/// The checked request's `traceparent` header, read without converting the whole request
+/// (Envoy sends headers in `headers`, or in `header_map` with `encode_raw_headers`).
+pub fn traceparent(request: &CheckRequest) -> Option<String> {
+    let http = request
+        .attributes
+        .as_ref()?
+        .request
+        .as_ref()?
+        .http
+        .as_ref()?;
+    if let Some(value) = http.headers.get("traceparent") {
+        return Some(value.clone());
+    }
+    http.header_map
+        .as_ref()?
+        .headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case("traceparent"))
+        .map(|h| {
+            if h.raw_value.is_empty() {
+                h.value.clone()
+            } else {
+                String::from_utf8_lossy(&h.raw_value).into_owned()
+            }
+        })
+}
+
 /// Reads a CheckRequest.
 pub fn input(request: CheckRequest) -> CheckInput {
     let CheckRequest { attributes } = request;

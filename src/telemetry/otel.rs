@@ -1,0 +1,88 @@
+//! OpenTelemetry trace export (OTLP over gRPC), on when `tracing.otlp_endpoint` is set. Each
+//! check becomes a `cedargate.check` span whose parent is the checked request's W3C
+//! `traceparent`, so it appears inside the caller's trace; spans are exported in batches off
+//! the request path. With the section absent nothing here runs and no span is built.
+
+use std::collections::HashMap;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+
+use crate::config::OtelSettings;
+
+/// Why the exporter could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("tracing.otlp_endpoint `{endpoint}`: {message}")]
+pub struct OtelError {
+    endpoint: String,
+    message: String,
+}
+
+/// The tracer provider; flushes and stops the exporter when shut down.
+#[derive(Debug, Clone)]
+pub struct Tracing {
+    provider: SdkTracerProvider,
+}
+
+impl Tracing {
+    /// Builds the OTLP exporter and provider. Must run inside the tokio runtime.
+    pub fn start(settings: &OtelSettings) -> Result<Self, OtelError> {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(settings.otlp_endpoint.clone())
+            .build()
+            .map_err(|err| OtelError {
+                endpoint: settings.otlp_endpoint.clone(),
+                message: err.to_string(),
+            })?;
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(settings.service_name.clone())
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                settings.sample_ratio,
+            ))))
+            .build();
+        Ok(Self { provider })
+    }
+
+    /// The `tracing` layer that turns spans into OpenTelemetry spans.
+    pub fn layer<S>(&self) -> impl tracing_subscriber::Layer<S> + use<S>
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        tracing_opentelemetry::layer().with_tracer(self.provider.tracer("cedargate"))
+    }
+
+    /// Exports what is buffered now (tests, shutdown).
+    pub fn flush(&self) {
+        let _ = self.provider.force_flush();
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.provider.shutdown();
+    }
+}
+
+/// The span of one check, a child of the request's `traceparent` when it has a valid one.
+pub fn check_span(traceparent: Option<&str>) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::info_span!(
+        "cedargate.check",
+        otel.name = "cedargate.check",
+        otel.kind = "server",
+        decision = tracing::field::Empty,
+        reason = tracing::field::Empty,
+    );
+    if let Some(traceparent) = traceparent {
+        let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+        let parent = TraceContextPropagator::new().extract(&carrier);
+        let _ = span.set_parent(parent);
+    }
+    span
+}
