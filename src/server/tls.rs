@@ -157,20 +157,7 @@ pub fn incoming(
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
     let (sender, receiver) = mpsc::channel(64);
     tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                () = sender.closed() => break,
-                accepted = listener.accept() => accepted,
-            };
-            let tcp = match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(err) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+        while let Some((tcp, _)) = super::next_connection(&sender, || listener.accept()).await {
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(config.current());
             let tx = sender.clone();

@@ -9,7 +9,6 @@
 
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
@@ -145,19 +144,7 @@ pub fn incoming(
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<UnixStream>> {
     let (sender, receiver) = mpsc::channel(64);
     tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                () = sender.closed() => break,
-                accepted = listener.accept() => accepted,
-            };
-            let stream = match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+        while let Some((stream, _)) = super::next_connection(&sender, || listener.accept()).await {
             if !allowed_uids.is_empty() {
                 let uid = stream.peer_cred().map(|c| c.uid()).ok();
                 if !uid.is_some_and(|uid| allowed_uids.contains(&uid)) {
