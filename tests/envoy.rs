@@ -27,12 +27,13 @@ use cedargate::testutil::{CHECKOUT, FRONTEND, TestServer, test_config, test_issu
 use jsonwebtoken::Algorithm;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use support::envoy::{self, Envoy, free_port, render};
+use support::envoy::{self, Envoy, render};
 use support::upstream::Upstream;
 
 const ISS: &str = "https://idp.test";
 const LOCAL: &str = "deploy/envoy/envoy-local.yaml";
 const MTLS: &str = "deploy/envoy/envoy.yaml";
+const UDS: &str = "deploy/envoy/envoy-uds.yaml";
 
 /// Shipped ports and certificate paths, as the shipped configurations spell them.
 const LISTEN_LOCAL: u64 = 10000;
@@ -41,6 +42,21 @@ const CEDARGATE: u64 = 9191;
 const UPSTREAM: u64 = 8080;
 const ADMIN: u64 = 9901;
 
+/// The shipped ports mapped for a test: Envoy's own listeners and admin on port 0 (Envoy
+/// reports what it bound), cedargate and the upstream where they listen.
+fn ports(cedargate: Option<u16>, upstream: &Upstream) -> HashMap<u64, u16> {
+    let mut ports = HashMap::from([
+        (LISTEN_LOCAL, 0),
+        (LISTEN_MTLS, 0),
+        (UPSTREAM, upstream.port),
+        (ADMIN, 0),
+    ]);
+    if let Some(port) = cedargate {
+        ports.insert(CEDARGATE, port);
+    }
+    ports
+}
+
 /// Envoy on a shipped configuration, in front of `cedargate_port` and `upstream`.
 async fn envoy_for(
     shipped: &str,
@@ -48,16 +64,10 @@ async fn envoy_for(
     upstream: &Upstream,
     files: &HashMap<&str, PathBuf>,
 ) -> (Envoy, u16) {
-    let (listen, admin) = (free_port(), free_port());
-    let ports = HashMap::from([
-        (LISTEN_LOCAL, listen),
-        (LISTEN_MTLS, listen),
-        (CEDARGATE, cedargate_port),
-        (UPSTREAM, upstream.port),
-        (ADMIN, admin),
-    ]);
-    let config = render(shipped, &ports, files);
-    (Envoy::start(&config, admin).await, listen)
+    let config = render(shipped, &ports(Some(cedargate_port), upstream), files);
+    let envoy = Envoy::start(&config).await;
+    let port = envoy.port();
+    (envoy, port)
 }
 
 /// Certificates for the mTLS front proxy, written where the rendered configuration says.
@@ -293,44 +303,41 @@ async fn mtls_workload_identity_decides() {
     assert_eq!(upstream.seen().len(), 1);
 }
 
-/// The cedargate binary serving the embedded example set on `grpc` (port 0: any).
+/// The cedargate binary serving the embedded example set on a Unix socket. A socket path of
+/// the test's own (not a TCP port) guarantees that what answers Envoy after a restart is this
+/// cedargate: a freed TCP port could be taken by another test's server in the meantime.
 struct Cedargate {
     child: Child,
-    port: u16,
 }
 
 impl Cedargate {
-    fn start(port: u16) -> Self {
+    fn start(socket: &std::path::Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cedargate"))
             .args(["serve", "--admin", "127.0.0.1:0", "--grpc"])
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(format!("unix:{}", socket.display()))
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let serving: serde_json::Value = loop {
+        loop {
             let line = lines
                 .next()
                 .expect("cedargate logs before exiting")
                 .unwrap();
             let value: serde_json::Value = serde_json::from_str(&line).unwrap();
             if value["message"] == "cedargate serving" {
-                break value;
+                break;
             }
-        };
+        }
         // Keep draining its log so the child never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        let addr: std::net::SocketAddr = serving["grpc_addr"].as_str().unwrap().parse().unwrap();
-        Self {
-            child,
-            port: addr.port(),
-        }
+        Self { child }
     }
 
-    fn kill(mut self) -> u16 {
+    /// SIGKILL: no shutdown, the socket file stays behind (stale).
+    fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        self.port
     }
 }
 
@@ -360,9 +367,13 @@ async fn wait_for(what: &str, log: &dyn Fn() -> String, done: impl Fn() -> bool)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_fails_closed_while_cedargate_is_down() {
-    let cedargate = Cedargate::start(0);
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("run/check.sock");
+    let cedargate = Cedargate::start(&socket);
     let upstream = Upstream::start().await;
-    let (envoy, port) = envoy_for(LOCAL, cedargate.port, &upstream, &HashMap::new()).await;
+    let files = HashMap::from([("/run/cedargate/check.sock", socket.clone())]);
+    let envoy = Envoy::start(&render(UDS, &ports(None, &upstream), &files)).await;
+    let port = envoy.port();
     let client = http_client();
     let url = format!("http://127.0.0.1:{port}/healthz");
 
@@ -403,14 +414,16 @@ async fn envoy_fails_closed_while_cedargate_is_down() {
     let log = || envoy.log();
 
     wait_for("allowed requests", &log, || count(&|r| r.2 == 200) >= 20).await;
-    let grpc_port = tokio::task::block_in_place(|| cedargate.kill());
+    tokio::task::block_in_place(|| cedargate.kill());
     phase.store(DOWN, Ordering::Release);
     wait_for("refused requests while down", &log, || {
         count(&|r| r.0 == DOWN && r.1 == DOWN) >= 50
     })
     .await;
-    let cedargate = tokio::task::block_in_place(|| Cedargate::start(grpc_port));
+    // BACK before the restart: the new process serves before `start` returns, so a request
+    // that completes from here on may legitimately be allowed.
     phase.store(BACK, Ordering::Release);
+    let cedargate = tokio::task::block_in_place(|| Cedargate::start(&socket));
     wait_for("recovery", &log, || {
         count(&|r| r.0 == BACK && r.2 == 200) >= 20
     })
@@ -465,15 +478,9 @@ async fn envoy_reaches_cedargate_over_a_unix_socket() {
     cedargate::app::install_crypto_provider();
     let server = cedargate::app::build(config).await.unwrap();
     let upstream = Upstream::start().await;
-    let (listen, admin) = (free_port(), free_port());
-    let ports = HashMap::from([
-        (LISTEN_LOCAL, listen),
-        (UPSTREAM, upstream.port),
-        (ADMIN, admin),
-    ]);
     let files = HashMap::from([("/run/cedargate/check.sock", socket.clone())]);
-    let rendered = render("deploy/envoy/envoy-uds.yaml", &ports, &files);
-    let envoy = Envoy::start(&rendered, admin).await;
+    let envoy = Envoy::start(&render(UDS, &ports(None, &upstream), &files)).await;
+    let listen = envoy.port();
     let client = http_client();
 
     let reply = client

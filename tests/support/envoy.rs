@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -101,14 +100,6 @@ fn install() -> Result<PathBuf, String> {
     Ok(bin)
 }
 
-/// A loopback port that was free a moment ago (for a child process to bind).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Reads a shipped Envoy configuration and replaces ports (by their shipped value) and file
 /// names and socket paths (by their shipped path): what is tested is the shipped filter chain.
 pub fn render(shipped: &str, ports: &HashMap<u64, u16>, files: &HashMap<&str, PathBuf>) -> String {
@@ -176,49 +167,77 @@ pub fn validate(config: &str) -> Result<(), String> {
     }
 }
 
-/// A running Envoy; killed when dropped.
+/// A running Envoy; killed when dropped. Its listeners and admin bind port 0 (the configs are
+/// rendered so), and the ports are read back from Envoy: no port is guessed and then raced for
+/// (Envoy listeners use SO_REUSEPORT, so two Envoys given the same port would silently share).
 pub struct Envoy {
     child: Child,
     pub admin_port: u16,
+    listeners: Vec<(String, u16)>,
     _dir: tempfile::TempDir,
 }
 
 impl Envoy {
-    /// Starts Envoy on `config` (whose admin listener is on `admin_port`) and waits, bounded,
-    /// until its admin `/ready` says LIVE.
-    pub async fn start(config: &str, admin_port: u16) -> Self {
+    /// Starts Envoy on `config` and waits, bounded, until its admin `/ready` says LIVE.
+    pub async fn start(config: &str) -> Self {
         // reqwest (readiness probe) is built with rustls and no default crypto provider.
         cedargate::app::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("envoy.yaml");
         std::fs::write(&path, config).unwrap();
+        let admin_file = dir.path().join("admin-address");
         let log = File::create(dir.path().join("envoy.log")).unwrap();
-        let child = Command::new(binary())
+        let mut child = Command::new(binary())
             .args([
                 "--disable-hot-restart",
                 "--concurrency",
                 "1",
                 "-l",
                 "warning",
-                "-c",
+                "--admin-address-path",
             ])
+            .arg(&admin_file)
+            .arg("-c")
             .arg(&path)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("envoy starts");
+        let log = |dir: &Path| std::fs::read_to_string(dir.join("envoy.log")).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let admin_port = loop {
+            let written = std::fs::read_to_string(&admin_file).unwrap_or_default();
+            if let Some(port) = written
+                .trim()
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+            {
+                break port;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("envoy exited ({status}): {}", log(dir.path()));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "envoy has no admin: {}",
+                log(dir.path())
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let mut envoy = Self {
             child,
             admin_port,
+            listeners: Vec::new(),
             _dir: dir,
         };
-        envoy.wait_ready().await;
+        envoy.wait_ready(deadline).await;
+        envoy.listeners = envoy.read_listeners().await;
         envoy
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self, deadline: Instant) {
         let url = format!("http://127.0.0.1:{}/ready", self.admin_port);
-        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = reqwest::get(&url).await
                 && r.status() == 200
@@ -230,6 +249,33 @@ impl Envoy {
             }
             assert!(Instant::now() < deadline, "envoy not ready: {}", self.log());
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Listener names and the ports they bound, from the admin API.
+    async fn read_listeners(&self) -> Vec<(String, u16)> {
+        let url = format!("http://127.0.0.1:{}/listeners?format=json", self.admin_port);
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        value["listener_statuses"]
+            .as_array()
+            .expect("listener_statuses")
+            .iter()
+            .map(|l| {
+                let port = l["local_address"]["socket_address"]["port_value"]
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .expect("a bound port");
+                (l["name"].as_str().unwrap().to_owned(), port)
+            })
+            .collect()
+    }
+
+    /// The port of the one listener of this configuration.
+    pub fn port(&self) -> u16 {
+        match self.listeners.as_slice() {
+            [(_, port)] => *port,
+            other => panic!("expected one listener, got {other:?}"),
         }
     }
 
