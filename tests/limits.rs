@@ -68,6 +68,31 @@ async fn fetches_reach(jwks: &JwksServer, count: usize) {
     }
 }
 
+type Answer = Result<
+    tonic::Response<envoy_types::pb::envoy::service::auth::v3::CheckResponse>,
+    tonic::Status,
+>;
+
+/// Holds the key server and starts a check naming an unknown kid; returns once that check is
+/// in flight (its key-set fetch reached the held server).
+async fn check_waiting_on_held_keys(
+    server: &TestServer,
+    jwks: &JwksServer,
+) -> (
+    tokio::sync::OwnedRwLockWriteGuard<()>,
+    tokio::task::JoinHandle<Answer>,
+) {
+    let fetched = jwks.fetches();
+    let held = jwks.hold().await;
+    let mut client = server.client.clone();
+    let request = check("GET", "/profiles/alice")
+        .bearer(&unknown_kid_token())
+        .build();
+    let in_flight = tokio::spawn(async move { client.check(request).await });
+    fetches_reach(jwks, fetched + 1).await;
+    (held, in_flight)
+}
+
 #[tokio::test]
 async fn over_the_in_flight_cap_is_shed_at_once() {
     let key = TestKey::generate(Algorithm::ES256, "k");
@@ -76,16 +101,8 @@ async fn over_the_in_flight_cap_is_shed_at_once() {
     config.limits.max_inflight = 1;
     let mut server = TestServer::with_config(config).await;
     server.ready().await;
-    let fetched = jwks.fetches();
-
     // One check holds the only permit while it waits for a held key server.
-    let held = jwks.hold().await;
-    let mut client = server.client.clone();
-    let request = check("GET", "/profiles/alice")
-        .bearer(&unknown_kid_token())
-        .build();
-    let waiting = tokio::spawn(async move { client.check(request).await });
-    fetches_reach(&jwks, fetched + 1).await;
+    let (held, waiting) = check_waiting_on_held_keys(&server, &jwks).await;
 
     let started = Instant::now();
     let shed = server
@@ -273,16 +290,8 @@ async fn shutdown_turns_readiness_off_first_serves_through_the_delay_and_drains(
     let server = TestServer::with_config(config).await;
     server.ready().await;
     let readyz = server.admin_url("/readyz");
-    let fetched = jwks.fetches();
-    let held = jwks.hold().await;
-
     // A check in flight: it waits (up to 1 s) for a key-set fetch the held server stalls.
-    let mut client = server.client.clone();
-    let request = check("GET", "/profiles/alice")
-        .bearer(&unknown_kid_token())
-        .build();
-    let in_flight = tokio::spawn(async move { client.check(request).await });
-    fetches_reach(&jwks, fetched + 1).await;
+    let (held, in_flight) = check_waiting_on_held_keys(&server, &jwks).await;
 
     let TestServer { app, client } = server;
     let stopping = tokio::spawn(app.shutdown());
