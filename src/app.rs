@@ -72,6 +72,8 @@ pub struct App {
     /// The Check listener's socket when it is a Unix socket (removed at shutdown).
     pub grpc_socket: Option<crate::server::unix::BoundSocket>,
     pub admin_addr: SocketAddr,
+    /// cedargate's own API listener (Explain, Status), when `listen.api` is set.
+    pub api_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     /// The admin listener stops after the gRPC drain, so `/readyz` answers 503 meanwhile.
@@ -80,6 +82,7 @@ pub struct App {
     reloader: Option<crate::reload::Reloader>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<std::io::Result<()>>,
+    api: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
 /// Installs aws-lc-rs as the process's rustls crypto provider (one TLS stack ships).
@@ -128,6 +131,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         trace_spans: config.otel.is_some(),
     };
     crate::telemetry::policy_loaded(None, &snapshot.version);
+    crate::telemetry::policy_warnings(&snapshot);
     let shared = Arc::new(Shared::new(
         snapshot,
         authn,
@@ -218,23 +222,45 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         PolicySource::Embedded => None,
     };
 
+    // The API (Explain, Status) has its own listener and stops with the admin listener.
+    let (api, api_addr) = match config.listen.api {
+        Some(addr) => {
+            let listener = bind(addr).await?;
+            let bound = local(&listener, addr)?;
+            if !bound.ip().is_loopback() {
+                tracing::warn!(api_addr = %bound, "the Explain API is reachable beyond loopback: protect it like the admin port");
+            }
+            let server = tonic::transport::Server::builder()
+                .add_service(crate::api::reflection()?)
+                .add_service(crate::api::Api::new(shared.clone()).server())
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    stopped(admin_signal.clone()),
+                );
+            (Some(tokio::spawn(server)), Some(bound))
+        }
+        None => (None, None),
+    };
+
     let admin = axum::serve(admin_listener, crate::admin::router(shared.clone()))
         .with_graceful_shutdown(stopped(admin_signal));
     let admin = tokio::spawn(async move { admin.await });
 
     shared.ready.store(true, Ordering::Release);
     let grpc_shown = grpc_addr.map_or_else(|| config.listen.grpc.to_string(), |a| a.to_string());
-    tracing::info!(grpc_addr = %grpc_shown, %admin_addr, "cedargate serving");
+    tracing::info!(grpc_addr = %grpc_shown, %admin_addr, api_addr = ?api_addr, "cedargate serving");
     Ok(App {
         grpc_addr,
         grpc_socket,
         admin_addr,
+        api_addr,
         shared,
         shutdown,
         admin_shutdown,
         reloader,
         grpc,
         admin,
+        api,
     })
 }
 
@@ -249,6 +275,7 @@ impl App {
             admin_shutdown,
             mut grpc,
             mut admin,
+            api,
             grpc_socket,
             reloader,
             ..
@@ -276,6 +303,12 @@ impl App {
         match tokio::time::timeout_at(deadline, &mut admin).await {
             Ok(result) => result?.map_err(AppError::Admin)?,
             Err(_) => admin.abort(),
+        }
+        if let Some(mut api) = api {
+            match tokio::time::timeout_at(deadline, &mut api).await {
+                Ok(result) => result??,
+                Err(_) => api.abort(),
+            }
         }
         Ok(())
     }

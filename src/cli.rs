@@ -1,7 +1,14 @@
-//! The command line: `cedargate serve` (and, later, validate, test, check). Parses arguments
-//! and dispatches; each subcommand lives in its own module.
+//! The command line: `cedargate serve`, and the policy author's tools `validate`, `test` and
+//! `check`. Parses arguments and dispatches; each subcommand lives in its own module, and
+//! `case`/`offline` hold what `test` and `check` share (a request as an author writes it, and
+//! an authorizer that decides without a server).
 
+pub mod case;
+pub mod check;
+pub mod offline;
 pub mod serve;
+pub mod test;
+pub mod validate;
 
 use clap::{Parser, Subcommand};
 
@@ -17,11 +24,20 @@ pub struct Cli {
 pub enum Command {
     /// Serve Envoy's ext_authz Check API (gRPC) and the admin listener.
     Serve(serve::ServeArgs),
+    /// Validate a policy directory (and a configuration) exactly as `serve` would load it.
+    Validate(validate::ValidateArgs),
+    /// Run policy test files (YAML) through the real Check stages.
+    Test(test::TestArgs),
+    /// Decide one request and show why (offline, or through a server's Explain API).
+    Check(Box<check::CheckArgs>),
 }
 
 /// Runs the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> std::process::ExitCode {
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Validate(args) => validate::run(args),
+        Command::Test(args) => test::run(args),
+        Command::Check(args) => check::run(*args),
     }
 }

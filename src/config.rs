@@ -85,6 +85,9 @@ pub struct Config {
 pub struct Listen {
     pub grpc: GrpcListen,
     pub admin: SocketAddr,
+    /// cedargate's own gRPC API (Explain, Status): off unless set. Explain shows which
+    /// policies and entities decide a request, so bind it like an admin port (loopback).
+    pub api: Option<SocketAddr>,
     /// Unix socket only: peer UIDs (SO_PEERCRED) allowed to connect; empty allows any local
     /// process that can reach the socket (directory 0700, socket 0600: the same user).
     pub unix_allowed_uids: Vec<u32>,
@@ -214,6 +217,7 @@ impl Default for Config {
             listen: Listen {
                 grpc: GrpcListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 9191))),
                 admin: SocketAddr::from(([127, 0, 0, 1], 9192)),
+                api: None,
                 unix_allowed_uids: Vec::new(),
                 unix_group_access: false,
             },
@@ -282,6 +286,7 @@ struct RawPeer {
 struct RawListen {
     grpc: Option<String>,
     admin: Option<String>,
+    api: Option<String>,
     unix_allowed_uids: Option<Vec<u32>>,
     #[serde(default)]
     unix_group_access: bool,
@@ -371,6 +376,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
     let RawListen {
         grpc,
         admin,
+        api,
         unix_allowed_uids,
         unix_group_access,
     } = listen;
@@ -386,6 +392,17 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         }),
     };
     let admin = socket_addr(admin, "listen.admin", defaults.listen.admin, &mut problems);
+    let api = api.map(|text| socket_addr(Some(text), "listen.api", admin, &mut problems));
+    if let Some(api) = api
+        && api.port() != 0
+        && (api == admin || grpc == GrpcListen::Tcp(api))
+    {
+        problems.push(Problem {
+            field: "listen.api",
+            value: api.to_string(),
+            fix: "the API listener needs an address of its own; use another port than listen.grpc and listen.admin",
+        });
+    }
     if unix_allowed_uids.is_some() && !matches!(grpc, GrpcListen::Unix(_)) {
         problems.push(Problem {
             field: "listen.unix_allowed_uids",
@@ -513,6 +530,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         listen: Listen {
             grpc,
             admin,
+            api,
             unix_allowed_uids: unix_allowed_uids.unwrap_or_default(),
             unix_group_access,
         },

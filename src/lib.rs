@@ -4,9 +4,11 @@
 //!
 //! Data flow, one module per stage: [`server`] (protobuf in) → [`request`] (normalise) →
 //! [`identity`] (who) → [`policy`] (routes, mapping, engine) → [`decision`] (answer) →
-//! [`server`] (protobuf out). Around it: [`config`], [`app`], [`admin`], [`telemetry`], [`reload`], [`cli`].
+//! [`server`] (protobuf out). Around it: [`config`], [`app`], [`admin`], [`api`] (Explain, Status),
+//! [`telemetry`], [`reload`], [`cli`] (serve, validate, test, check).
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;

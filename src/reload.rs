@@ -150,6 +150,7 @@ pub async fn reload(dir: &std::path::Path, shared: &Shared, principal_types: &[S
         return;
     }
     let version = snapshot.version.clone();
+    telemetry::policy_warnings(&snapshot);
     shared.snapshot.store(Arc::new(snapshot));
     telemetry::policy_loaded(Some(&previous), &version);
     telemetry::policy_reload("success");

@@ -177,6 +177,13 @@ impl Drop for InFlight {
 
 /// Records the policy set in force: `cedargate_policy_info{version}` is 1 for it, 0 for the
 /// one it replaced.
+/// Logs what does not stop a policy set from loading but is probably a mistake.
+pub fn policy_warnings(snapshot: &crate::policy::Snapshot) {
+    for warning in &snapshot.warnings {
+        tracing::warn!(version = %snapshot.version, warning = %warning, "policy set warning");
+    }
+}
+
 pub fn policy_loaded(previous: Option<&str>, version: &str) {
     if let Some(previous) = previous.filter(|p| *p != version) {
         metrics::gauge!(POLICY_INFO, "version" => previous.to_owned()).set(0.0);

@@ -12,16 +12,11 @@
 pub mod jwt;
 pub mod pki;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use envoy_types::pb::envoy::config::core::v3::{
-    Address, HeaderMap, HeaderValue, SocketAddress, address, socket_address::PortSpecifier,
-};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use tonic::transport::Channel;
 
 use crate::app::{self, App};
@@ -194,160 +189,22 @@ pub fn test_config(policies: PolicySource) -> Config {
 }
 
 /// Builds a CheckRequest the way Envoy's HTTP ext_authz filter fills it.
-#[derive(Debug, Clone)]
-pub struct Check {
-    method: String,
-    path: String,
-    host: String,
-    headers: Vec<(String, Vec<u8>)>,
-    raw_headers: bool,
-    principal: String,
-    certificate: String,
-    extensions: HashMap<String, String>,
-}
+pub type Check = crate::server::envoy::builder::CheckBuilder;
 
-/// A check for `method path` on host `shop.example` from 127.0.0.1 without TLS.
+/// A check for `method path` on host `shop.example` from 127.0.0.1 without TLS, with the
+/// headers a curl request through Envoy carries.
 pub fn check(method: &str, path: &str) -> Check {
-    Check {
-        method: method.into(),
-        path: path.into(),
-        host: "shop.example".into(),
-        headers: vec![
-            ("user-agent".into(), b"curl/8.5.0".to_vec()),
-            ("accept".into(), b"*/*".to_vec()),
-            ("x-forwarded-proto".into(), b"https".to_vec()),
-            (
-                "x-request-id".into(),
-                b"5f0c1e52-9c0b-4b8e-8f7e-3d1f2a6b7c8d".to_vec(),
-            ),
-        ],
-        raw_headers: false,
-        principal: String::new(),
-        certificate: String::new(),
-        extensions: HashMap::new(),
-    }
+    Check::new(method, path)
+        .header("user-agent", "curl/8.5.0")
+        .header("accept", "*/*")
+        .header("x-forwarded-proto", "https")
+        .header("x-request-id", "5f0c1e52-9c0b-4b8e-8f7e-3d1f2a6b7c8d")
 }
 
 /// The SPIFFE ID of the example checkout workload.
 pub const CHECKOUT: &str = "spiffe://shop.example/ns/shop/sa/checkout";
 /// The SPIFFE ID of an example workload that may not create orders.
 pub const FRONTEND: &str = "spiffe://shop.example/ns/shop/sa/frontend";
-
-impl Check {
-    /// Adds `Authorization: Bearer <token>`.
-    pub fn bearer(self, token: &str) -> Self {
-        self.header("authorization", &format!("Bearer {token}"))
-    }
-
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.into(), value.as_bytes().to_vec()));
-        self
-    }
-
-    /// Sends headers in `header_map` with raw bytes, as Envoy's `encode_raw_headers: true` does.
-    pub fn raw_header(mut self, name: &str, value: &[u8]) -> Self {
-        self.raw_headers = true;
-        self.headers.push((name.into(), value.to_vec()));
-        self
-    }
-
-    pub fn without_header(mut self, name: &str) -> Self {
-        self.headers.retain(|(n, _)| n != name);
-        self
-    }
-
-    /// The peer's `source.principal`, as Envoy computes it from a verified client certificate.
-    pub fn peer(mut self, principal: &str) -> Self {
-        self.principal = principal.into();
-        self
-    }
-
-    /// `source.certificate`, URL-encoded PEM (Envoy's `include_peer_certificate: true`).
-    pub fn certificate(mut self, url_encoded_pem: &str) -> Self {
-        self.certificate = url_encoded_pem.into();
-        self
-    }
-
-    pub fn extension(mut self, key: &str, value: &str) -> Self {
-        self.extensions.insert(key.into(), value.into());
-        self
-    }
-
-    pub fn build(self) -> CheckRequest {
-        let request_id = self
-            .headers
-            .iter()
-            .find(|(n, _)| n == "x-request-id")
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default();
-        let mut all = vec![
-            (":authority".to_owned(), self.host.as_bytes().to_vec()),
-            (":method".to_owned(), self.method.as_bytes().to_vec()),
-            (":path".to_owned(), self.path.as_bytes().to_vec()),
-            (":scheme".to_owned(), b"https".to_vec()),
-        ];
-        all.extend(self.headers);
-        let (headers, header_map) = if self.raw_headers {
-            let map = HeaderMap {
-                headers: all
-                    .into_iter()
-                    .map(|(key, raw_value)| HeaderValue {
-                        key,
-                        value: String::new(),
-                        raw_value,
-                    })
-                    .collect(),
-            };
-            (HashMap::new(), Some(map))
-        } else {
-            let mut map = HashMap::<String, String>::new();
-            for (k, v) in all {
-                let v = String::from_utf8(v).expect("text header");
-                map.entry(k)
-                    .and_modify(|e| *e = format!("{e},{v}"))
-                    .or_insert(v);
-            }
-            (map, None)
-        };
-        let socket = |ip: &str, port| Address {
-            address: Some(address::Address::SocketAddress(SocketAddress {
-                address: ip.into(),
-                port_specifier: Some(PortSpecifier::PortValue(port)),
-                ..SocketAddress::default()
-            })),
-        };
-        CheckRequest {
-            attributes: Some(AttributeContext {
-                source: Some(Peer {
-                    address: Some(socket("127.0.0.1", 51234)),
-                    principal: self.principal,
-                    certificate: self.certificate,
-                    ..Peer::default()
-                }),
-                destination: Some(Peer {
-                    address: Some(socket("127.0.0.1", 8443)),
-                    ..Peer::default()
-                }),
-                request: Some(Request {
-                    time: None,
-                    http: Some(HttpRequest {
-                        id: request_id,
-                        method: self.method,
-                        headers,
-                        header_map,
-                        path: self.path,
-                        host: self.host,
-                        scheme: "https".into(),
-                        protocol: "HTTP/1.1".into(),
-                        ..HttpRequest::default()
-                    }),
-                }),
-                context_extensions: self.extensions,
-                ..AttributeContext::default()
-            }),
-        }
-    }
-}
 
 /// Read access to a CheckResponse, for assertions.
 #[derive(Debug, Clone)]

@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// Admin (health, metrics) listen address; overrides `listen.admin`.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<std::net::SocketAddr>,
+    /// Serve cedargate's own gRPC API (Explain, Status) here; overrides `listen.api`.
+    /// Off unless set: bind it to loopback.
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<std::net::SocketAddr>,
     /// Log format; overrides `log.format` of the configuration.
     #[arg(long, value_parser = ["json", "text"])]
     pub log_format: Option<String>,
@@ -39,6 +43,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         policies,
         grpc,
         admin,
+        api,
         log_format,
     } = args;
     let mut config = match config {
@@ -59,6 +64,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
     if let Some(addr) = admin {
         config.listen.admin = addr;
+    }
+    if api.is_some() {
+        config.listen.api = api;
     }
     match log_format.as_deref() {
         Some("text") => config.log = LogFormat::Text,

@@ -45,6 +45,9 @@ pub enum JwksSource {
     Discovery { fetch: FetchOptions },
     /// Read from a file once at start-up.
     File(PathBuf),
+    /// A key set given in memory (never from the configuration file): `cedargate test` and
+    /// `cedargate check` sign their tokens with an ephemeral key and trust only it.
+    Inline(String),
 }
 
 /// How key sets are fetched.

@@ -27,6 +27,13 @@ pub enum AuthnError {
     },
 }
 
+/// One issuer's configuration and keys, as the Status API reports them.
+#[derive(Debug, Clone, Copy)]
+pub struct IssuerState<'a> {
+    pub config: &'a IssuerConfig,
+    pub keys: &'a IssuerKeys,
+}
+
 struct Issuer {
     policy: IssuerPolicy,
     keys: Arc<IssuerKeys>,
@@ -65,7 +72,10 @@ impl Authenticator {
         let mut refreshers = Vec::new();
         let mut list = Vec::new();
         for config in issuers {
-            let remote = !matches!(config.jwks, JwksSource::File(_));
+            let remote = matches!(
+                config.jwks,
+                JwksSource::Uri { .. } | JwksSource::Discovery { .. }
+            );
             let keys = Arc::new(IssuerKeys::new(config.issuer.clone(), remote));
             let jwks_err = |source| AuthnError::Jwks {
                 issuer: config.issuer.clone(),
@@ -73,6 +83,9 @@ impl Authenticator {
             };
             match &config.jwks {
                 JwksSource::File(path) => jwks::load_file(&keys, path).map_err(jwks_err)?,
+                JwksSource::Inline(body) => {
+                    jwks::load_body(&keys, body.as_bytes()).map_err(jwks_err)?;
+                }
                 JwksSource::Uri { fetch, .. } | JwksSource::Discovery { fetch } => {
                     let target = match &config.jwks {
                         JwksSource::Uri { uri, .. } => jwks::Target::Jwks(uri.clone()),
@@ -153,6 +166,14 @@ impl Authenticator {
         for issuer in &self.issuers {
             issuer.keys.wait_loaded().await;
         }
+    }
+
+    /// Each issuer with its key state, for the Status API.
+    pub fn issuers(&self) -> impl Iterator<Item = IssuerState<'_>> {
+        self.issuers.iter().map(|issuer| IssuerState {
+            config: &issuer.policy.config,
+            keys: &issuer.keys,
+        })
     }
 
     pub fn verifications(&self) -> u64 {

@@ -241,6 +241,8 @@ pub struct IssuerKeys {
     refetch: Notify,
     last_early_fetch: Mutex<Option<Instant>>,
     loaded: AtomicBool,
+    /// When the key set in force was stored (Unix seconds; 0 before the first).
+    stored_at: std::sync::atomic::AtomicI64,
     /// False for a key set read from a file: nothing would answer a refetch.
     remote: bool,
 }
@@ -254,6 +256,7 @@ impl IssuerKeys {
             refetch: Notify::new(),
             last_early_fetch: Mutex::new(None),
             loaded: AtomicBool::new(false),
+            stored_at: std::sync::atomic::AtomicI64::new(0),
             remote,
         }
     }
@@ -282,7 +285,16 @@ impl IssuerKeys {
         metrics::gauge!("cedargate_jwks_keys", "issuer" => self.issuer.clone())
             .set(set.len() as f64);
         self.current.store(Arc::new(set));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.stored_at.store(now, Ordering::Release);
         self.loaded.store(true, Ordering::Release);
+    }
+
+    /// When the key set in force was loaded (Unix seconds), `None` before the first load.
+    pub fn last_refresh(&self) -> Option<i64> {
+        Some(self.stored_at.load(Ordering::Acquire)).filter(|t| *t > 0)
     }
 
     fn bump(&self) {
@@ -323,7 +335,12 @@ pub fn load_file(keys: &IssuerKeys, path: &std::path::Path) -> Result<(), JwksEr
         path: path.display().to_string(),
         source,
     })?;
-    keys.store(parse(&body)?);
+    load_body(keys, &body)
+}
+
+/// Loads a key set given in memory.
+pub fn load_body(keys: &IssuerKeys, body: &[u8]) -> Result<(), JwksError> {
+    keys.store(parse(body)?);
     keys.bump();
     Ok(())
 }
@@ -546,6 +563,7 @@ pub fn describe(source: &JwksSource) -> String {
         JwksSource::Uri { uri, .. } => uri.split('?').next().unwrap_or_default().to_owned(),
         JwksSource::Discovery { .. } => "OIDC discovery".to_owned(),
         JwksSource::File(path) => path.display().to_string(),
+        JwksSource::Inline(_) => "in memory (ephemeral test key)".to_owned(),
     }
 }
 

@@ -191,6 +191,11 @@ impl Routes {
     /// ignored (`/Orders/7`, `/orders;x=1/7`):
     /// upstreams that ignore case would serve the route's resource under the fallback action,
     /// so the caller refuses such a request instead of guessing.
+    /// The actions the route table maps requests to.
+    pub fn actions(&self) -> impl Iterator<Item = &EntityUid> {
+        self.routes.iter().map(|r| &r.action)
+    }
+
     pub fn near_miss(&self, method: &str, path: &str) -> bool {
         // Case and `;` path parameters (`/orders;x=1/42`, which servlet containers serve as
         // `/orders/42`) are folded away.

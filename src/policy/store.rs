@@ -30,6 +30,10 @@ pub struct Snapshot {
     /// Content hash of the files (first 12 hex digits of a SHA-256 over names and texts):
     /// the policy set version in metrics, logs and answers.
     pub version: std::sync::Arc<str>,
+    /// What does not stop the set from loading but is probably a mistake: Cedar's validator
+    /// warnings (a policy that can never apply, confusable identifiers) and policies whose
+    /// actions no request can reach. `cedargate validate` prints them; `serve` logs them.
+    pub warnings: Vec<Problem>,
 }
 
 /// One file of a policy set, read into memory.
@@ -233,17 +237,23 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
     };
 
     let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
-    for err in validation.validation_errors() {
-        let id = err.policy_id();
+    let in_policy = |diag: &dyn Diagnostic, id: &PolicyId| {
         let file = policy_files.get(id);
         let text = file
             .and_then(|f| files.iter().find(|s| &s.path == f))
             .map(|s| s.text.as_str());
         let mut problem =
-            diagnostic_problem(err, file.map_or(Path::new("?"), PathBuf::as_path), text);
+            diagnostic_problem(diag, file.map_or(Path::new("?"), PathBuf::as_path), text);
         problem.policy_id = Some(id.to_string());
-        problems.push(problem);
+        problem
+    };
+    for err in validation.validation_errors() {
+        problems.push(in_policy(err, err.policy_id()));
     }
+    let mut warnings: Vec<Problem> = validation
+        .validation_warnings()
+        .map(|warning| in_policy(warning, warning.policy_id()))
+        .collect();
 
     // Parsed with the schema, the store also holds the schema's action entities, which
     // `action in Action::"group"` needs; without an entities file it holds only those.
@@ -278,6 +288,28 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
     }
 
     if problems.is_empty() {
+        for (id, actions) in unreachable_policies(&policies, &entities, &routes) {
+            let file = policy_files.get(&id).cloned().unwrap_or_default();
+            let text = files
+                .iter()
+                .find(|s| s.path == file)
+                .map(|s| s.text.as_str());
+            let offset = text.and_then(|t| t.find(&format!("@id(\"{id}\")")));
+            let mut warning = match text {
+                Some(text) => located(
+                    offset,
+                    &file,
+                    text,
+                    format!("no request can reach this policy's action ({actions})"),
+                ),
+                None => Problem::in_file(&file, "no request can reach this policy's action"),
+            };
+            warning.policy_id = Some(id.to_string());
+            warning.hint = Some(
+                "map the action in routes.yaml, or name it in an Envoy route's context_extensions `cedargate.action` (then ignore this warning)".into(),
+            );
+            warnings.push(warning);
+        }
         Ok(Snapshot {
             policies,
             schema,
@@ -285,10 +317,60 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
             routes,
             policy_files,
             version,
+            warnings,
         })
     } else {
         Err(PolicyLoadError::Invalid { problems })
     }
+}
+
+/// Policies whose action scope matches no action a request can be mapped to without Envoy's
+/// help: the route table's actions and the HTTP-method fallback actions (`Action::"GET"`).
+fn unreachable_policies(
+    policies: &PolicySet,
+    entities: &Entities,
+    routes: &Routes,
+) -> Vec<(PolicyId, String)> {
+    let is_method = |uid: &cedar_policy::EntityUid| {
+        let id = uid.id().unescaped();
+        !id.is_empty() && id.bytes().all(|b| b.is_ascii_uppercase())
+    };
+    let actions_in_schema = entities
+        .iter()
+        .map(cedar_policy::Entity::uid)
+        .filter(|uid| uid.type_name().basename() == "Action");
+    let reachable: Vec<cedar_policy::EntityUid> = routes
+        .actions()
+        .cloned()
+        .chain(actions_in_schema.filter(is_method))
+        .collect();
+    let reaches = |target: &cedar_policy::EntityUid| {
+        reachable.iter().any(|action| {
+            action == target
+                || entities
+                    .ancestors(action)
+                    .is_some_and(|mut a| a.any(|p| p == target))
+        })
+    };
+    policies
+        .policies()
+        .filter_map(|policy| {
+            let targets = match policy.action_constraint() {
+                cedar_policy::ActionConstraint::Any => return None,
+                cedar_policy::ActionConstraint::Eq(uid) => vec![uid],
+                cedar_policy::ActionConstraint::In(uids) => uids,
+            };
+            if targets.iter().any(reaches) {
+                return None;
+            }
+            let shown = targets
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            Some((policy.id().clone(), shown))
+        })
+        .collect()
 }
 
 fn parse_schema(file: &SourceFile, problems: &mut Vec<Problem>) -> Option<Schema> {

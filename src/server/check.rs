@@ -118,9 +118,10 @@ impl Authorization for CheckService {
         } else {
             tracing::Span::none()
         };
-        let pipeline = AssertUnwindSafe(run(&self.shared, request.into_inner())).catch_unwind();
+        let pipeline =
+            AssertUnwindSafe(run(&self.shared, request.into_inner(), false)).catch_unwind();
         let decision = match tokio::time::timeout(budget, pipeline.instrument(span.clone())).await {
-            Ok(Ok(decision)) => decision,
+            Ok(Ok((decision, _))) => decision,
             Ok(Err(_panic)) => {
                 telemetry::panicked();
                 Decision::early(
@@ -155,13 +156,56 @@ impl Authorization for CheckService {
     }
 }
 
-/// The stages of one admitted check.
-async fn run(shared: &Shared, input: CheckRequest) -> Decision {
+/// A decision with the Cedar request it was made on, when one was built.
+#[derive(Debug)]
+pub struct Explained {
+    pub decision: Decision,
+    pub call: Option<mapping::CedarCall>,
+}
+
+/// Decides a CheckRequest exactly as Check does (same stages, same snapshot, same deadline and
+/// panic guard) and keeps the Cedar request: for the Explain API and the policy CLI. Nothing is
+/// counted or logged as a decision.
+pub async fn explain(shared: &Shared, input: CheckRequest) -> Explained {
+    let pipeline = AssertUnwindSafe(run(shared, input, true)).catch_unwind();
+    let (mut decision, call) =
+        match tokio::time::timeout(shared.limits.check_timeout, pipeline).await {
+            Ok(Ok(explained)) => explained,
+            Ok(Err(_panic)) => (
+                Decision::early(
+                    String::new(),
+                    DenyReason::Internal("a check panicked".into()),
+                ),
+                None,
+            ),
+            Err(_elapsed) => (
+                Decision::early(
+                    String::new(),
+                    DenyReason::Timeout(shared.limits.check_timeout),
+                ),
+                None,
+            ),
+        };
+    if decision.policy_version.is_none() {
+        decision.policy_version = Some(shared.snapshot.load().version.clone());
+    }
+    if shared.options.dry_run {
+        decision.enforced = false;
+    }
+    Explained { decision, call }
+}
+
+/// The stages of one admitted check; `keep_call` keeps the Cedar request (explain).
+async fn run(
+    shared: &Shared,
+    input: CheckRequest,
+    keep_call: bool,
+) -> (Decision, Option<mapping::CedarCall>) {
     #[cfg(feature = "testutil")]
     crate::testutil::inject_fault(&input);
     let prepared = match prepare(&shared.limits, &shared.peer_settings, envoy::input(input)) {
         Ok(prepared) => prepared,
-        Err(decision) => return *decision,
+        Err(decision) => return (*decision, None),
     };
     let token = shared.authn.authenticate(&prepared.http).await;
     let had_token = matches!(token, Ok(Some(_)));
@@ -173,7 +217,13 @@ async fn run(shared: &Shared, input: CheckRequest) -> Decision {
         .get("traceparent")
         .and_then(|t| telemetry::trace_id(t));
     let snapshot = shared.snapshot.load();
-    let mut decision = decide(&snapshot, prepared, token, shared.authn.requires_token());
+    let (mut decision, call) = decide_keeping(
+        &snapshot,
+        prepared,
+        token,
+        shared.authn.requires_token(),
+        keep_call,
+    );
     if had_token && decision.is_allow() {
         decision.strip_headers = shared.authn.token_headers_to_strip();
     }
@@ -181,7 +231,7 @@ async fn run(shared: &Shared, input: CheckRequest) -> Decision {
     decision.peer_addr = peer_addr;
     decision.log_attributes = log_attributes;
     decision.trace_id = trace_id;
-    decision
+    (decision, call)
 }
 
 /// The request headers and token claims `log.decisions` asks for; credentials never, values
@@ -314,6 +364,17 @@ pub fn decide(
     token: Result<Option<Arc<VerifiedToken>>, TokenError>,
     requires_token: bool,
 ) -> Decision {
+    decide_keeping(snapshot, prepared, token, requires_token, false).0
+}
+
+/// [`decide`], also returning the Cedar request when `keep_call` and one was built.
+fn decide_keeping(
+    snapshot: &Snapshot,
+    prepared: Prepared,
+    token: Result<Option<Arc<VerifiedToken>>, TokenError>,
+    requires_token: bool,
+    keep_call: bool,
+) -> (Decision, Option<mapping::CedarCall>) {
     let Prepared {
         http,
         peer,
@@ -333,7 +394,7 @@ pub fn decide(
     decision.enforced = !route.as_ref().is_some_and(|r| r.dry_run);
     if route.is_none() && snapshot.routes.near_miss(&http.method, &http.path) {
         let err = mapping::MappingError::NearMiss(http.path.clone());
-        return deny(decision, DenyReason::NoRoute(err));
+        return (deny(decision, DenyReason::NoRoute(err)), None);
     }
     // A token that is present must be valid, on every route; a missing one is refused where
     // the route (or, without a route setting, `authentication.require_token`) requires one.
@@ -345,21 +406,26 @@ pub fn decide(
         .map(|()| token)
     }) {
         Ok(token) => token,
-        Err(err) => return deny(decision, DenyReason::Unauthenticated(err)),
+        Err(err) => return (deny(decision, DenyReason::Unauthenticated(err)), None),
     };
     let required = route
         .as_ref()
         .and_then(|r| r.token)
         .map_or(requires_token, |t| t == TokenRequirement::Required);
     if token.is_none() && required {
-        return deny(decision, DenyReason::Unauthenticated(TokenError::Missing));
+        return (
+            deny(decision, DenyReason::Unauthenticated(TokenError::Missing)),
+            None,
+        );
     }
     let identity = Identity { peer, token };
 
     let call = match mapping::map(snapshot, &http, route, &identity, &extensions) {
         Ok(call) => call,
-        Err(err) if err.is_unknown_action() => return deny(decision, DenyReason::NoRoute(err)),
-        Err(err) => return deny(decision, DenyReason::Mapping(err)),
+        Err(err) if err.is_unknown_action() => {
+            return (deny(decision, DenyReason::NoRoute(err)), None);
+        }
+        Err(err) => return (deny(decision, DenyReason::Mapping(err)), None),
     };
     decision.principal = Some(call.principal.to_string());
     decision.action = Some(call.action.to_string());
@@ -377,7 +443,7 @@ pub fn decide(
             decision.outcome = Outcome::Deny(DenyReason::PolicyError(failed));
         }
     }
-    decision
+    (decision, keep_call.then_some(call))
 }
 
 fn deny(mut decision: Decision, reason: DenyReason) -> Decision {

@@ -2,6 +2,8 @@
 //! Protobuf structs are destructured exhaustively so that a new field breaks the build here
 //! instead of being ignored silently. Nothing else in the crate sees these types.
 
+pub mod builder;
+
 use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::core::v3::{

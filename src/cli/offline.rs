@@ -1,0 +1,295 @@
+//! An authorizer without a server, for `cedargate test` and `cedargate check`: the real
+//! policy set, the real Check stages ([`crate::server::check::explain`]) and real token
+//! verification, with every issuer's keys replaced by one ephemeral ES256 key generated for
+//! the run (aws-lc-rs). Claims written in a test are signed with that key, so a test exercises
+//! signature verification, the issuer's claim rules and the claim → principal mapping.
+//! Nothing is fetched and nothing listens.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::config::{
+    AuthSettings, Config, IssuerConfig, JwksSource, Limits, PeerSettings, PolicySource,
+};
+use crate::identity::authn::Authenticator;
+use crate::policy::{PolicyLoadError, store};
+use crate::server::Shared;
+use crate::server::check::{self, CheckOptions, Explained};
+
+/// The key id of the ephemeral signing key.
+const KID: &str = "cedargate-test";
+/// How long a signed test token is valid when the claims do not say.
+const LIFETIME_SECS: i64 = 300;
+
+/// Why an offline authorizer could not be built or a token not signed.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    #[error(transparent)]
+    Policy(#[from] PolicyLoadError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot set up the test issuers: {0}")]
+    Authn(#[from] crate::identity::authn::AuthnError),
+    #[error("cannot generate the ephemeral signing key")]
+    KeyGeneration,
+    #[error("cannot sign the test token: {0}")]
+    Sign(#[from] jsonwebtoken::errors::Error),
+    #[error(
+        "issuer `{0}` is not one of the test issuers; declare it under `issuers:` in the test file or in --config"
+    )]
+    UnknownIssuer(String),
+    #[error("the token claims must be a mapping of claim names to values")]
+    ClaimsNotObject,
+}
+
+/// A token issuer as a test file declares it: the parts of `issuers:` in the configuration
+/// that decide what a token means (its keys are always the ephemeral test key).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestIssuer {
+    pub issuer: String,
+    #[serde(default = "default_audiences")]
+    pub audiences: Vec<String>,
+    #[serde(default = "default_principal_type")]
+    pub principal_type: String,
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    #[serde(default = "default_scope_claim")]
+    pub scope_claim: String,
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+}
+
+fn default_audiences() -> Vec<String> {
+    vec!["cedargate-test".into()]
+}
+
+fn default_principal_type() -> String {
+    "User".into()
+}
+
+fn default_scope_claim() -> String {
+    "scope".into()
+}
+
+impl TestIssuer {
+    /// The issuer used when neither the test file nor `--config` names one.
+    pub fn default_issuer() -> Self {
+        Self {
+            issuer: "https://issuer.test".into(),
+            audiences: default_audiences(),
+            principal_type: default_principal_type(),
+            groups_claim: Some("groups".into()),
+            scope_claim: default_scope_claim(),
+            required_claims: Vec::new(),
+        }
+    }
+
+    fn into_config(self) -> IssuerConfig {
+        IssuerConfig {
+            issuer: self.issuer,
+            audiences: self.audiences,
+            jwks: JwksSource::Inline(String::new()),
+            algorithms: vec![Algorithm::ES256],
+            leeway: Duration::from_secs(5),
+            max_token_age: None,
+            required_claims: self.required_claims,
+            principal_type: self.principal_type,
+            groups_claim: self.groups_claim,
+            scope_claim: self.scope_claim,
+            require_cert_binding: false,
+        }
+    }
+}
+
+/// Settings an offline run takes from a configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub issuers: Vec<IssuerConfig>,
+    pub auth: AuthSettings,
+    pub peer: PeerSettings,
+    pub limits: Limits,
+    pub dry_run: bool,
+    /// `policies.dir` of the configuration, when it names one.
+    pub policies: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Reads the parts of a configuration file that change decisions.
+    pub fn from_config(path: &Path) -> Result<Self, crate::config::ConfigError> {
+        let config = Config::load(path)?;
+        Ok(Self {
+            issuers: config.issuers,
+            auth: config.auth,
+            peer: config.peer,
+            limits: config.limits,
+            dry_run: config.dry_run,
+            policies: match config.policies {
+                PolicySource::Dir(dir) => Some(dir),
+                PolicySource::Embedded => None,
+            },
+        })
+    }
+}
+
+/// The ephemeral ES256 key and its public JWKS.
+struct Signer {
+    encoding: EncodingKey,
+    jwks: String,
+}
+
+impl Signer {
+    fn generate() -> Result<Self, OfflineError> {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| OfflineError::KeyGeneration)?;
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+            .map_err(|_| OfflineError::KeyGeneration)?;
+        // Uncompressed point: 0x04 || x (32 bytes) || y (32 bytes).
+        let point = pair.public_key().as_ref();
+        let (x, y) = point
+            .get(1..)
+            .filter(|xy| xy.len() == 64)
+            .map(|xy| xy.split_at(32))
+            .ok_or(OfflineError::KeyGeneration)?;
+        let jwks = json!({ "keys": [{
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": KID,
+            "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y),
+        }]});
+        Ok(Self {
+            encoding: EncodingKey::from_ec_der(pkcs8.as_ref()),
+            jwks: jwks.to_string(),
+        })
+    }
+}
+
+/// A policy set, the test issuers and the Check stages, ready to decide CheckRequests.
+pub struct Offline {
+    pub shared: Arc<Shared>,
+    signer: Signer,
+    issuers: Vec<IssuerConfig>,
+}
+
+impl std::fmt::Debug for Offline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Offline")
+            .field("issuers", &self.issuers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Offline {
+    /// Loads `policies` and trusts `issuers` (test-file issuers), else the configuration's
+    /// issuers, else [`TestIssuer::default_issuer`], all with the ephemeral key. Must run
+    /// inside a tokio runtime.
+    pub fn new(
+        policies: &Path,
+        settings: &Settings,
+        test_issuers: &[TestIssuer],
+    ) -> Result<Self, OfflineError> {
+        let snapshot = store::load_dir(policies)?;
+        let signer = Signer::generate()?;
+        let mut issuers: Vec<IssuerConfig> = if !test_issuers.is_empty() {
+            test_issuers
+                .iter()
+                .cloned()
+                .map(TestIssuer::into_config)
+                .collect()
+        } else if !settings.issuers.is_empty() {
+            settings.issuers.clone()
+        } else {
+            vec![TestIssuer::default_issuer().into_config()]
+        };
+        for issuer in &mut issuers {
+            issuer.jwks = JwksSource::Inline(signer.jwks.clone());
+            issuer.algorithms = vec![Algorithm::ES256];
+        }
+        let authn = Authenticator::start(issuers.clone(), settings.auth.clone())?;
+        let options = CheckOptions {
+            dry_run: settings.dry_run,
+            secret_headers: settings.auth.token_source.header.iter().cloned().collect(),
+            ..CheckOptions::default()
+        };
+        let shared = Shared::new(
+            snapshot,
+            authn,
+            settings.limits,
+            settings.peer.clone(),
+            options,
+        );
+        shared
+            .ready
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(Self {
+            shared: Arc::new(shared),
+            signer,
+            issuers,
+        })
+    }
+
+    /// Signs `claims` for the issuer named by `issuer`, else by the claims' `iss`, else the
+    /// first issuer. Missing `iss`, `aud`, `iat` and `exp` are filled in (valid for 5
+    /// minutes); a claim given as `null` is left out, so tests can send incomplete tokens.
+    pub fn sign(&self, claims: &Value, issuer: Option<&str>) -> Result<String, OfflineError> {
+        let Value::Object(given) = claims else {
+            return Err(OfflineError::ClaimsNotObject);
+        };
+        let wanted = issuer.or_else(|| given.get("iss").and_then(Value::as_str));
+        let config = match wanted {
+            Some(name) => self.issuers.iter().find(|i| i.issuer == name),
+            None => self.issuers.first(),
+        };
+        let config = match (config, wanted, issuer) {
+            (Some(config), _, _) => config,
+            // An `iss` no test issuer has: sign it anyway; verification refuses it, as it should.
+            (None, Some(_), None) => self
+                .issuers
+                .first()
+                .ok_or_else(|| OfflineError::UnknownIssuer(String::new()))?,
+            (None, name, _) => {
+                return Err(OfflineError::UnknownIssuer(
+                    name.unwrap_or_default().to_owned(),
+                ));
+            }
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let mut full = Map::new();
+        full.insert("iss".into(), json!(config.issuer));
+        if let Some(audience) = config.audiences.first() {
+            full.insert("aud".into(), json!(audience));
+        }
+        full.insert("iat".into(), json!(now));
+        full.insert("exp".into(), json!(now.saturating_add(LIFETIME_SECS)));
+        for (name, value) in given {
+            if value.is_null() {
+                full.remove(name);
+            } else {
+                full.insert(name.clone(), value.clone());
+            }
+        }
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(KID.into());
+        Ok(jsonwebtoken::encode(
+            &header,
+            &Value::Object(full),
+            &self.signer.encoding,
+        )?)
+    }
+
+    /// Decides one CheckRequest as the server would.
+    pub async fn explain(&self, request: CheckRequest) -> Explained {
+        check::explain(&self.shared, request).await
+    }
+}

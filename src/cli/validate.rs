@@ -1,0 +1,194 @@
+//! `cedargate validate`: loads a policy directory exactly as `serve` does (policies strictly
+//! against the schema, entities, routes, the context every action must accept) and, with
+//! `--config`, checks the configuration and that its issuers' principal types are in the
+//! schema. Prints every problem with file:line:column, policy id and hint, then the warnings
+//! (policies that can never apply). Exit code 0 when the set would load, 1 when not.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::{Value, json};
+
+use crate::config::{Config, PolicySource};
+use crate::policy::store::{self, Problem};
+use crate::policy::{PolicyLoadError, Snapshot};
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Policy directory (default: `policies.dir` of `--config`, else `./policies`).
+    #[arg(long)]
+    pub policies: Option<PathBuf>,
+    /// Also validate this configuration file and its issuers against the schema.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// `text` for people, `json` for tools.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    pub format: String,
+    /// Warnings fail the validation too.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// What validation found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub dir: PathBuf,
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+    /// Set when the policy set loaded.
+    pub summary: Option<Summary>,
+}
+
+#[derive(Debug)]
+pub struct Summary {
+    pub version: String,
+    pub policies: usize,
+    pub routes: usize,
+}
+
+pub fn run(args: ValidateArgs) -> ExitCode {
+    let report = validate(args.policies.as_deref(), args.config.as_deref());
+    let failed = !report.errors.is_empty() || (args.strict && !report.warnings.is_empty());
+    if args.format == "json" {
+        println!("{}", to_json(&report, !failed));
+    } else {
+        print_text(&report, failed);
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Validates a policy directory (and optionally a configuration) without serving.
+pub fn validate(policies: Option<&Path>, config_path: Option<&Path>) -> Report {
+    let mut report = Report::default();
+    let config = match config_path.map(Config::load).transpose() {
+        Ok(config) => config,
+        Err(err) => {
+            let file = config_path.unwrap_or(Path::new("?"));
+            report.errors.push(config_problem(file, &err));
+            None
+        }
+    };
+    report.dir = match (policies, config.as_ref().map(|c| &c.policies)) {
+        (Some(dir), _) => dir.to_owned(),
+        (None, Some(PolicySource::Dir(dir))) => dir.clone(),
+        _ => PathBuf::from("policies"),
+    };
+    let snapshot = match store::load_dir(&report.dir) {
+        Ok(snapshot) => snapshot,
+        Err(PolicyLoadError::Invalid { problems }) => {
+            report.errors.extend(problems);
+            return report;
+        }
+        Err(err @ PolicyLoadError::Read { .. }) => {
+            report.errors.push(
+                Problem::in_file(&report.dir, err.to_string())
+                    .hint("pass the directory that holds the *.cedar files with --policies"),
+            );
+            return report;
+        }
+    };
+    if let (Some(config), Some(path)) = (&config, config_path) {
+        check_issuers(config, path, &snapshot, &mut report.errors);
+    }
+    report.warnings.clone_from(&snapshot.warnings);
+    report.summary = Some(Summary {
+        version: snapshot.version.to_string(),
+        policies: snapshot.policies.policies().count(),
+        routes: snapshot.routes.actions().count(),
+    });
+    report
+}
+
+/// A configuration error, positioned where the YAML parser could say.
+fn config_problem(file: &Path, err: &crate::config::ConfigError) -> Problem {
+    let mut problem = Problem::in_file(file, err.to_string());
+    if let crate::config::ConfigError::Parse {
+        line,
+        column,
+        message,
+        ..
+    } = err
+    {
+        problem.position = Some((*line, *column));
+        problem.message.clone_from(message);
+        problem.hint = Some(
+            "correct the YAML; every field is listed in README.md, section Configuration".into(),
+        );
+    }
+    problem
+}
+
+/// The start-up check of `serve`: every issuer's principal type is an entity type of the schema.
+fn check_issuers(config: &Config, path: &Path, snapshot: &Snapshot, errors: &mut Vec<Problem>) {
+    let types: Vec<String> = config
+        .issuers
+        .iter()
+        .map(|i| i.principal_type.clone())
+        .collect();
+    if let Some(missing) = crate::reload::missing_principal_type(snapshot, &types) {
+        let issuer = config
+            .issuers
+            .iter()
+            .find(|i| i.principal_type == missing)
+            .map_or("?", |i| i.issuer.as_str());
+        errors.push(
+            Problem::in_file(
+                path,
+                format!("issuer `{issuer}`: principal_type `{missing}` is not an entity type of the schema"),
+            )
+            .hint("declare the entity type in the schema or change principal_type"),
+        );
+    }
+}
+
+fn print_text(report: &Report, failed: bool) {
+    for problem in &report.errors {
+        println!("error: {problem}");
+    }
+    for problem in &report.warnings {
+        println!("warning: {problem}");
+    }
+    match &report.summary {
+        Some(s) if !failed => println!(
+            "{}: valid ({} policies, {} routes, version {}; {} warnings)",
+            report.dir.display(),
+            s.policies,
+            s.routes,
+            s.version,
+            report.warnings.len()
+        ),
+        _ => println!(
+            "{}: invalid ({} errors, {} warnings)",
+            report.dir.display(),
+            report.errors.len(),
+            report.warnings.len()
+        ),
+    }
+}
+
+fn problem_json(problem: &Problem) -> Value {
+    json!({
+        "file": problem.file.display().to_string(),
+        "line": problem.position.map(|p| p.0),
+        "column": problem.position.map(|p| p.1),
+        "policy_id": problem.policy_id,
+        "message": problem.message,
+        "hint": problem.hint,
+    })
+}
+
+fn to_json(report: &Report, valid: bool) -> Value {
+    json!({
+        "valid": valid,
+        "dir": report.dir.display().to_string(),
+        "version": report.summary.as_ref().map(|s| s.version.clone()),
+        "policies": report.summary.as_ref().map(|s| s.policies),
+        "errors": report.errors.iter().map(problem_json).collect::<Vec<_>>(),
+        "warnings": report.warnings.iter().map(problem_json).collect::<Vec<_>>(),
+    })
+}

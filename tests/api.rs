@@ -1,0 +1,198 @@
+//! cedargate's own gRPC API (`cedargate.v1.AuthorizerService`) over a real socket: Explain
+//! gives the same decision as Check plus the Cedar request and determining policies; Status
+//! reports the policy set and the issuers' keys; the API is off by default and never on the
+//! Check port; `cedargate check --server` asks a running server.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::SocketAddr;
+
+use cedargate::api::pb::authorizer_service_client::AuthorizerServiceClient;
+use cedargate::api::pb::{ExplainRequest, Outcome, StatusRequest};
+use cedargate::config::{Config, PolicySource};
+use cedargate::testutil::jwt::{JwksServer, TestKey, claims};
+use cedargate::testutil::{TestServer, check, test_config, test_issuer};
+use jsonwebtoken::Algorithm;
+use prost::Message;
+use tonic::Code;
+
+const ISS: &str = "https://idp.test";
+
+fn config_with_api(jwks: &JwksServer) -> Config {
+    let mut config = test_config(PolicySource::Embedded);
+    config.listen.api = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.issuers = vec![test_issuer(ISS, &jwks.uri())];
+    config
+}
+
+async fn api_client(server: &TestServer) -> AuthorizerServiceClient<tonic::transport::Channel> {
+    let addr = server.app.api_addr.expect("the API listener is bound");
+    AuthorizerServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn explain_agrees_with_check_and_shows_the_cedar_request() {
+    let key = TestKey::generate(Algorithm::ES256, "ec-1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut server = TestServer::with_config(config_with_api(&jwks)).await;
+    server.ready().await;
+    let mut api = api_client(&server).await;
+
+    for (sub, path) in [("alice", "/orders/1002"), ("bob", "/orders/1002")] {
+        let token = key.sign(&claims(ISS, "orders", sub));
+        let request = check("GET", path).bearer(&token).build();
+        let checked = server.check(request.clone()).await;
+        let explained = api
+            .explain(ExplainRequest {
+                check_request: request.encode_to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let allowed = checked.code() == Code::Ok;
+        assert_eq!(explained.outcome() == Outcome::Allow, allowed, "{sub}");
+        assert_eq!(explained.reason, checked.meta("reason").unwrap());
+        assert_eq!(
+            explained.policy_version,
+            checked.meta("policy_version").unwrap()
+        );
+        let call = explained.cedar_request.as_ref().unwrap();
+        assert_eq!(call.principal, format!("User::\"{sub}\""));
+        assert_eq!(call.action, r#"Action::"orders:read""#);
+        assert_eq!(call.resource, r#"Order::"1002""#);
+        let context: serde_json::Value = serde_json::from_str(&call.context_json).unwrap();
+        assert_eq!(context["token"]["issuer"], ISS);
+        assert!(
+            !call.entities_json.contains(&token),
+            "the token is redacted"
+        );
+        if allowed {
+            assert_eq!(explained.determining_policies, ["orders-owner-read"]);
+            assert_eq!(explained.http_status, 0);
+        } else {
+            assert!(explained.determining_policies.is_empty());
+            assert_eq!(explained.http_status, 403);
+        }
+    }
+
+    // An explanation is not a decision: neither counted nor logged as one.
+    let metrics = server.metrics().await;
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("cedargate_decisions_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted, 2.0, "only the two Checks count:\n{metrics}");
+
+    // Garbage in is a clear error, not a decision.
+    let status = api
+        .explain(ExplainRequest {
+            check_request: vec![0xff, 0xff, 0xff],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn status_reports_the_policy_set_and_the_issuers_keys() {
+    let key = TestKey::generate(Algorithm::ES256, "ec-1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let server = TestServer::with_config(config_with_api(&jwks)).await;
+    server.ready().await;
+    let status = api_client(&server)
+        .await
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.ready);
+    assert_eq!(status.policy_count, 8);
+    assert_eq!(
+        status.policy_version,
+        server.app.shared.snapshot.load().version.as_ref()
+    );
+    assert_eq!(status.version, env!("CARGO_PKG_VERSION"));
+    let issuer = &status.issuers[0];
+    assert_eq!(issuer.issuer, ISS);
+    assert_eq!(issuer.principal_type, "User");
+    assert_eq!(issuer.key_ids, ["ec-1"]);
+    let refreshed = issuer.last_refresh.as_ref().unwrap().seconds;
+    let now = cedargate::testutil::jwt::now();
+    assert!(
+        (now - 60..=now).contains(&refreshed),
+        "{refreshed} vs {now}"
+    );
+}
+
+#[tokio::test]
+async fn the_api_is_off_by_default_and_never_on_the_check_port() {
+    let server = TestServer::start().await;
+    assert_eq!(server.app.api_addr, None);
+    let mut on_check_port = AuthorizerServiceClient::new(server.channel().await);
+    let status = on_check_port.status(StatusRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+    let status = on_check_port
+        .explain(ExplainRequest {
+            check_request: check("GET", "/healthz").build().encode_to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn check_asks_a_running_server() {
+    let key = TestKey::generate(Algorithm::ES256, "ec-1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let server = TestServer::with_config(config_with_api(&jwks)).await;
+    server.ready().await;
+    let addr = server.app.api_addr.unwrap().to_string();
+    let token = key.sign(&claims(ISS, "orders", "alice"));
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cedargate"))
+        .args([
+            "check",
+            "--server",
+            &addr,
+            "--path",
+            "/profiles/alice",
+            "--token",
+            &token,
+            "--format",
+            "json",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["decision"], "allow");
+    assert_eq!(
+        answer["determining_policies"],
+        serde_json::json!(["profile-self"])
+    );
+    assert_eq!(
+        answer["policy_version"],
+        server.app.shared.snapshot.load().version.as_ref()
+    );
+
+    // Claims cannot be signed for a remote server; a dead address is a clear error.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cedargate"))
+        .args(["check", "--server", "127.0.0.1:1", "--path", "/healthz"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach the Explain API"));
+}

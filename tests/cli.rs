@@ -1,0 +1,432 @@
+//! The policy author's commands, run as the real binary: `cedargate validate`, `test` and
+//! `check` — exit codes, output shape, file:line of problems, JUnit XML (parsed), and the
+//! example tests in `policies/tests/` (this is how `cedargate test policies/` runs in CI).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use cedargate::testutil::pki::TestCa;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cedargate");
+
+fn cedargate(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+/// A copy of the example policy set (without its tests) in a fresh directory.
+fn example_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "orders.cedar",
+        "schema.cedarschema",
+        "entities.json",
+        "routes.yaml",
+    ] {
+        let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("policies")
+            .join(name);
+        std::fs::copy(from, dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+fn path(dir: &tempfile::TempDir) -> &str {
+    dir.path().to_str().unwrap()
+}
+
+fn append(file: PathBuf, text: &str) -> usize {
+    let mut content = std::fs::read_to_string(&file).unwrap();
+    let line = content.lines().count() + 1;
+    content.push_str(text);
+    std::fs::write(file, content).unwrap();
+    line
+}
+
+#[test]
+fn the_example_policy_tests_pass() {
+    let output = cedargate(&["test", "policies/"]);
+    let out = stdout(&output);
+    assert!(output.status.success(), "{out}{}", stderr(&output));
+    let last = out.lines().last().unwrap();
+    let (passed, failed) = last.split_once(" passed, ").unwrap();
+    assert!(passed.parse::<usize>().unwrap() >= 30, "{last}");
+    assert_eq!(failed, "0 failed");
+    // Every example policy is determining in at least one allow or deny case.
+    let policies = std::fs::read_to_string("policies/orders.cedar").unwrap();
+    let tests: String = ["orders", "profiles", "workloads"]
+        .iter()
+        .map(|f| std::fs::read_to_string(format!("policies/tests/{f}.yaml")).unwrap())
+        .collect();
+    for id in policies
+        .lines()
+        .filter_map(|l| l.strip_prefix("@id(\"")?.strip_suffix("\")"))
+    {
+        assert!(
+            tests.contains(&format!("policies: [{id}]")),
+            "{id} untested"
+        );
+    }
+}
+
+#[test]
+fn validate_accepts_the_example_set() {
+    let output = cedargate(&["validate", "--policies", "policies"]);
+    assert!(output.status.success(), "{}", stdout(&output));
+    assert!(stdout(&output).contains("policies: valid (8 policies, 7 routes"));
+
+    let output = cedargate(&["validate", "--policies", "policies", "--format", "json"]);
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["valid"], true);
+    assert_eq!(report["policies"], 8);
+    assert_eq!(report["errors"], serde_json::json!([]));
+    assert_eq!(report["version"].as_str().unwrap().len(), 12);
+}
+
+/// The example set with `policy` appended to orders.cedar, validated: it must fail, and the
+/// output must name orders.cedar at `offset` lines into the appended text.
+fn validate_broken(policy: &str, offset: usize) -> (tempfile::TempDir, String, usize) {
+    let dir = example_copy();
+    let line = append(dir.path().join("orders.cedar"), policy) + offset;
+    let output = cedargate(&["validate", "--policies", path(&dir)]);
+    assert_eq!(output.status.code(), Some(1));
+    let out = stdout(&output);
+    let expected = format!("{}:{line}:", dir.path().join("orders.cedar").display());
+    assert!(out.contains(&expected), "{expected} in\n{out}");
+    (dir, out, line)
+}
+
+#[test]
+fn validate_reports_a_broken_policy_with_file_line_and_policy_id() {
+    // The attribute access is on the third line of the appended text.
+    let (dir, out, line) = validate_broken(
+        "\n@id(\"typo\")\npermit (principal is User, action == Action::\"orders:read\", resource is Order)\nwhen { resource.ownr == principal };\n",
+        3,
+    );
+    let file = dir.path().join("orders.cedar");
+    assert!(out.contains("(policy `typo`)"), "{out}");
+    assert!(out.contains("invalid (1 errors"), "{out}");
+
+    let output = cedargate(&["validate", "--policies", path(&dir), "--format", "json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["valid"], false);
+    let error = &report["errors"][0];
+    assert_eq!(error["file"], file.display().to_string());
+    assert_eq!(error["line"], line);
+    assert_eq!(error["policy_id"], "typo");
+    assert!(error["message"].as_str().unwrap().contains("ownr"));
+}
+
+#[test]
+fn validate_reports_a_syntax_error_where_it_is() {
+    validate_broken(
+        "\npermit (principal, action, resource) when { principal == };\n",
+        1,
+    );
+}
+
+#[test]
+fn validate_warns_about_a_policy_no_request_reaches() {
+    let dir = example_copy();
+    append(
+        dir.path().join("schema.cedarschema"),
+        "\naction \"orders:archive\" appliesTo { principal: [User], resource: Order, context: CheckContext };\n",
+    );
+    let line = append(
+        dir.path().join("orders.cedar"),
+        "\n@id(\"archive\")\npermit (principal, action == Action::\"orders:archive\", resource);\n",
+    );
+    let output = cedargate(&["validate", "--policies", path(&dir)]);
+    let out = stdout(&output);
+    assert!(output.status.success(), "a warning is not an error: {out}");
+    let expected = format!(
+        "warning: {}:{}:1: no request can reach this policy's action (Action::\"orders:archive\")",
+        dir.path().join("orders.cedar").display(),
+        line + 1
+    );
+    assert!(out.contains(&expected), "{expected} in\n{out}");
+    assert!(out.contains("1 warnings"), "{out}");
+    // --strict makes warnings fail.
+    let output = cedargate(&["validate", "--policies", path(&dir), "--strict"]);
+    assert_eq!(output.status.code(), Some(1));
+}
+
+#[test]
+fn validate_checks_the_configuration_against_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cedargate.yaml");
+    std::fs::write(
+        &config,
+        "issuers:\n  - issuer: https://idp.example\n    audiences: [orders]\n    jwks: { file: jwks.json }\n    principal_type: Robot\n",
+    )
+    .unwrap();
+    let output = cedargate(&[
+        "validate",
+        "--policies",
+        "policies",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let out = stdout(&output);
+    assert!(
+        out.contains(&format!(
+            "{}: issuer `https://idp.example`: principal_type `Robot`",
+            config.display()
+        )),
+        "{out}"
+    );
+
+    std::fs::write(&config, "listen:\n  grpc: 127.0.0.1:9191\n  nonsense: 1\n").unwrap();
+    let output = cedargate(&["validate", "--config", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stdout(&output).contains(&format!("{}:3:", config.display())),
+        "{}",
+        stdout(&output)
+    );
+}
+
+const FAILING: &str = r#"
+issuers:
+  - { issuer: https://auth.example.org, audiences: [orders], principal_type: User }
+cases:
+  - name: owner reads
+    request: { method: GET, path: /orders/1002 }
+    token: { sub: alice }
+    expect: allow
+  - name: wrong expectation
+    request: { method: GET, path: /orders/1002 }
+    token: { sub: bob }
+    expect: { decision: allow, policies: [orders-owner-read] }
+"#;
+
+#[test]
+fn a_failing_case_shows_expected_and_actual_and_fails_the_run() {
+    let dir = example_copy();
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    let file = dir.path().join("tests/orders.yaml");
+    std::fs::write(&file, FAILING).unwrap();
+    let junit = dir.path().join("junit.xml");
+    let output = cedargate(&["test", path(&dir), "--junit", junit.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let out = stdout(&output);
+    assert!(out.contains("  ok    owner reads"), "{out}");
+    assert!(
+        out.contains(&format!("  FAIL  wrong expectation ({}:9)", file.display())),
+        "{out}"
+    );
+    assert!(out.contains("- expected decision: allow"), "{out}");
+    assert!(
+        out.contains("+ actual   decision: deny (reason policy_denied"),
+        "{out}"
+    );
+    assert!(
+        out.contains("- expected policies: [\"orders-owner-read\"]"),
+        "{out}"
+    );
+    assert!(out.contains("+ actual   policies: []"), "{out}");
+    assert_eq!(out.lines().last(), Some("1 passed, 1 failed"));
+
+    // The JUnit file is well-formed XML with the counts and the failure's message.
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "testsuites");
+    assert_eq!(root.attribute("tests"), Some("2"));
+    assert_eq!(root.attribute("failures"), Some("1"));
+    let cases: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    assert_eq!(cases.len(), 2);
+    let failure = cases[1]
+        .children()
+        .find(|n| n.has_tag_name("failure"))
+        .expect("the failing case has a <failure>");
+    assert_eq!(
+        failure.attribute("message"),
+        Some("- expected decision: allow")
+    );
+    assert!(cases[0].children().all(|n| !n.has_tag_name("failure")));
+
+    // --filter runs only what matches; a filter that matches nothing fails the run.
+    let output = cedargate(&["test", path(&dir), "--filter", "owner reads"]);
+    assert!(output.status.success(), "{}", stdout(&output));
+    assert_eq!(stdout(&output).lines().last(), Some("1 passed, 0 failed"));
+    let output = cedargate(&["test", path(&dir), "--filter", "no such case"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("no test case ran"));
+}
+
+#[test]
+fn a_broken_policy_set_or_test_file_fails_the_run_with_its_location() {
+    let dir = example_copy();
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    std::fs::write(dir.path().join("tests/a.yaml"), FAILING).unwrap();
+    let line = append(
+        dir.path().join("orders.cedar"),
+        "\npermit (principal, action == Action::\"nope\", resource);\n",
+    );
+    let output = cedargate(&["test", path(&dir)]);
+    assert_eq!(output.status.code(), Some(1));
+    let out = stdout(&output);
+    let expected = format!(
+        "{}:{}:",
+        dir.path().join("orders.cedar").display(),
+        line + 1
+    );
+    assert!(out.contains("ERROR policy directory"), "{out}");
+    assert!(out.contains(&expected), "{expected} in\n{out}");
+    assert!(
+        out.ends_with("0 passed, 0 failed, 1 files with errors\n"),
+        "{out}"
+    );
+
+    let dir = example_copy();
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    std::fs::write(
+        dir.path().join("tests/bad.yaml"),
+        "cases:\n  - name: x\n    request: { path: /healthz }\n    expect: maybe\n",
+    )
+    .unwrap();
+    let output = cedargate(&["test", path(&dir)]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stdout(&output).contains("ERROR 2:5: cases[0]"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
+fn a_case_may_name_its_peer_by_certificate() {
+    let dir = example_copy();
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    let ca = TestCa::new("shop CA");
+    let checkout = ca.issue(&["spiffe://shop.example/ns/shop/sa/checkout"], &[]);
+    let frontend = ca.issue(&["spiffe://shop.example/ns/shop/sa/frontend"], &[]);
+    std::fs::write(dir.path().join("tests/checkout.pem"), &checkout.pem).unwrap();
+    let inline = frontend.pem.trim_end().replace('\n', "\n        ");
+    std::fs::write(
+        dir.path().join("tests/certs.yaml"),
+        format!(
+            "cases:\n  - name: by file\n    request: {{ method: POST, path: /orders }}\n    peer: {{ certificate: checkout.pem }}\n    expect: {{ decision: allow, policies: [orders-checkout-workload-create] }}\n  - name: inline\n    request: {{ method: POST, path: /orders }}\n    peer:\n      certificate: |\n        {inline}\n    expect: deny\n  - name: disagreeing\n    request: {{ method: POST, path: /orders }}\n    peer: {{ certificate: checkout.pem, spiffe_id: \"spiffe://shop.example/ns/shop/sa/frontend\" }}\n    expect: {{ decision: deny, reason: peer_mismatch }}\n"
+        ),
+    )
+    .unwrap();
+    let output = cedargate(&["test", path(&dir)]);
+    assert!(output.status.success(), "{}", stdout(&output));
+    assert_eq!(stdout(&output).lines().last(), Some("3 passed, 0 failed"));
+}
+
+#[test]
+fn check_explains_a_decision_offline() {
+    let output = cedargate(&[
+        "check",
+        "-X",
+        "GET",
+        "--path",
+        "/orders/1002",
+        "--claims",
+        r#"{"sub":"alice"}"#,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["decision"], "allow");
+    assert_eq!(
+        answer["determining_policies"],
+        serde_json::json!(["orders-owner-read"])
+    );
+    let call = &answer["cedar_request"];
+    assert_eq!(call["principal"], r#"User::"alice""#);
+    assert_eq!(call["action"], r#"Action::"orders:read""#);
+    assert_eq!(call["resource"], r#"Order::"1002""#);
+    assert_eq!(call["context"]["request"]["path"], "/orders/1002");
+    assert_eq!(call["context"]["token"]["subject"], "alice");
+    let entities = call["entities"].as_array().unwrap();
+    let headers = entities
+        .iter()
+        .find(|e| e["uid"]["type"] == "HttpHeaders")
+        .unwrap();
+    // The token is shown to nobody, not even in an explanation.
+    assert_eq!(headers["tags"]["authorization"], "[redacted]");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("Bearer"));
+    assert!(entities.iter().any(|e| e["uid"]["id"] == "1002"));
+
+    // A denial: exit 1, text output with the reason and the Cedar request.
+    let output = cedargate(&[
+        "check",
+        "--path",
+        "/orders/1002",
+        "--claims",
+        r#"{"sub":"bob"}"#,
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let out = stdout(&output);
+    assert!(
+        out.starts_with("decision: deny (policy_denied, HTTP 403)"),
+        "{out}"
+    );
+    assert!(out.contains("  principal: User::\"bob\""), "{out}");
+
+    // Refused before a Cedar request exists.
+    let output = cedargate(&["check", "--path", "/orders"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stdout(&output).contains("decision: unauthenticated (missing_token, HTTP 401)"));
+    assert!(stdout(&output).contains("cedar request: none"));
+
+    // Bad input: exit 2 with a message.
+    let output = cedargate(&["check", "--path", "/x", "--claims", "{not json"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("--claims is not JSON"));
+}
+
+#[test]
+fn check_reads_a_request_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("request.json");
+    std::fs::write(
+        &file,
+        r#"{"request": {"method": "POST", "path": "/orders"}, "peer": {"spiffe_id": "spiffe://shop.example/ns/shop/sa/checkout"}}"#,
+    )
+    .unwrap();
+    let output = cedargate(&[
+        "check",
+        "--json",
+        file.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        answer["cedar_request"]["principal"],
+        r#"Workload::"spiffe://shop.example/ns/shop/sa/checkout""#
+    );
+    assert_eq!(
+        answer["headers"]["x-cedargate-peer-spiffe-id"],
+        "spiffe://shop.example/ns/shop/sa/checkout"
+    );
+}
