@@ -1,12 +1,14 @@
 //! The policy side: loading a policy set into an immutable [`Snapshot`], matching routes,
 //! mapping a normalised request and identity into a Cedar request, and evaluating it.
 //!
-//! Data flows `store` (load, validate) → `routes` (which action and resource a path means) →
-//! `mapping` (principal, action, resource, context, entities) → `engine` (the Cedar decision).
+//! Data flows `store` (load, validate, index into `slices`) → `routes` (which action and
+//! resource a path means) → `mapping` (principal, action, resource, context, entities) →
+//! `engine` (the Cedar decision, on the slice of policies that can apply).
 
 pub mod engine;
 pub mod mapping;
 pub mod routes;
+pub mod slices;
 pub mod store;
 
 pub use store::{PolicyLoadError, Snapshot};

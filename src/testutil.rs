@@ -11,6 +11,7 @@
 
 pub mod jwt;
 pub mod pki;
+pub mod policygen;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -27,10 +27,27 @@ pub struct PolicyFailure {
     pub message: String,
 }
 
-/// Decides one Cedar call.
+/// Decides one Cedar call with the slice of policies that can apply to it.
 pub fn evaluate(snapshot: &Snapshot, call: &CedarCall) -> Verdict {
-    let response =
-        Authorizer::new().is_authorized(&call.request, &snapshot.policies, &call.entities);
+    let policies = snapshot
+        .slices
+        .get(
+            &call.action,
+            call.principal.type_name(),
+            call.resource.type_name(),
+        )
+        .unwrap_or(&snapshot.policies);
+    evaluate_with(policies, call)
+}
+
+/// Decides one Cedar call with the whole policy set (the reference the slices are tested
+/// against).
+pub fn evaluate_full(snapshot: &Snapshot, call: &CedarCall) -> Verdict {
+    evaluate_with(&snapshot.policies, call)
+}
+
+fn evaluate_with(policies: &cedar_policy::PolicySet, call: &CedarCall) -> Verdict {
+    let response = Authorizer::new().is_authorized(&call.request, policies, &call.entities);
     let diagnostics = response.diagnostics();
     let failed: Vec<PolicyFailure> = diagnostics
         .errors()

@@ -34,6 +34,8 @@ pub struct Snapshot {
     /// warnings (a policy that can never apply, confusable identifiers) and policies whose
     /// actions no request can reach. `cedargate validate` prints them; `serve` logs them.
     pub warnings: Vec<Problem>,
+    /// The policies indexed by action, principal type and resource type.
+    pub slices: super::slices::Slices,
 }
 
 /// One file of a policy set, read into memory.
@@ -310,6 +312,7 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
             );
             warnings.push(warning);
         }
+        let slices = super::slices::Slices::build(&policies, &schema, &entities);
         Ok(Snapshot {
             policies,
             schema,
@@ -318,6 +321,7 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
             policy_files,
             version,
             warnings,
+            slices,
         })
     } else {
         Err(PolicyLoadError::Invalid { problems })

@@ -1,0 +1,262 @@
+//! Policy slicing gives the same decisions as the whole policy set: a differential test over
+//! generated requests (users with random groups, services with scopes, workloads of two trust
+//! domains, anonymous callers; every route shape; tenant and block headers) against generated
+//! policy sets of 300 and 2,000 policies. Decision, determining policies and evaluation errors
+//! must be identical, and both allows and denies must occur.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::sync::{Arc, OnceLock};
+
+use cedargate::config::Limits;
+use cedargate::identity::{Identity, VerifiedToken};
+use cedargate::policy::engine::{self, Verdict};
+use cedargate::policy::{Snapshot, mapping, store};
+use cedargate::server::check::prepare;
+use cedargate::server::envoy;
+use cedargate::testutil::check;
+use cedargate::testutil::policygen;
+use proptest::prelude::*;
+
+fn generated(policies: usize) -> Snapshot {
+    let dir = tempfile::tempdir().unwrap();
+    policygen::write(dir.path(), policies).unwrap();
+    store::load_dir(dir.path()).unwrap()
+}
+
+fn small() -> &'static Snapshot {
+    static SET: OnceLock<Snapshot> = OnceLock::new();
+    SET.get_or_init(|| generated(300))
+}
+
+fn large() -> &'static Snapshot {
+    static SET: OnceLock<Snapshot> = OnceLock::new();
+    SET.get_or_init(|| generated(2000))
+}
+
+#[derive(Debug, Clone)]
+enum Caller {
+    User { id: usize, groups: Vec<usize> },
+    Service { id: usize, scopes: Vec<usize> },
+    Workload { foreign: bool },
+    Anonymous,
+}
+
+fn caller() -> impl Strategy<Value = Caller> {
+    prop_oneof![
+        4 => (0..110usize, prop::collection::vec(0..22usize, 0..3))
+            .prop_map(|(id, groups)| Caller::User { id, groups }),
+        1 => (0..5usize, prop::collection::vec(0..120usize, 0..3))
+            .prop_map(|(id, scopes)| Caller::Service { id, scopes }),
+        1 => any::<bool>().prop_map(|foreign| Caller::Workload { foreign }),
+        1 => Just(Caller::Anonymous),
+    ]
+}
+
+fn token(
+    principal_type: &str,
+    subject: String,
+    groups: Vec<String>,
+    scopes: Vec<String>,
+) -> VerifiedToken {
+    VerifiedToken {
+        issuer: "https://idp.test".into(),
+        subject,
+        principal_type: principal_type.into(),
+        audience: vec!["orders".into()],
+        scopes,
+        groups,
+        expires_at: i64::MAX,
+        issued_at: None,
+        claims: Default::default(),
+        cnf_x5t_s256: None,
+        require_cert_binding: false,
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    caller: Caller,
+    method: &'static str,
+    service: usize,
+    item: Option<usize>,
+    tenant: Option<usize>,
+    block: bool,
+    /// Aim the request at the `i`-th generated policy (its service, user, group, tenant and
+    /// an item the user owns), so that allows are common enough to compare.
+    aimed: Option<usize>,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        caller(),
+        prop::sample::select(vec!["GET", "PUT", "DELETE", "POST"]),
+        0..120usize,
+        prop::option::of(0..210usize),
+        prop::option::of(0..8usize),
+        prop::bool::weighted(0.05),
+        prop::option::weighted(0.6, 0..5000usize),
+    )
+        .prop_map(|(caller, method, service, item, tenant, block, aimed)| {
+            let mut case = Case {
+                caller,
+                method,
+                service,
+                item,
+                tenant,
+                block,
+                aimed,
+            };
+            if let Some(i) = aimed {
+                let user = i % policygen::USERS;
+                case.service = i;
+                case.item = Some(user);
+                case.tenant = Some(i % 7);
+                if matches!(case.caller, Caller::User { .. }) {
+                    case.caller = Caller::User {
+                        id: user,
+                        groups: vec![i % policygen::GROUPS],
+                    };
+                }
+            }
+            case
+        })
+}
+
+/// The verdicts of the sliced and of the whole set for one case (`None` when the request is
+/// refused before evaluation, the same for both).
+fn both(snapshot: &Snapshot, case: &Case) -> Option<(Verdict, Verdict)> {
+    let services = snapshot.routes.actions().count() / 4;
+    let _ = case.aimed;
+    let path = match case.item {
+        Some(item) => format!("/svc{}/items/item{item}", case.service % services.max(1)),
+        None => format!("/svc{}/items", case.service % services.max(1)),
+    };
+    let mut builder = check(case.method, &path);
+    if let Some(t) = case.tenant {
+        builder = builder.header("x-tenant", &format!("t{t}"));
+    }
+    if case.block {
+        builder = builder.header("x-block", "1");
+    }
+    let (token, peer) = match &case.caller {
+        Caller::User { id, groups } => (
+            Some(token(
+                "User",
+                format!("u{id}"),
+                groups.iter().map(|g| format!("g{g}")).collect(),
+                Vec::new(),
+            )),
+            None,
+        ),
+        Caller::Service { id, scopes } => (
+            Some(token(
+                "Service",
+                format!("s{id}"),
+                Vec::new(),
+                scopes.iter().map(|k| format!("svc{k}.read")).collect(),
+            )),
+            None,
+        ),
+        Caller::Workload { foreign } => (
+            None,
+            Some(if *foreign {
+                "spiffe://partner.example/ns/shop/sa/checkout"
+            } else {
+                "spiffe://shop.example/ns/shop/sa/checkout"
+            }),
+        ),
+        Caller::Anonymous => (None, None),
+    };
+    if let Some(peer) = peer {
+        builder = builder.peer(peer);
+    }
+    let prepared = prepare(
+        &Limits::default(),
+        &Default::default(),
+        envoy::input(builder.build()),
+    )
+    .unwrap();
+    let route = snapshot
+        .routes
+        .find(&prepared.http.method, &prepared.http.path);
+    let identity = Identity {
+        peer: prepared.peer.clone(),
+        token: token.map(Arc::new),
+    };
+    let call = mapping::map(
+        snapshot,
+        &prepared.http,
+        route,
+        &identity,
+        &prepared.extensions,
+    )
+    .ok()?;
+    Some((
+        engine::evaluate(snapshot, &call),
+        engine::evaluate_full(snapshot, &call),
+    ))
+}
+
+fn differential(snapshot: &Snapshot, cases: u32) {
+    let (slices, largest) = snapshot.slices.stats();
+    let total = snapshot.policies.policies().count();
+    assert!(
+        slices > 0 && largest < total / 4,
+        "{slices} slices, largest {largest} of {total}"
+    );
+    let allows = std::cell::Cell::new(0u32);
+    let denies = std::cell::Cell::new(0u32);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&case(), |case| {
+            if let Some((sliced, full)) = both(snapshot, &case) {
+                prop_assert_eq!(&sliced, &full, "{:?}", case);
+                match sliced {
+                    Verdict::Allow { .. } => allows.set(allows.get() + 1),
+                    _ => denies.set(denies.get() + 1),
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    // The comparison means something only if both sides of the decision were exercised.
+    let (allows, denies) = (allows.get(), denies.get());
+    assert!(allows >= cases / 50, "{allows} allows of {cases}");
+    assert!(denies >= cases / 50, "{denies} denies of {cases}");
+}
+
+#[test]
+fn slices_decide_like_the_whole_set_300_policies() {
+    differential(small(), 2000);
+}
+
+#[test]
+fn slices_decide_like_the_whole_set_2000_policies() {
+    differential(large(), 1000);
+}
+
+#[test]
+fn a_global_forbid_is_in_every_slice() {
+    let snapshot = small();
+    // p95 (x-block) names no action: every slice must carry it.
+    let (slices, _) = snapshot.slices.stats();
+    let mut with_block = 0;
+    for action in snapshot.schema.actions() {
+        for principal in snapshot.schema.principals_for_action(action).unwrap() {
+            for resource in snapshot.schema.resources_for_action(action).unwrap() {
+                let slice = snapshot.slices.get(action, principal, resource).unwrap();
+                assert!(slice.policy(&cedar_policy::PolicyId::new("p95")).is_some());
+                with_block += 1;
+            }
+        }
+    }
+    assert_eq!(with_block, slices);
+}
