@@ -58,6 +58,10 @@ impl AuthorizerService for Api {
         &self,
         request: Request<pb::ExplainRequest>,
     ) -> Result<Response<pb::ExplainResponse>, Status> {
+        let Some(_permit) = self.shared.admit() else {
+            return Err(Status::unavailable("cedargate is over its in-flight limit"));
+        };
+        let budget = check::deadline(self.shared.limits.check_timeout, request.metadata());
         let bytes = request.into_inner().check_request;
         if bytes.len() > self.shared.limits.max_request_bytes {
             return Err(Status::out_of_range(
@@ -71,10 +75,10 @@ impl AuthorizerService for Api {
                         "check_request is not an envoy.service.auth.v3.CheckRequest: {err}"
                     ))
                 })?;
-        let explained = check::explain(&self.shared, check_request).await;
+        let explained = check::explain(&self.shared, check_request, budget).await;
         Ok(Response::new(explain_response(
             &explained,
-            &self.shared.options.secret_headers,
+            &self.shared.options,
         )))
     }
 
@@ -96,9 +100,11 @@ pub fn outcome(decision: &Decision) -> pb::Outcome {
 }
 
 /// The Explain answer for one decision.
-/// `secret_headers`: header names whose values are credentials besides
-/// [`crate::config::NEVER_LOGGED`] (a configured token header).
-pub fn explain_response(explained: &Explained, secret_headers: &[String]) -> pb::ExplainResponse {
+/// `options` names the credentials (headers, query parameters) never shown.
+pub fn explain_response(
+    explained: &Explained,
+    options: &crate::server::check::CheckOptions,
+) -> pb::ExplainResponse {
     let Explained { decision, call } = explained;
     let answer = decision.answer();
     let (message, errors) = match &decision.outcome {
@@ -127,7 +133,7 @@ pub fn explain_response(explained: &Explained, secret_headers: &[String]) -> pb:
         entities_json: call.entities.to_json_value().map_or_else(
             |err| format!("\"cannot render: {err}\""),
             |mut entities| {
-                tidy_entities(&mut entities, secret_headers);
+                tidy_entities(&mut entities, options);
                 entities.to_string()
             },
         ),
@@ -167,28 +173,35 @@ pub fn explain_response(explained: &Explained, secret_headers: &[String]) -> pb:
 }
 
 /// Credentials never leave in an explanation: the values of the request's credential headers
-/// (`authorization`, `cookie`, …) are replaced, like in the decision log. Entities are sorted
-/// by type and id so that an explanation reads the same every time.
-fn tidy_entities(entities: &mut serde_json::Value, secret_headers: &[String]) {
+/// (`authorization`, `cookie`, a configured token header, …) and query parameters
+/// (`access_token`, a configured token parameter) are replaced. Entities are sorted by type
+/// and id so that an explanation reads the same every time.
+fn tidy_entities(entities: &mut serde_json::Value, options: &crate::server::check::CheckOptions) {
     let Some(list) = entities.as_array_mut() else {
         return;
     };
     for entity in list.iter_mut() {
-        if entity
+        let kind = entity
             .pointer("/uid/type")
             .and_then(serde_json::Value::as_str)
-            != Some("HttpHeaders")
-        {
-            continue;
-        }
+            .map(str::to_owned);
+        let secret = |name: &str| match kind.as_deref() {
+            Some("HttpHeaders") => {
+                crate::config::NEVER_LOGGED.contains(&name)
+                    || options
+                        .secret_headers
+                        .iter()
+                        .any(|s| s.eq_ignore_ascii_case(name))
+            }
+            Some("HttpQuery") => options.secret_query.iter().any(|s| s == name),
+            _ => false,
+        };
         if let Some(tags) = entity
             .get_mut("tags")
             .and_then(serde_json::Value::as_object_mut)
         {
             for (name, value) in tags.iter_mut() {
-                if crate::config::NEVER_LOGGED.contains(&name.as_str())
-                    || secret_headers.iter().any(|s| s.eq_ignore_ascii_case(name))
-                {
+                if secret(name) {
                     *value = serde_json::Value::String("[redacted]".into());
                 }
             }
@@ -244,4 +257,41 @@ pub fn reflection() -> Result<
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn credentials_are_redacted_in_headers_and_query() {
+        let options =
+            crate::server::check::CheckOptions::with_secrets(&crate::config::TokenSource {
+                header: Some("x-auth-token".into()),
+                cookie: None,
+                query: Some("token".into()),
+            });
+        let mut entities = json!([
+            { "uid": { "type": "HttpQuery", "id": "request" }, "attrs": {}, "parents": [],
+              "tags": { "token": "t1", "access_token": "t2", "page": "2" } },
+            { "uid": { "type": "HttpHeaders", "id": "request" }, "attrs": {}, "parents": [],
+              "tags": { "authorization": "Bearer t3", "cookie": "s=t4", "x-auth-token": "t5", "accept": "*/*" } },
+            { "uid": { "type": "TokenClaims", "id": "request" }, "attrs": {}, "parents": [],
+              "tags": { "token": "a claim, not a credential" } },
+        ]);
+        tidy_entities(&mut entities, &options);
+        let text = entities.to_string();
+        for secret in ["t1", "t2", "t3", "t4", "t5"] {
+            assert!(
+                !text.contains(&format!("\"{secret}\"")) && !text.contains(&format!("{secret}\"")),
+                "{secret} in {text}"
+            );
+        }
+        // Sorted by type: HttpHeaders, HttpQuery, TokenClaims.
+        assert_eq!(entities[0]["tags"]["accept"], "*/*");
+        assert_eq!(entities[1]["tags"]["page"], "2");
+        assert_eq!(entities[1]["tags"]["token"], "[redacted]");
+        assert_eq!(entities[2]["tags"]["token"], "a claim, not a credential");
+    }
 }

@@ -122,14 +122,13 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         .map(crate::server::tls::ReloadingConfig::load)
         .transpose()?
         .map(Arc::new);
-    let secret_headers = config.auth.token_source.header.iter().cloned().collect();
-    let authn = Authenticator::start(config.issuers, config.auth)?;
     let options = CheckOptions {
         dry_run: config.dry_run,
         decision_log: config.decision_log.clone(),
-        secret_headers,
         trace_spans: config.otel.is_some(),
+        ..CheckOptions::with_secrets(&config.auth.token_source)
     };
+    let authn = Authenticator::start(config.issuers, config.auth)?;
     crate::telemetry::policy_loaded(None, &snapshot.version);
     crate::telemetry::policy_warnings(&snapshot);
     let shared = Arc::new(Shared::new(

@@ -3,6 +3,15 @@
 //! `case`/`offline` hold what `test` and `check` share (a request as an author writes it, and
 //! an authorizer that decides without a server).
 
+/// Writes a line to stdout; a closed pipe (`cedargate test | head`) ends the output quietly
+/// instead of panicking as `println!` would.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 pub mod case;
 pub mod check;
 pub mod offline;

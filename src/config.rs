@@ -323,6 +323,41 @@ struct RawLog {
     decisions: decision_log::RawDecisionLog,
 }
 
+/// Issuers written as under `issuers:` of a configuration but without `jwks` (policy tests
+/// sign their own tokens): parsed, defaulted and checked by the same code as the
+/// configuration's, so a test issuer means what the same entry would mean in production.
+/// Their key source is a placeholder the caller replaces.
+pub fn issuers_without_keys(entries: Vec<serde_yaml::Value>) -> Result<Vec<IssuerConfig>, String> {
+    let mut problems = Vec::new();
+    let mut built = Vec::new();
+    for mut entry in entries {
+        if let Some(map) = entry.as_mapping_mut() {
+            if map.contains_key("jwks") {
+                return Err(
+                    "a test issuer has no `jwks`: its tokens are signed with an ephemeral test key"
+                        .into(),
+                );
+            }
+            let mut jwks = serde_yaml::Mapping::new();
+            jwks.insert("file".into(), "unused".into());
+            map.insert("jwks".into(), serde_yaml::Value::Mapping(jwks));
+        }
+        let raw: issuers::RawIssuer =
+            serde_yaml::from_value(entry).map_err(|err| err.to_string())?;
+        built.push(issuers::build_issuer(raw, Path::new("."), &mut problems));
+    }
+    issuers::check_distinct(&built, &mut problems);
+    if problems.is_empty() {
+        Ok(built)
+    } else {
+        Err(problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "))
+    }
+}
+
 impl Config {
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

@@ -295,7 +295,7 @@ fn a_broken_policy_set_or_test_file_fails_the_run_with_its_location() {
         dir.path().join("orders.cedar").display(),
         line + 1
     );
-    assert!(out.contains("ERROR policy directory"), "{out}");
+    assert!(out.contains("ERROR policy set"), "{out}");
     assert!(out.contains(&expected), "{expected} in\n{out}");
     assert!(
         out.ends_with("0 passed, 0 failed, 1 files with errors\n"),
@@ -311,11 +311,85 @@ fn a_broken_policy_set_or_test_file_fails_the_run_with_its_location() {
     .unwrap();
     let output = cedargate(&["test", path(&dir)]);
     assert_eq!(output.status.code(), Some(1));
+    let expected = format!(
+        "ERROR {}:4:13: cases[0].expect: unknown variant `maybe`, expected one of `allow`, `deny`, `unauthenticated`",
+        dir.path().join("tests/bad.yaml").display()
+    );
+    assert!(stdout(&output).contains(&expected), "{}", stdout(&output));
+
+    // Two cases with one name would be one line in a report: refused, with the line.
+    std::fs::write(
+        dir.path().join("tests/bad.yaml"),
+        "cases:\n  - { name: x, request: { path: /healthz }, expect: allow }\n  - { name: x, request: { path: /healthz }, expect: allow }\n",
+    )
+    .unwrap();
+    let output = cedargate(&["test", path(&dir)]);
+    assert_eq!(output.status.code(), Some(1));
+    let expected = format!(
+        "{}:3: the case name `x` is used twice",
+        dir.path().join("tests/bad.yaml").display()
+    );
+    assert!(stdout(&output).contains(&expected), "{}", stdout(&output));
+}
+
+#[test]
+fn test_issuers_mean_what_the_configuration_would_mean() {
+    let dir = example_copy();
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    // No groups_claim: the configuration's default (`groups`) applies, so carol is an admin;
+    // a flow-style case's failure still points at its line.
+    std::fs::write(
+        dir.path().join("tests/a.yaml"),
+        "issuers:\n  - { issuer: https://auth.example.org, audiences: [orders] }\ncases:\n  - { name: admin lists, request: { path: /orders }, token: { sub: carol, groups: [admins] }, expect: allow }\n  - { name: wrong, request: { path: /orders }, token: { sub: carol, groups: [admins] }, expect: deny }\n",
+    )
+    .unwrap();
+    let output = cedargate(&["test", path(&dir)]);
+    let out = stdout(&output);
+    assert!(out.contains("  ok    admin lists"), "{out}");
+    let at = format!(
+        "  FAIL  wrong ({}:5)",
+        dir.path().join("tests/a.yaml").display()
+    );
+    assert!(out.contains(&at), "{out}");
+
+    // An issuer serve would refuse is refused here too.
+    std::fs::write(
+        dir.path().join("tests/a.yaml"),
+        "issuers:\n  - { issuer: https://auth.example.org, audiences: [orders], principal_type: Usr }\ncases:\n  - { name: x, request: { path: /orders }, token: { sub: carol }, expect: deny }\n",
+    )
+    .unwrap();
+    let output = cedargate(&["test", path(&dir)]);
+    assert_eq!(output.status.code(), Some(1));
     assert!(
-        stdout(&output).contains("ERROR 2:5: cases[0]"),
+        stdout(&output).contains("principal_type `Usr` is not an entity type of the schema"),
         "{}",
         stdout(&output)
     );
+}
+
+#[test]
+fn a_bare_deny_means_denied_by_the_policies() {
+    let dir = example_copy();
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    std::fs::write(
+        dir.path().join("tests/a.yaml"),
+        "issuers:\n  - { issuer: https://auth.example.org, audiences: [orders] }\ncases:\n  - name: typo in the path\n    request: { method: DELETE, path: /order/1002 }\n    token: { sub: bob }\n    expect: deny\n  - name: said so\n    request: { method: DELETE, path: /order/1002 }\n    token: { sub: bob }\n    expect: { decision: deny, reason: no_route }\n",
+    )
+    .unwrap();
+    let output = cedargate(&["test", path(&dir), "--coverage"]);
+    let out = stdout(&output);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(out.contains("  FAIL  typo in the path"), "{out}");
+    assert!(
+        out.contains("- expected reason: policy_denied\n        + actual   reason: no_route"),
+        "{out}"
+    );
+    assert!(out.contains("  ok    said so"), "{out}");
+    let coverage = format!(
+        "coverage of {}: 0 of 8 policies determined a decision; never: foreign-workloads,",
+        dir.path().display()
+    );
+    assert!(out.contains(&coverage), "{out}");
 }
 
 #[test]
@@ -401,32 +475,10 @@ fn check_explains_a_decision_offline() {
     let output = cedargate(&["check", "--path", "/x", "--claims", "{not json"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("--claims is not JSON"));
-}
-
-#[test]
-fn check_reads_a_request_as_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("request.json");
-    std::fs::write(
-        &file,
-        r#"{"request": {"method": "POST", "path": "/orders"}, "peer": {"spiffe_id": "spiffe://shop.example/ns/shop/sa/checkout"}}"#,
-    )
-    .unwrap();
-    let output = cedargate(&[
-        "check",
-        "--json",
-        file.to_str().unwrap(),
-        "--format",
-        "json",
-    ]);
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let output = cedargate(&["check", "--json", "-", "--claims", "{}"]);
     assert_eq!(
-        answer["cedar_request"]["principal"],
-        r#"Workload::"spiffe://shop.example/ns/shop/sa/checkout""#
-    );
-    assert_eq!(
-        answer["headers"]["x-cedargate-peer-spiffe-id"],
-        "spiffe://shop.example/ns/shop/sa/checkout"
+        output.status.code(),
+        Some(2),
+        "--json takes the whole request"
     );
 }

@@ -96,11 +96,36 @@ pub struct PeerSpec {
 }
 
 /// What a test expects: `expect: allow` or a mapping.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum Expect {
     Outcome(ExpectedOutcome),
     Detailed(Detailed),
+}
+
+/// A word or a mapping, with errors that name the bad value or field (an untagged enum would
+/// only say that nothing matched).
+impl<'de> Deserialize<'de> for Expect {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Expect;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("allow, deny, unauthenticated, or a mapping with `decision`")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Expect, E> {
+                ExpectedOutcome::deserialize(serde::de::value::StrDeserializer::<E>::new(value))
+                    .map(Expect::Outcome)
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<Expect, M::Error> {
+                Detailed::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(Expect::Detailed)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -138,6 +163,9 @@ pub struct Detailed {
     /// Headers of the answer (upstream on allow, to the client on deny); a subset.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// False when dry-run lets the request through whatever the decision.
+    #[serde(default)]
+    pub enforced: Option<bool>,
 }
 
 impl Expect {
@@ -149,6 +177,7 @@ impl Expect {
                 policies: None,
                 status: None,
                 headers: BTreeMap::new(),
+                enforced: None,
             },
             Self::Detailed(detailed) => detailed.clone(),
         }

@@ -9,18 +9,24 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
+
 use prost::Message;
 use serde_json::{Value, json};
 
 use super::case::{Case, CaseError, PeerSpec};
 use super::offline::{Offline, Settings};
 use crate::api::pb;
+use crate::config::PolicySource;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// The request as JSON (a file, or `-` for stdin), in the shape of a test case:
     /// `{"request": {"method", "path", "headers"}, "token": {claims}, "peer": {…}}`.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["method", "path"])]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["path", "host", "headers", "claims", "issuer", "token", "spiffe_id", "certificate"]
+    )]
     pub json: Option<PathBuf>,
     #[arg(long, short = 'X', default_value = "GET")]
     pub method: String,
@@ -88,7 +94,7 @@ pub fn run(args: CheckArgs) -> ExitCode {
     match runtime.block_on(decide(args)) {
         Ok(response) => {
             if format == "json" {
-                println!("{}", response_json(&response));
+                say!("{}", response_json(&response));
             } else {
                 print_text(&response);
             }
@@ -172,17 +178,18 @@ async fn decide(args: CheckArgs) -> Result<pb::ExplainResponse, CheckCliError> {
         .transpose()
         .map_err(|err| CheckCliError::Input(err.to_string()))?
         .unwrap_or_default();
-    let dir = args
+    let source = args
         .policies
         .clone()
+        .map(PolicySource::Dir)
         .or_else(|| settings.policies.clone())
-        .unwrap_or_else(|| PathBuf::from("policies"));
-    let offline = Offline::new(&dir, &settings, &[])?;
+        .unwrap_or_else(|| PolicySource::Dir(PathBuf::from("policies")));
+    let offline = Offline::new(&source, &settings, None)?;
     let request = case.build(&base, Some(&offline))?;
     let explained = offline.explain(request).await;
     Ok(crate::api::explain_response(
         &explained,
-        &offline.shared.options.secret_headers,
+        &offline.shared.options,
     ))
 }
 
@@ -253,7 +260,7 @@ fn print_text(response: &pb::ExplainResponse) {
         0 => String::new(),
         s => format!(", HTTP {s}"),
     };
-    println!(
+    say!(
         "decision: {} ({}{status}){}",
         outcome_name(response),
         response.reason,
@@ -264,19 +271,20 @@ fn print_text(response: &pb::ExplainResponse) {
         }
     );
     if !response.message.is_empty() {
-        println!("why: {}", response.message);
+        say!("why: {}", response.message);
     }
-    println!("policy set: {}", response.policy_version);
+    say!("policy set: {}", response.policy_version);
     if !response.determining_policies.is_empty() {
-        println!(
+        say!(
             "determining policies: {}",
             response.determining_policies.join(", ")
         );
     }
     for error in &response.errors {
-        println!(
+        say!(
             "evaluation error in `{}`: {}",
-            error.policy_id, error.message
+            error.policy_id,
+            error.message
         );
     }
     match &response.cedar_request {
@@ -286,25 +294,25 @@ fn print_text(response: &pb::ExplainResponse) {
                     .and_then(|v| serde_json::to_string_pretty(&v))
                     .unwrap_or_else(|_| text.to_owned())
             };
-            println!("cedar request:");
-            println!("  principal: {}", call.principal);
-            println!("  action:    {}", call.action);
-            println!("  resource:  {}", call.resource);
-            println!(
+            say!("cedar request:");
+            say!("  principal: {}", call.principal);
+            say!("  action:    {}", call.action);
+            say!("  resource:  {}", call.resource);
+            say!(
                 "  context:   {}",
                 pretty(&call.context_json).replace('\n', "\n  ")
             );
-            println!(
+            say!(
                 "  entities:  {}",
                 pretty(&call.entities_json).replace('\n', "\n  ")
             );
         }
-        None => println!("cedar request: none (refused before one was built)"),
+        None => say!("cedar request: none (refused before one was built)"),
     }
     for header in &response.headers {
-        println!("header: {}: {}", header.name, header.value);
+        say!("header: {}: {}", header.name, header.value);
     }
     for name in &response.headers_to_remove {
-        println!("header removed: {name}");
+        say!("header removed: {name}");
     }
 }

@@ -5,9 +5,8 @@
 //! signature verification, the issuer's claim rules and the claim → principal mapping.
 //! Nothing is fetched and nothing listens.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
@@ -15,14 +14,13 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::config::{
     AuthSettings, Config, IssuerConfig, JwksSource, Limits, PeerSettings, PolicySource,
 };
 use crate::identity::authn::Authenticator;
-use crate::policy::{PolicyLoadError, store};
+use crate::policy::PolicyLoadError;
 use crate::server::Shared;
 use crate::server::check::{self, CheckOptions, Explained};
 
@@ -50,66 +48,27 @@ pub enum OfflineError {
     UnknownIssuer(String),
     #[error("the token claims must be a mapping of claim names to values")]
     ClaimsNotObject,
+    #[error("issuers: {0}")]
+    Issuers(String),
+    #[error(
+        "issuer `{issuer}`: principal_type `{principal_type}` is not an entity type of the schema; declare it or change principal_type"
+    )]
+    PrincipalType {
+        issuer: String,
+        principal_type: String,
+    },
 }
 
-/// A token issuer as a test file declares it: the parts of `issuers:` in the configuration
-/// that decide what a token means (its keys are always the ephemeral test key).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TestIssuer {
-    pub issuer: String,
-    #[serde(default = "default_audiences")]
-    pub audiences: Vec<String>,
-    #[serde(default = "default_principal_type")]
-    pub principal_type: String,
-    #[serde(default)]
-    pub groups_claim: Option<String>,
-    #[serde(default = "default_scope_claim")]
-    pub scope_claim: String,
-    #[serde(default)]
-    pub required_claims: Vec<String>,
-}
-
-fn default_audiences() -> Vec<String> {
-    vec!["cedargate-test".into()]
-}
-
-fn default_principal_type() -> String {
-    "User".into()
-}
-
-fn default_scope_claim() -> String {
-    "scope".into()
-}
-
-impl TestIssuer {
-    /// The issuer used when neither the test file nor `--config` names one.
-    pub fn default_issuer() -> Self {
-        Self {
-            issuer: "https://issuer.test".into(),
-            audiences: default_audiences(),
-            principal_type: default_principal_type(),
-            groups_claim: Some("groups".into()),
-            scope_claim: default_scope_claim(),
-            required_claims: Vec::new(),
-        }
-    }
-
-    fn into_config(self) -> IssuerConfig {
-        IssuerConfig {
-            issuer: self.issuer,
-            audiences: self.audiences,
-            jwks: JwksSource::Inline(String::new()),
-            algorithms: vec![Algorithm::ES256],
-            leeway: Duration::from_secs(5),
-            max_token_age: None,
-            required_claims: self.required_claims,
-            principal_type: self.principal_type,
-            groups_claim: self.groups_claim,
-            scope_claim: self.scope_claim,
-            require_cert_binding: false,
-        }
-    }
+/// The issuer used when neither the test file nor `--config` names one: `iss`
+/// `https://issuer.test`, audience `cedargate-test`, principal type `User`, groups in `groups`.
+pub fn default_issuer() -> Result<IssuerConfig, OfflineError> {
+    let entry: serde_yaml::Value =
+        serde_yaml::from_str("{ issuer: \"https://issuer.test\", audiences: [cedargate-test] }")
+            .map_err(|err| OfflineError::Issuers(err.to_string()))?;
+    crate::config::issuers_without_keys(vec![entry])
+        .map_err(OfflineError::Issuers)?
+        .pop()
+        .ok_or_else(|| OfflineError::Issuers("no default issuer".into()))
 }
 
 /// Settings an offline run takes from a configuration file.
@@ -120,8 +79,8 @@ pub struct Settings {
     pub peer: PeerSettings,
     pub limits: Limits,
     pub dry_run: bool,
-    /// `policies.dir` of the configuration, when it names one.
-    pub policies: Option<PathBuf>,
+    /// The configuration's policy set (its `policies.dir`, else the compiled-in example set).
+    pub policies: Option<PolicySource>,
 }
 
 impl Settings {
@@ -134,10 +93,7 @@ impl Settings {
             peer: config.peer,
             limits: config.limits,
             dry_run: config.dry_run,
-            policies: match config.policies {
-                PolicySource::Dir(dir) => Some(dir),
-                PolicySource::Embedded => None,
-            },
+            policies: Some(config.policies),
         })
     }
 }
@@ -189,27 +145,32 @@ impl std::fmt::Debug for Offline {
 }
 
 impl Offline {
-    /// Loads `policies` and trusts `issuers` (test-file issuers), else the configuration's
-    /// issuers, else [`TestIssuer::default_issuer`], all with the ephemeral key. Must run
-    /// inside a tokio runtime.
+    /// Loads `policies` and trusts `test_issuers` (a test file's), else the configuration's
+    /// issuers, else [`default_issuer`], all with the ephemeral key; as at start-up, every
+    /// issuer's principal type must be in the schema. Must run inside a tokio runtime.
     pub fn new(
-        policies: &Path,
+        policies: &PolicySource,
         settings: &Settings,
-        test_issuers: &[TestIssuer],
+        test_issuers: Option<Vec<IssuerConfig>>,
     ) -> Result<Self, OfflineError> {
-        let snapshot = store::load_dir(policies)?;
+        let snapshot = crate::app::load_policies(policies)?;
         let signer = Signer::generate()?;
-        let mut issuers: Vec<IssuerConfig> = if !test_issuers.is_empty() {
-            test_issuers
-                .iter()
-                .cloned()
-                .map(TestIssuer::into_config)
-                .collect()
-        } else if !settings.issuers.is_empty() {
-            settings.issuers.clone()
-        } else {
-            vec![TestIssuer::default_issuer().into_config()]
+        let mut issuers: Vec<IssuerConfig> = match test_issuers {
+            Some(issuers) if !issuers.is_empty() => issuers,
+            _ if !settings.issuers.is_empty() => settings.issuers.clone(),
+            _ => vec![default_issuer()?],
         };
+        let types: Vec<String> = issuers.iter().map(|i| i.principal_type.clone()).collect();
+        if let Some(missing) = crate::reload::missing_principal_type(&snapshot, &types) {
+            let issuer = issuers
+                .iter()
+                .find(|i| i.principal_type == missing)
+                .map_or_else(String::new, |i| i.issuer.clone());
+            return Err(OfflineError::PrincipalType {
+                issuer,
+                principal_type: missing.to_owned(),
+            });
+        }
         for issuer in &mut issuers {
             issuer.jwks = JwksSource::Inline(signer.jwks.clone());
             issuer.algorithms = vec![Algorithm::ES256];
@@ -217,8 +178,7 @@ impl Offline {
         let authn = Authenticator::start(issuers.clone(), settings.auth.clone())?;
         let options = CheckOptions {
             dry_run: settings.dry_run,
-            secret_headers: settings.auth.token_source.header.iter().cloned().collect(),
-            ..CheckOptions::default()
+            ..CheckOptions::with_secrets(&settings.auth.token_source)
         };
         let shared = Shared::new(
             snapshot,
@@ -290,6 +250,6 @@ impl Offline {
 
     /// Decides one CheckRequest as the server would.
     pub async fn explain(&self, request: CheckRequest) -> Explained {
-        check::explain(&self.shared, request).await
+        check::explain(&self.shared, request, self.shared.limits.check_timeout).await
     }
 }

@@ -1,9 +1,11 @@
 //! `cedargate test`: runs policy test files (YAML, README "Writing and testing policies")
 //! through the real Check stages against a policy directory. One line per case, the
 //! expected/actual difference on failure, a final `N passed, M failed`, `--junit` for CI
-//! systems, `--filter` to run some cases. Exit code 1 when any case fails, when a file cannot
-//! be read or when no case ran (an empty run proves nothing).
+//! systems, `--filter` to run some cases, `--coverage` for the policies no case exercised.
+//! Exit code 1 when any case fails, when a file cannot be read or when no case ran (an empty
+//! run proves nothing).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -12,8 +14,9 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::case::{Case, ExpectedOutcome};
-use super::offline::{Offline, Settings, TestIssuer};
+use super::offline::{Offline, Settings};
 use crate::api;
+use crate::config::PolicySource;
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
@@ -33,6 +36,12 @@ pub struct TestArgs {
     /// Also write the results as JUnit XML to this file.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// Show the reason and determining policies of passing cases too.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// List, per policy set, the policies that determined no case's decision.
+    #[arg(long)]
+    pub coverage: bool,
 }
 
 /// A test file.
@@ -42,9 +51,10 @@ struct TestFile {
     /// The policy directory, relative to the test file.
     #[serde(default)]
     policies: Option<PathBuf>,
-    /// Token issuers the cases sign for; default: those of `--config`, else one test issuer.
+    /// Token issuers the cases sign for, written as in the configuration's `issuers:` without
+    /// `jwks`; default: those of `--config`, else one test issuer.
     #[serde(default)]
-    issuers: Vec<TestIssuer>,
+    issuers: Vec<serde_yaml::Value>,
     cases: Vec<Case>,
 }
 
@@ -56,6 +66,10 @@ struct CaseResult {
     elapsed: Duration,
     /// Empty when the case passed.
     failures: Vec<String>,
+    /// What was decided, in one line (for `--verbose`).
+    summary: String,
+    /// The determining (or failing) policies.
+    policies: Vec<String>,
 }
 
 /// The results of one file; `error` when it could not run at all.
@@ -64,6 +78,8 @@ struct FileResult {
     path: PathBuf,
     error: Option<String>,
     cases: Vec<CaseResult>,
+    /// The policy set the file ran against, and the ids of its policies.
+    policy_set: Option<(String, Vec<String>)>,
 }
 
 pub fn run(args: TestArgs) -> ExitCode {
@@ -101,18 +117,22 @@ pub fn run(args: TestArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let fallback_dir = args.policies.clone().or(settings.policies.clone());
     let mut results = Vec::new();
     for (file, dir_hint) in files {
-        let policy_hint = fallback_dir.clone().or(dir_hint);
-        let result = runtime.block_on(run_file(
-            &file,
-            policy_hint.as_deref(),
-            &settings,
-            args.filter.as_deref(),
-        ));
-        print_file(&result);
+        // The command line's --policies, then the directory the path argument implies, then
+        // the configuration's policy set.
+        let hint = args
+            .policies
+            .clone()
+            .or(dir_hint)
+            .map(PolicySource::Dir)
+            .or_else(|| settings.policies.clone());
+        let result = runtime.block_on(run_file(&file, hint, &settings, args.filter.as_deref()));
+        print_file(&result, args.verbose);
         results.push(result);
+    }
+    if args.coverage {
+        print_coverage(&results);
     }
     let passed = results
         .iter()
@@ -129,14 +149,14 @@ pub fn run(args: TestArgs) -> ExitCode {
     if broken > 0 {
         summary.push_str(&format!(", {broken} files with errors"));
     }
-    println!("{summary}");
+    say!("{summary}");
     if let Some(path) = &args.junit
         && let Err(err) = write_junit(path, &results)
     {
         eprintln!("cedargate test: cannot write {}: {err}", path.display());
         return ExitCode::FAILURE;
     }
-    if passed + failed == 0 {
+    if passed + failed == 0 && broken == 0 {
         eprintln!(
             "cedargate test: no test case ran{}",
             if args.filter.is_some() {
@@ -201,27 +221,37 @@ fn yaml_files(dir: &Path, found: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The policy directory of a test file: its `policies:` key, else the directory the command
-/// line implies, else the parent of the file's directory or the file's directory, whichever
-/// holds a schema.
-fn policy_dir(file: &Path, declared: Option<&Path>, hint: Option<&Path>) -> Option<PathBuf> {
+/// The policy set of a test file: its `policies:` key (relative to the file), else what the
+/// command line or configuration says, else the parent of the file's directory or the file's
+/// directory, whichever holds a schema.
+fn policy_source(
+    file: &Path,
+    declared: Option<&Path>,
+    hint: Option<PolicySource>,
+) -> Option<PolicySource> {
     let base = file.parent().unwrap_or(Path::new("."));
     if let Some(declared) = declared {
-        return Some(base.join(declared));
+        return Some(PolicySource::Dir(base.join(declared)));
     }
-    if let Some(hint) = hint {
-        return Some(hint.to_owned());
+    hint.or_else(|| {
+        [base.parent(), Some(base)]
+            .into_iter()
+            .flatten()
+            .find(|dir| has_schema(dir))
+            .map(|dir| PolicySource::Dir(dir.to_owned()))
+    })
+}
+
+fn describe_source(source: &PolicySource) -> String {
+    match source {
+        PolicySource::Dir(dir) => dir.display().to_string(),
+        PolicySource::Embedded => "the compiled-in example set".into(),
     }
-    [base.parent(), Some(base)]
-        .into_iter()
-        .flatten()
-        .find(|dir| has_schema(dir))
-        .map(Path::to_owned)
 }
 
 async fn run_file(
     path: &Path,
-    hint: Option<&Path>,
+    hint: Option<PolicySource>,
     settings: &Settings,
     filter: Option<&str>,
 ) -> FileResult {
@@ -229,6 +259,7 @@ async fn run_file(
         path: path.to_owned(),
         error: None,
         cases: Vec::new(),
+        policy_set: None,
     };
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
@@ -242,75 +273,142 @@ async fn run_file(
         Err(err) => {
             let at = err
                 .location()
-                .map(|l| format!("{}:{}: ", l.line(), l.column()))
+                .map(|l| format!("{}:{}:{}: ", path.display(), l.line(), l.column()))
                 .unwrap_or_default();
             result.error = Some(format!("{at}{err}"));
             return result;
         }
     };
-    let Some(dir) = policy_dir(path, file.policies.as_deref(), hint) else {
+    let lines = case_lines(&text);
+    let names: Vec<String> = file
+        .cases
+        .iter()
+        .enumerate()
+        .map(|(index, case)| {
+            case.name
+                .clone()
+                .unwrap_or_else(|| format!("case {}", index + 1))
+        })
+        .collect();
+    if let Some((index, name)) = names
+        .iter()
+        .enumerate()
+        .find(|(i, name)| names.iter().take(*i).any(|n| n == *name))
+    {
+        let at = lines.get(index).map_or(String::new(), |l| format!(":{l}"));
+        result.error = Some(format!(
+            "{}{at}: the case name `{name}` is used twice; give each case its own name",
+            path.display()
+        ));
+        return result;
+    }
+    let Some(source) = policy_source(path, file.policies.as_deref(), hint) else {
         result.error = Some(
             "no policy directory: add `policies: <dir>` to the file or pass --policies".into(),
         );
         return result;
     };
-    let offline = match Offline::new(&dir, settings, &file.issuers) {
+    let issuers = if file.issuers.is_empty() {
+        None
+    } else {
+        match crate::config::issuers_without_keys(file.issuers) {
+            Ok(issuers) => Some(issuers),
+            Err(err) => {
+                result.error = Some(format!("{}: issuers: {err}", path.display()));
+                return result;
+            }
+        }
+    };
+    let offline = match Offline::new(&source, settings, issuers) {
         Ok(offline) => offline,
         Err(err) => {
-            result.error = Some(format!("policy directory {}: {err}", dir.display()));
+            result.error = Some(format!("policy set {}: {err}", describe_source(&source)));
             return result;
         }
     };
+    let snapshot = offline.shared.snapshot.load();
+    result.policy_set = Some((
+        describe_source(&source),
+        snapshot
+            .policies
+            .policies()
+            .map(|p| p.id().to_string())
+            .collect(),
+    ));
     let base = path.parent().unwrap_or(Path::new("."));
     let stem = path.display().to_string();
-    for (index, case) in file.cases.iter().enumerate() {
-        let name = case
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("case {}", index + 1));
+    for ((index, case), name) in file.cases.iter().enumerate().zip(names) {
         if let Some(filter) = filter
             && !format!("{stem}::{name}").contains(filter)
         {
             continue;
         }
-        let line = case_line(&text, case.name.as_deref());
         let started = Instant::now();
-        let failures = run_case(&offline, case, base).await;
+        let ran = run_case(&offline, case, base).await;
         result.cases.push(CaseResult {
             name,
-            line,
+            line: lines.get(index).copied(),
             elapsed: started.elapsed(),
-            failures,
+            failures: ran.failures,
+            summary: ran.summary,
+            policies: ran.policies,
         });
     }
     result
 }
 
-/// The line of a case's `name:` in the file, for `file:line` in failures.
-fn case_line(text: &str, name: Option<&str>) -> Option<usize> {
-    let name = name?;
-    text.lines()
-        .position(|line| {
-            let line = line.trim_start().trim_start_matches("- ").trim_start();
-            line.strip_prefix("name:")
-                .is_some_and(|rest| rest.trim().trim_matches(|c| c == '"' || c == '\'') == name)
-        })
-        .map(|i| i + 1)
+/// The line of each item of the top-level `cases:` list (block or flow style), in order.
+fn case_lines(text: &str) -> Vec<usize> {
+    let mut lines = text.lines().enumerate();
+    if !lines.any(|(_, line)| line.trim_end() == "cases:") {
+        return Vec::new();
+    }
+    let mut indent = None;
+    let mut found = Vec::new();
+    for (index, line) in lines {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let depth = line.len() - trimmed.len();
+        if depth == 0 && !trimmed.starts_with('-') {
+            break;
+        }
+        if trimmed.starts_with("- ") || trimmed == "-" {
+            let level = *indent.get_or_insert(depth);
+            if depth == level {
+                found.push(index + 1);
+            }
+        }
+    }
+    found
 }
 
-/// Decides one case and compares; the differences, empty when it passed.
-async fn run_case(offline: &Offline, case: &Case, base: &Path) -> Vec<String> {
+/// One case's result: the differences (empty when it passed) and what was decided.
+struct Ran {
+    failures: Vec<String>,
+    summary: String,
+    policies: Vec<String>,
+}
+
+/// Decides one case and compares.
+async fn run_case(offline: &Offline, case: &Case, base: &Path) -> Ran {
+    let refused = |message: String| Ran {
+        failures: vec![message],
+        summary: String::new(),
+        policies: Vec::new(),
+    };
     let Some(expect) = &case.expect else {
-        return vec![
+        return refused(
             "the case has no `expect:` (allow, deny, unauthenticated or a mapping)".into(),
-        ];
+        );
     };
     let request = match case.build(base, Some(offline)) {
         Ok(request) => request,
-        Err(err) => return vec![format!("cannot build the request: {err}")],
+        Err(err) => return refused(format!("cannot build the request: {err}")),
     };
     let explained = offline.explain(request).await;
-    let response = api::explain_response(&explained, &offline.shared.options.secret_headers);
+    let response = api::explain_response(&explained, &offline.shared.options);
     let expect = expect.detailed();
     let actual = match api::outcome(&explained.decision) {
         api::pb::Outcome::Allow => ExpectedOutcome::Allow,
@@ -330,10 +428,26 @@ async fn run_case(offline: &Offline, case: &Case, base: &Path) -> Vec<String> {
             format!("{} ({})", actual.as_str(), describe(&response)),
         );
     }
-    if let Some(reason) = &expect.reason
-        && *reason != response.reason
+    // `deny` means denied by the policies; any other reason must be named.
+    let reason = match (&expect.reason, expect.decision) {
+        (Some(reason), _) => Some(reason.clone()),
+        (None, ExpectedOutcome::Deny) => Some("policy_denied".to_owned()),
+        (None, _) => None,
+    };
+    if let Some(reason) = reason
+        && reason != response.reason
+        && expect.decision == actual
     {
-        differ("reason", reason.clone(), response.reason.clone());
+        differ("reason", reason, response.reason.clone());
+    }
+    if let Some(enforced) = expect.enforced
+        && enforced != response.enforced
+    {
+        differ(
+            "enforced",
+            enforced.to_string(),
+            response.enforced.to_string(),
+        );
     }
     if let Some(policies) = &expect.policies {
         let mut expected = policies.clone();
@@ -376,7 +490,16 @@ async fn run_case(offline: &Offline, case: &Case, base: &Path) -> Vec<String> {
             );
         }
     }
-    failures
+    Ran {
+        failures,
+        summary: describe(&response),
+        policies: response
+            .determining_policies
+            .iter()
+            .chain(response.errors.iter().map(|e| &e.policy_id))
+            .cloned()
+            .collect(),
+    }
 }
 
 /// What was decided, in one line: reason, policies, the Cedar request.
@@ -400,26 +523,62 @@ fn describe(response: &api::pb::ExplainResponse) -> String {
     parts.join("; ")
 }
 
-fn print_file(result: &FileResult) {
-    println!("{}", result.path.display());
+fn print_file(result: &FileResult, verbose: bool) {
+    say!("{}", result.path.display());
     if let Some(err) = &result.error {
-        println!("  ERROR {err}");
+        say!("  ERROR {err}");
     }
     for case in &result.cases {
         if case.failures.is_empty() {
-            println!("  ok    {}", case.name);
+            if verbose {
+                say!("  ok    {}  [{}]", case.name, case.summary);
+            } else {
+                say!("  ok    {}", case.name);
+            }
         } else {
             let at = case
                 .line
                 .map(|l| format!(" ({}:{l})", result.path.display()))
                 .unwrap_or_default();
-            println!("  FAIL  {}{at}", case.name);
+            say!("  FAIL  {}{at}", case.name);
             for failure in &case.failures {
                 for line in failure.lines() {
-                    println!("        {line}");
+                    say!("        {line}");
                 }
             }
         }
+    }
+}
+
+/// Per policy set: the policies that determined (or failed) no case's decision.
+fn print_coverage(results: &[FileResult]) {
+    let mut sets: BTreeMap<&str, (BTreeSet<&str>, BTreeSet<&str>)> = BTreeMap::new();
+    for result in results {
+        let Some((name, ids)) = &result.policy_set else {
+            continue;
+        };
+        let (all, seen) = sets.entry(name.as_str()).or_default();
+        all.extend(ids.iter().map(String::as_str));
+        seen.extend(
+            result
+                .cases
+                .iter()
+                .flat_map(|c| &c.policies)
+                .map(String::as_str),
+        );
+    }
+    for (name, (all, seen)) in sets {
+        let missed: Vec<&str> = all.difference(&seen).copied().collect();
+        let covered = all.len() - missed.len();
+        say!(
+            "coverage of {name}: {covered} of {} policies determined a decision{}",
+            all.len(),
+            if missed.is_empty() {
+                String::new()
+            } else {
+                format!("; never: {}", missed.join(", "))
+            }
+        );
     }
 }
 

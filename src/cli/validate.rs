@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
+
 use serde_json::{Value, json};
 
 use crate::config::{Config, PolicySource};
-use crate::policy::store::{self, Problem};
+use crate::policy::store::Problem;
 use crate::policy::{PolicyLoadError, Snapshot};
 
 #[derive(Debug, Args)]
@@ -51,7 +52,7 @@ pub fn run(args: ValidateArgs) -> ExitCode {
     let report = validate(args.policies.as_deref(), args.config.as_deref());
     let failed = !report.errors.is_empty() || (args.strict && !report.warnings.is_empty());
     if args.format == "json" {
-        println!("{}", to_json(&report, !failed));
+        say!("{}", to_json(&report, !failed));
     } else {
         print_text(&report, failed);
     }
@@ -73,12 +74,18 @@ pub fn validate(policies: Option<&Path>, config_path: Option<&Path>) -> Report {
             None
         }
     };
-    report.dir = match (policies, config.as_ref().map(|c| &c.policies)) {
-        (Some(dir), _) => dir.to_owned(),
-        (None, Some(PolicySource::Dir(dir))) => dir.clone(),
-        _ => PathBuf::from("policies"),
+    // What serve would load: --policies, else the configuration's policy set (its directory,
+    // or the compiled-in example set when it names none), else ./policies.
+    let source = match (policies, config.as_ref().map(|c| &c.policies)) {
+        (Some(dir), _) => PolicySource::Dir(dir.to_owned()),
+        (None, Some(source)) => source.clone(),
+        (None, None) => PolicySource::Dir(PathBuf::from("policies")),
     };
-    let snapshot = match store::load_dir(&report.dir) {
+    report.dir = match &source {
+        PolicySource::Dir(dir) => dir.clone(),
+        PolicySource::Embedded => PathBuf::from("(compiled-in example set)"),
+    };
+    let snapshot = match crate::app::load_policies(&source) {
         Ok(snapshot) => snapshot,
         Err(PolicyLoadError::Invalid { problems }) => {
             report.errors.extend(problems);
@@ -148,13 +155,13 @@ fn check_issuers(config: &Config, path: &Path, snapshot: &Snapshot, errors: &mut
 
 fn print_text(report: &Report, failed: bool) {
     for problem in &report.errors {
-        println!("error: {problem}");
+        say!("error: {problem}");
     }
     for problem in &report.warnings {
-        println!("warning: {problem}");
+        say!("warning: {problem}");
     }
     match &report.summary {
-        Some(s) if !failed => println!(
+        Some(s) if !failed => say!(
             "{}: valid ({} policies, {} routes, version {}; {} warnings)",
             report.dir.display(),
             s.policies,
@@ -162,7 +169,7 @@ fn print_text(report: &Report, failed: bool) {
             s.version,
             report.warnings.len()
         ),
-        _ => println!(
+        _ => say!(
             "{}: invalid ({} errors, {} warnings)",
             report.dir.display(),
             report.errors.len(),

@@ -54,11 +54,32 @@ pub struct CheckOptions {
     pub decision_log: DecisionLogSettings,
     /// Header names never logged (credentials), besides [`crate::config::NEVER_LOGGED`].
     pub secret_headers: Vec<String>,
+    /// Query parameters that carry credentials (`access_token`, a configured token query):
+    /// never shown in an explanation.
+    pub secret_query: Vec<String>,
     /// Build a `cedargate.check` span per check (OpenTelemetry export is on).
     pub trace_spans: bool,
 }
 
+impl CheckOptions {
+    /// No dry-run, default logging, and the credential names of a token configuration.
+    pub fn with_secrets(tokens: &crate::config::TokenSource) -> Self {
+        Self {
+            secret_headers: tokens.header.iter().cloned().collect(),
+            secret_query: std::iter::once("access_token".to_owned())
+                .chain(tokens.query.iter().cloned())
+                .collect(),
+            ..Self::default()
+        }
+    }
+}
+
 impl Shared {
+    /// A place among the checks in flight, or `None` when the server is at its limit.
+    pub fn admit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.inflight.try_acquire().ok()
+    }
+
     pub fn new(
         snapshot: Snapshot,
         authn: Authenticator,
@@ -104,7 +125,7 @@ impl Authorization for CheckService {
     ) -> Result<Response<CheckResponse>, Status> {
         // Shed load at once rather than queue. UNAVAILABLE (not a deny) lets Envoy retry
         // another replica; with `failure_mode_allow: false` it is a deny at Envoy.
-        let Ok(_permit) = self.shared.inflight.try_acquire() else {
+        let Some(_permit) = self.shared.admit() else {
             telemetry::rejected("overload");
             return Err(Status::unavailable("cedargate is over its in-flight limit"));
         };
@@ -166,26 +187,22 @@ pub struct Explained {
 /// Decides a CheckRequest exactly as Check does (same stages, same snapshot, same deadline and
 /// panic guard) and keeps the Cedar request: for the Explain API and the policy CLI. Nothing is
 /// counted or logged as a decision.
-pub async fn explain(shared: &Shared, input: CheckRequest) -> Explained {
+pub async fn explain(shared: &Shared, input: CheckRequest, budget: Duration) -> Explained {
     let pipeline = AssertUnwindSafe(run(shared, input, true)).catch_unwind();
-    let (mut decision, call) =
-        match tokio::time::timeout(shared.limits.check_timeout, pipeline).await {
-            Ok(Ok(explained)) => explained,
-            Ok(Err(_panic)) => (
-                Decision::early(
-                    String::new(),
-                    DenyReason::Internal("a check panicked".into()),
-                ),
-                None,
+    let (mut decision, call) = match tokio::time::timeout(budget, pipeline).await {
+        Ok(Ok(explained)) => explained,
+        Ok(Err(_panic)) => (
+            Decision::early(
+                String::new(),
+                DenyReason::Internal("a check panicked".into()),
             ),
-            Err(_elapsed) => (
-                Decision::early(
-                    String::new(),
-                    DenyReason::Timeout(shared.limits.check_timeout),
-                ),
-                None,
-            ),
-        };
+            None,
+        ),
+        Err(_elapsed) => (
+            Decision::early(String::new(), DenyReason::Timeout(budget)),
+            None,
+        ),
+    };
     if decision.policy_version.is_none() {
         decision.policy_version = Some(shared.snapshot.load().version.clone());
     }
