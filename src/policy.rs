@@ -6,6 +6,7 @@
 //! `engine` (the Cedar decision, on the slice of policies that can apply).
 
 pub mod engine;
+pub mod index;
 pub mod mapping;
 pub mod routes;
 pub mod slices;

@@ -1,8 +1,12 @@
-//! Policy slicing gives the same decisions as the whole policy set: a differential test over
-//! generated requests (users with random groups, services with scopes, workloads of two trust
-//! domains, anonymous callers; every route shape; tenant and block headers) against generated
-//! policy sets of 300 and 2,000 policies. Decision, determining policies and evaluation errors
-//! must be identical, and both allows and denies must occur.
+//! The hot path decides like the reference: policy slicing plus the reachable-entity store
+//! (`mapping::map`, `engine::evaluate`) against the whole policy set and a copy of every static
+//! entity with schema validation (`mapping::map_with_whole_store`, `engine::evaluate_full`).
+//! A differential test over generated requests (users with random groups, some with static
+//! entries, services with scopes, workloads of two trust domains, anonymous callers; every
+//! route shape; tenant and block headers) against generated policy sets of 300 and 2,000
+//! policies. Decision, determining policies and evaluation errors must be identical, a request
+//! refused by one mapping must be refused the same way by the other, and both allows and
+//! denies must occur.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -127,9 +131,9 @@ fn case() -> impl Strategy<Value = Case> {
         })
 }
 
-/// The verdicts of the sliced and of the whole set for one case (`None` when the request is
-/// refused before evaluation, the same for both).
-fn both(snapshot: &Snapshot, case: &Case) -> Option<(Verdict, Verdict)> {
+/// The verdicts of the hot path and of the reference for one case (`Ok(None)` when both refuse
+/// the request before evaluation, for the same kind of reason).
+fn both(snapshot: &Snapshot, case: &Case) -> Result<Option<(Verdict, Verdict)>, String> {
     let services = snapshot.routes.actions().count() / 4;
     let _ = case.aimed;
     let path = match case.item {
@@ -188,18 +192,28 @@ fn both(snapshot: &Snapshot, case: &Case) -> Option<(Verdict, Verdict)> {
         peer: prepared.peer.clone(),
         token: token.map(Arc::new),
     };
-    let call = mapping::map(
+    let fast = mapping::map(
+        snapshot,
+        &prepared.http,
+        route.clone(),
+        &identity,
+        &prepared.extensions,
+    );
+    let reference = mapping::map_with_whole_store(
         snapshot,
         &prepared.http,
         route,
         &identity,
         &prepared.extensions,
-    )
-    .ok()?;
-    Some((
-        engine::evaluate(snapshot, &call),
-        engine::evaluate_full(snapshot, &call),
-    ))
+    );
+    match (fast, reference) {
+        (Ok(fast), Ok(reference)) => Ok(Some((
+            engine::evaluate(snapshot, &fast),
+            engine::evaluate_full(snapshot, &reference),
+        ))),
+        (Err(a), Err(b)) if a.is_unknown_action() == b.is_unknown_action() => Ok(None),
+        (a, b) => Err(format!("mappings differ: {a:?} vs {b:?}")),
+    }
 }
 
 fn differential(snapshot: &Snapshot, cases: u32) {
@@ -217,7 +231,9 @@ fn differential(snapshot: &Snapshot, cases: u32) {
     });
     runner
         .run(&case(), |case| {
-            if let Some((sliced, full)) = both(snapshot, &case) {
+            let decided = both(snapshot, &case);
+            prop_assert!(decided.is_ok(), "{:?}: {:?}", case, decided);
+            if let Ok(Some((sliced, full))) = decided {
                 prop_assert_eq!(&sliced, &full, "{:?}", case);
                 match sliced {
                     Verdict::Allow { .. } => allows.set(allows.get() + 1),

@@ -81,7 +81,20 @@ const CLAIMS_TYPE: &str = "TokenClaims";
 const GROUP_TYPE: &str = "Group";
 const HELPER_ID: &str = "request";
 
-/// Builds the Cedar request for one Check.
+/// The pieces of a Cedar request before its entity store is assembled.
+struct Parts {
+    principal: EntityUid,
+    action: EntityUid,
+    resource: EntityUid,
+    context: Context,
+    /// Entities built for this request (helpers, the principal merged with its static entry).
+    per_request: Vec<Entity>,
+}
+
+/// Builds the Cedar request for one Check: its entity store holds the per-request entities
+/// and the static entities the evaluation can reach ([`super::index::EntityGraph`]), and the
+/// request is checked against the schema's `appliesTo` from the precomputed index (the
+/// context's shape is checked for every action when the policy set loads).
 pub fn map(
     snapshot: &Snapshot,
     http: &HttpRequest,
@@ -89,6 +102,101 @@ pub fn map(
     identity: &Identity,
     extensions: &HashMap<String, String>,
 ) -> Result<CedarCall, MappingError> {
+    let parts = parts(snapshot, http, route, identity, extensions)?;
+    if !snapshot.index.applies(
+        &parts.action,
+        parts.principal.type_name(),
+        parts.resource.type_name(),
+    ) {
+        return Err(MappingError::NotApplicable(format!(
+            "{} does not apply to a {} principal and a {} resource",
+            parts.action,
+            parts.principal.type_name(),
+            parts.resource.type_name()
+        )));
+    }
+    if let Some(token) = &identity.token
+        && !token.groups.is_empty()
+        && !snapshot.index.may_join_groups(parts.principal.type_name())
+    {
+        return Err(MappingError::Invalid(format!(
+            "the token names groups, but the schema does not let a {} be in a Group",
+            parts.principal.type_name()
+        )));
+    }
+    let mut seeds = vec![
+        parts.principal.clone(),
+        parts.action.clone(),
+        parts.resource.clone(),
+    ];
+    if let Some(token) = &identity.token {
+        for group in &token.groups {
+            seeds.push(uid(GROUP_TYPE, group)?);
+        }
+    }
+    let mut list = snapshot.graph.subset(&snapshot.entities, seeds);
+    // The request's own entities replace static ones of the same uid (the principal is
+    // already merged with its static entry).
+    list.retain(|e| !parts.per_request.iter().any(|p| p.uid() == e.uid()));
+    list.extend(parts.per_request);
+    let entities = Entities::from_entities(list, None).map_err(invalid)?;
+    let request = Request::new(
+        parts.principal.clone(),
+        parts.action.clone(),
+        parts.resource.clone(),
+        parts.context,
+        None,
+    )
+    .map_err(|e| MappingError::NotApplicable(e.to_string()))?;
+    Ok(CedarCall {
+        principal: parts.principal,
+        action: parts.action,
+        resource: parts.resource,
+        request,
+        entities,
+    })
+}
+
+/// The reference mapping the hot path is tested against: the whole static store plus the
+/// per-request entities (validated against the schema), and the request validated against the
+/// schema by Cedar. Same decisions as [`map`], slower (a copy of every static entity).
+pub fn map_with_whole_store(
+    snapshot: &Snapshot,
+    http: &HttpRequest,
+    route: Option<RouteMatch<'_>>,
+    identity: &Identity,
+    extensions: &HashMap<String, String>,
+) -> Result<CedarCall, MappingError> {
+    let parts = parts(snapshot, http, route, identity, extensions)?;
+    let entities = snapshot
+        .entities
+        .clone()
+        .upsert_entities(parts.per_request, Some(&snapshot.schema))
+        .map_err(invalid)?;
+    let request = Request::new(
+        parts.principal.clone(),
+        parts.action.clone(),
+        parts.resource.clone(),
+        parts.context,
+        Some(&snapshot.schema),
+    )
+    .map_err(|e| MappingError::NotApplicable(e.to_string()))?;
+    Ok(CedarCall {
+        principal: parts.principal,
+        action: parts.action,
+        resource: parts.resource,
+        request,
+        entities,
+    })
+}
+
+fn parts(
+    snapshot: &Snapshot,
+    http: &HttpRequest,
+    route: Option<RouteMatch<'_>>,
+    identity: &Identity,
+    extensions: &HashMap<String, String>,
+) -> Result<Parts, MappingError> {
     let action = match extensions.get(EXTENSION_ACTION) {
         Some(name) => action_uid(name).ok_or_else(|| MappingError::BadExtension {
             key: EXTENSION_ACTION,
@@ -101,7 +209,7 @@ pub fn map(
                 .ok_or_else(|| MappingError::UnknownAction(http.method.clone()))?,
         },
     };
-    if !snapshot.schema.actions().any(|a| a == &action) {
+    if !snapshot.index.is_action(&action) {
         return Err(MappingError::UnknownAction(action.to_string()));
     }
 
@@ -133,31 +241,41 @@ pub fn map(
             .map(|e| with_static(snapshot, e))
             .transpose()?,
     );
-    // Upsert: a request's own entities replace static ones of the same uid (the principal is
-    // already merged with its static entry above), so entities.json can never make every
-    // request fail with a duplicate.
-    let entities = snapshot
-        .entities
-        .clone()
-        .upsert_entities(per_request, Some(&snapshot.schema))
-        .map_err(invalid)?;
-    // Validated against the schema: an unscoped policy would otherwise match a principal or
-    // resource type outside the action's `appliesTo`. A mismatch is a deny (403), not an error.
-    let request = Request::new(
-        principal.clone(),
-        action.clone(),
-        resource.clone(),
-        context,
-        Some(&snapshot.schema),
-    )
-    .map_err(|e| MappingError::NotApplicable(e.to_string()))?;
-    Ok(CedarCall {
+    Ok(Parts {
         principal,
         action,
         resource,
-        request,
-        entities,
+        context,
+        per_request,
     })
+}
+
+/// Checks that the entities cedargate builds per request (the helper entities with string
+/// tags, a workload with its trust domain) conform to `schema`, so that they need no
+/// validation per request. `None` when they do.
+pub fn check_entity_shapes(schema: &Schema) -> Option<String> {
+    let tags = [("name".to_owned(), "value".to_owned())];
+    let mut samples: Vec<Entity> = [HEADERS_TYPE, QUERY_TYPE, PARAMS_TYPE, CLAIMS_TYPE]
+        .iter()
+        .filter_map(|t| tagged(t, tags.iter().map(|(k, v)| (k, v))).ok())
+        .collect();
+    let workload_declared = schema.entity_types().any(|t| t.to_string() == "Workload");
+    if workload_declared {
+        let id = crate::identity::SpiffeId::parse("spiffe://example.org/sample").ok()?;
+        let identity = Identity {
+            peer: crate::identity::Peer {
+                spiffe_id: Some(id),
+                ..Default::default()
+            },
+            token: None,
+        };
+        if let Ok((_, Some(entity))) = principal(&identity) {
+            samples.push(entity);
+        }
+    }
+    Entities::from_entities(samples, Some(schema))
+        .err()
+        .map(|err| err.to_string())
 }
 
 /// Checks that every action's context type in `schema` accepts the context cedargate builds.

@@ -36,6 +36,10 @@ pub struct Snapshot {
     pub warnings: Vec<Problem>,
     /// The policies indexed by action, principal type and resource type.
     pub slices: super::slices::Slices,
+    /// The schema's actions and `appliesTo`, precomputed for the hot path.
+    pub index: super::index::SchemaIndex,
+    /// What each static entity refers to, to build a Check's entity store.
+    pub graph: super::index::EntityGraph,
 }
 
 /// One file of a policy set, read into memory.
@@ -281,6 +285,13 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
     let schema_file = schemas
         .first()
         .map_or(PathBuf::from("?"), |f| f.path.clone());
+    if let Some(err) = mapping::check_entity_shapes(&schema) {
+        problems.push(
+            Problem::in_file(&schema_file, format!("the entities cedargate builds per request do not fit the schema: {err}")).hint(
+                "declare HttpHeaders, HttpQuery, PathParams and TokenClaims with `tags String`, and Workload with `trust_domain: String`, as policies/schema.cedarschema does",
+            ),
+        );
+    }
     for (action, err) in mapping::check_schema(&schema) {
         problems.push(
             Problem::in_file(&schema_file, format!("action `{action}`: {err}")).hint(
@@ -313,6 +324,8 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
             warnings.push(warning);
         }
         let slices = super::slices::Slices::build(&policies, &schema, &entities);
+        let index = super::index::SchemaIndex::build(&schema);
+        let graph = super::index::EntityGraph::build(&entities, &policies);
         Ok(Snapshot {
             policies,
             schema,
@@ -322,6 +335,8 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
             version,
             warnings,
             slices,
+            index,
+            graph,
         })
     } else {
         Err(PolicyLoadError::Invalid { problems })

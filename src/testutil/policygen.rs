@@ -115,6 +115,12 @@ fn policy(i: usize, services: usize) -> String {
     let k = i % services;
     let user = i % USERS;
     let group = i % GROUPS;
+    // Some permits name the top group, so that membership through nested groups counts.
+    let members = if i % 12 == 1 {
+        "all".to_owned()
+    } else {
+        format!("g{group}")
+    };
     // A fixed handful of global guardrails (no action in their scope): they belong to every
     // slice, as in a real set.
     if matches!(i, 5 | 55 | 95) {
@@ -130,16 +136,23 @@ fn policy(i: usize, services: usize) -> String {
             ),
         };
     }
+    // Colleagues (same department as the owner) may write: reads an attribute of an entity
+    // reached through another entity's attribute.
+    if i % 12 == 8 {
+        return format!(
+            "@id(\"p{i}\")\npermit (principal is User, action == Action::\"svc{k}:write\", resource is Item)\nwhen {{ resource has owner && resource.owner has department && principal has department && resource.owner.department == principal.department }};\n"
+        );
+    }
     match i % 6 {
         0 => format!(
             "@id(\"p{i}\")\npermit (principal == User::\"u{user}\", action == Action::\"svc{k}:read\", resource is Item);\n"
         ),
         1 => format!(
-            "@id(\"p{i}\")\npermit (principal in Group::\"g{group}\", action in [Action::\"svc{k}:list\", Action::\"svc{k}:read\"], resource)\nwhen {{ context.request.headers.hasTag(\"x-tenant\") && context.request.headers.getTag(\"x-tenant\") == \"t{}\" }};\n",
+            "@id(\"p{i}\")\npermit (principal in Group::\"{members}\", action in [Action::\"svc{k}:list\", Action::\"svc{k}:read\"], resource)\nwhen {{ context.request.headers.hasTag(\"x-tenant\") && context.request.headers.getTag(\"x-tenant\") == \"t{}\" }};\n",
             i % 7
         ),
         2 => format!(
-            "@id(\"p{i}\")\npermit (principal is User, action == Action::\"svc{k}:write\", resource is Item)\nwhen {{ resource has owner && resource.owner == principal }};\n"
+            "@id(\"p{i}\")\npermit (principal is User, action == Action::\"svc{k}:write\", resource is Item)\nwhen {{ resource has owner && resource.owner == principal && resource.owner has level && resource.owner.level >= 0 }};\n"
         ),
         3 => format!(
             "@id(\"p{i}\")\nforbid (principal, action == Action::\"svc{k}:delete\", resource)\nunless {{ principal in Group::\"admins\" }};\n"
