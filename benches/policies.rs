@@ -4,6 +4,8 @@
 //!
 //! - `cedar_full/N`: Cedar's `is_authorized` over the whole set (the baseline, same run);
 //! - `cedar_sliced/N`: the same request on the slice cedargate evaluates;
+//! - `normalise_map/N`: protobuf → typed input, normalisation, route, Cedar request and
+//!   entity store (no evaluation);
 //! - `decide/N`: cedargate's whole decision pipeline (normalise, route, map, evaluate).
 //!
 //! The request: user u0 (token, group g0) reads `/svc0/items/item0`, allowed by `p0`.
@@ -96,6 +98,24 @@ fn bench(c: &mut Criterion) {
         });
         group.bench_with_input(BenchmarkId::new("cedar_sliced", size), &call, |b, call| {
             b.iter(|| engine::evaluate(&snapshot, black_box(call)))
+        });
+        // Normalisation + Cedar mapping alone (what `decide` adds to the evaluation).
+        let map = |request| {
+            let prepared = prepare(&limits, &Default::default(), envoy::input(request)).unwrap();
+            let route = snapshot
+                .routes
+                .find(&prepared.http.method, &prepared.http.path);
+            mapping::map(
+                &snapshot,
+                &prepared.http,
+                route,
+                &identity,
+                &prepared.extensions,
+            )
+            .unwrap()
+        };
+        group.bench_function(BenchmarkId::new("normalise_map", size), |b| {
+            b.iter(|| map(black_box(request.clone())))
         });
         let run = |request| {
             let prepared = prepare(&limits, &Default::default(), envoy::input(request)).unwrap();

@@ -127,9 +127,11 @@ pub fn decided(decision: &Decision, elapsed: Duration, sampler: &Sampler) {
     );
 }
 
-/// Logs one allow in every `n` (`log.decisions.sample_allow` = 1/n); lock-free.
+/// Logs one allow in every `n` (`log.decisions.sample_allow` = 1/n), or none at rate 0;
+/// lock-free.
 #[derive(Debug)]
 pub struct Sampler {
+    /// 0: never; 1: always; n: one in n.
     every: u64,
     seen: std::sync::atomic::AtomicU64,
 }
@@ -141,8 +143,10 @@ impl Sampler {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let n = (1.0 / rate).round() as u64;
             n.max(1)
-        } else {
+        } else if rate >= 1.0 {
             1
+        } else {
+            0
         };
         Self {
             every,
@@ -151,11 +155,14 @@ impl Sampler {
     }
 
     pub fn sample(&self) -> bool {
-        self.every == 1
-            || self
+        match self.every {
+            0 => false,
+            1 => true,
+            every => self
                 .seen
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                .is_multiple_of(self.every)
+                .is_multiple_of(every),
+        }
     }
 }
 
@@ -241,6 +248,17 @@ pub fn trace_id(traceparent: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampler_rates() {
+        let count = |rate: f64| {
+            let sampler = Sampler::new(rate);
+            (0..100).filter(|_| sampler.sample()).count()
+        };
+        assert_eq!(count(1.0), 100);
+        assert_eq!(count(0.1), 10);
+        assert_eq!(count(0.0), 0);
+    }
 
     #[test]
     fn traceparent() {

@@ -59,12 +59,12 @@ pub(super) fn build(raw: RawDecisionLog, problems: &mut Vec<Problem>) -> Decisio
     } = raw;
     let sample_allow = match sample_allow {
         None => 1.0,
-        Some(rate) if rate > 0.0 && rate <= 1.0 => rate,
+        Some(rate) if (0.0..=1.0).contains(&rate) => rate,
         Some(rate) => {
             problems.push(Problem {
                 field: "log.decisions.sample_allow",
                 value: rate.to_string(),
-                fix: "a fraction of allows to log, above 0 and at most 1 (denies are always logged)",
+                fix: "a fraction of allows to log, from 0 (none) to 1 (all); denies are always logged",
             });
             1.0
         }

@@ -8,7 +8,8 @@
 //!   entities it refers to (parents, entity values in attributes and tags), and the entities
 //!   the policies' conditions name literally. A Check's entity store holds only what its
 //!   evaluation can reach — the principal, action and resource, what they refer to
-//!   transitively, and the conditions' literals with theirs — instead of a copy of every
+//!   transitively, and the conditions' literals whose data may be read (not those only
+//!   compared, such as the right side of `in`), with theirs — instead of a copy of every
 //!   static entity.
 //!
 //! Why the smaller store decides the same: a Cedar expression reaches an entity only through
@@ -120,10 +121,19 @@ impl EntityGraph {
         // entity up (`Group::"x".attr`, `User::"a" in …`).
         let mut literals = Vec::new();
         for policy in policies.policies() {
-            if let Ok(json) = policy.to_json()
-                && let Some(conditions) = json.get("conditions")
-            {
-                collect_uids(conditions, &mut literals);
+            match policy.to_json() {
+                Ok(json) => {
+                    for condition in json
+                        .get("conditions")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        looked_up(condition.get("body").unwrap_or(condition), &mut literals);
+                    }
+                }
+                // No JSON form (never expected): keep every static entity reachable.
+                Err(_) => literals.extend(refs.keys().cloned()),
             }
         }
         let mut graph = Self {
@@ -178,6 +188,81 @@ fn uid_of(value: &Value) -> Option<EntityUid> {
     ))
 }
 
+/// The entity literals of a condition (Cedar's JSON policy form) whose data evaluation may
+/// read: attributes, tags, or ancestors (the left side of `in`). Literals that are only
+/// compared — operands of `==`/`!=`, the right side of `in` or of `is … in` (Cedar reads the
+/// ancestors of the left side, which the store holds) — need not be in the store. Operators
+/// not known here keep every literal below them.
+fn looked_up(expr: &Value, out: &mut Vec<EntityUid>) {
+    let Some((op, arg)) = expr.as_object().and_then(|o| {
+        let mut entries = o.iter();
+        let first = entries.next();
+        if entries.next().is_some() {
+            None
+        } else {
+            first
+        }
+    }) else {
+        collect_uids(expr, out);
+        return;
+    };
+    let side = |name: &str| arg.get(name).unwrap_or(&Value::Null);
+    match op.as_str() {
+        "Value" => collect_uids(arg, out),
+        "Var" | "Slot" | "Unknown" => {}
+        "!" | "neg" | "isEmpty" => looked_up(side("arg"), out),
+        "==" | "!=" => {
+            compared(side("left"), out);
+            compared(side("right"), out);
+        }
+        "in" => {
+            looked_up(side("left"), out);
+            compared(side("right"), out);
+        }
+        "is" => {
+            looked_up(side("left"), out);
+            if let Some(within) = arg.get("in") {
+                compared(within, out);
+            }
+        }
+        "&&" | "||" | "<" | "<=" | ">" | ">=" | "+" | "-" | "*" | "contains" | "containsAll"
+        | "containsAny" | "getTag" | "hasTag" => {
+            looked_up(side("left"), out);
+            looked_up(side("right"), out);
+        }
+        "." | "has" | "like" => looked_up(side("left"), out),
+        "if-then-else" => ["if", "then", "else"]
+            .iter()
+            .for_each(|k| looked_up(side(k), out)),
+        "Set" => arg
+            .as_array()
+            .into_iter()
+            .flatten()
+            .for_each(|e| looked_up(e, out)),
+        "Record" => arg
+            .as_object()
+            .into_iter()
+            .flat_map(|o| o.values())
+            .for_each(|e| looked_up(e, out)),
+        _ => collect_uids(arg, out),
+    }
+}
+
+/// An operand whose value is only compared: an entity literal (or a set of them) is skipped.
+fn compared(expr: &Value, out: &mut Vec<EntityUid>) {
+    if let Some(value) = expr.get("Value")
+        && let Some(entity) = value.get("__entity")
+        && uid_of(entity).is_some()
+    {
+        return;
+    }
+    if let Some(Value::Array(items)) = expr.get("Set") {
+        items.iter().for_each(|e| compared(e, out));
+        return;
+    }
+    looked_up(expr, out);
+}
+
 /// Every entity reference anywhere in a JSON value (entity JSON or a policy's JSON form).
 fn collect_uids(value: &Value, out: &mut Vec<EntityUid>) {
     if let Some(uid) = uid_of(value) {
@@ -188,5 +273,67 @@ fn collect_uids(value: &Value, out: &mut Vec<EntityUid>) {
         Value::Array(items) => items.iter().for_each(|v| collect_uids(v, out)),
         Value::Object(map) => map.values().for_each(|v| collect_uids(v, out)),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core_of(policies: &str) -> Vec<String> {
+        let set: PolicySet = policies.parse().unwrap();
+        let entities = Entities::from_json_str(
+            r#"[{"uid": {"type": "Group", "id": "a"}, "attrs": {}, "parents": [{"type": "Group", "id": "root"}]},
+                {"uid": {"type": "Group", "id": "root"}, "attrs": {}, "parents": []},
+                {"uid": {"type": "Group", "id": "b"}, "attrs": {}, "parents": []},
+                {"uid": {"type": "Group", "id": "c"}, "attrs": {}, "parents": []},
+                {"uid": {"type": "Group", "id": "d"}, "attrs": {}, "parents": []},
+                {"uid": {"type": "Group", "id": "e"}, "attrs": {}, "parents": []},
+                {"uid": {"type": "Group", "id": "f"}, "attrs": {}, "parents": []}]"#,
+            None,
+        )
+        .unwrap();
+        let graph = EntityGraph::build(&entities, &set);
+        let mut core: Vec<String> = graph.core.iter().map(ToString::to_string).collect();
+        core.sort();
+        core
+    }
+
+    #[test]
+    fn compared_literals_stay_out_of_the_store_looked_up_ones_come_in() {
+        let core = core_of(
+            r#"permit (principal, action, resource) when { principal in Group::"b" && principal == Group::"c" };
+               permit (principal, action, resource) when { principal is User in Group::"d" };
+               permit (principal, action, resource) when { Group::"a".level > 1 };
+               permit (principal, action, resource) when { Group::"e" in principal };
+               permit (principal, action, resource) when { [Group::"f"].contains(principal) };"#,
+        );
+        assert_eq!(
+            core,
+            [
+                r#"Group::"a""#,
+                r#"Group::"e""#,
+                r#"Group::"f""#,
+                r#"Group::"root""#
+            ]
+        );
+    }
+
+    #[test]
+    fn a_lookup_inside_the_right_side_of_in_still_counts() {
+        let core = core_of(
+            r#"permit (principal, action, resource) when { principal in Group::"a".parent };
+               permit (principal, action, resource) when { principal is User in Group::"b".parent };
+               permit (principal, action, resource) when { {"in": Group::"c".x}["in"] == 1 };"#,
+        );
+        assert_eq!(
+            core,
+            [
+                r#"Group::"a""#,
+                r#"Group::"b""#,
+                r#"Group::"c""#,
+                r#"Group::"root""#
+            ]
+        );
     }
 }

@@ -341,11 +341,30 @@ fn invalid(err: impl std::fmt::Display) -> MappingError {
 }
 
 fn uid(type_name: &str, id: &str) -> Result<EntityUid, MappingError> {
-    let type_name = EntityTypeName::from_str(type_name).map_err(invalid)?;
     Ok(EntityUid::from_type_name_and_id(
-        type_name,
+        parsed_type(type_name)?,
         EntityId::new(id),
     ))
+}
+
+/// Entity type names come from the configuration, the routes and this module, never from a
+/// request: parsed once per thread and kept (bounded, in case that ever changes).
+fn parsed_type(name: &str) -> Result<EntityTypeName, MappingError> {
+    thread_local! {
+        static PARSED: std::cell::RefCell<HashMap<String, EntityTypeName>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    PARSED.with(|cache| {
+        if let Some(parsed) = cache.borrow().get(name) {
+            return Ok(parsed.clone());
+        }
+        let parsed = EntityTypeName::from_str(name).map_err(invalid)?;
+        let mut cache = cache.borrow_mut();
+        if cache.len() < 64 {
+            cache.insert(name.to_owned(), parsed.clone());
+        }
+        Ok(parsed)
+    })
 }
 
 fn principal(identity: &Identity) -> Result<(EntityUid, Option<Entity>), MappingError> {
