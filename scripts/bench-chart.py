@@ -13,6 +13,7 @@ Run: python3 scripts/bench-chart.py [--out docs/benchmarks.png]
 
 import argparse
 import csv
+import importlib
 import os
 import statistics
 import subprocess
@@ -36,6 +37,7 @@ def matplotlib_pyplot():
              "--target", PYLIB, MATPLOTLIB],
             check=True,
         )
+        importlib.invalidate_caches()  # the failed import above cached "not there"
         import matplotlib  # noqa: F401
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
