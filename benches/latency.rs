@@ -50,9 +50,8 @@ fn main() {
     cedargate::telemetry::prometheus();
     // `CEDARGATE_LATENCY_LOG=1`: also the JSON log subscriber, every allow logged (redirect
     // stderr), to see what the decision log costs.
-    if std::env::var("CEDARGATE_LATENCY_LOG").as_deref() == Ok("1") {
-        cedargate::telemetry::init_logging(cedargate::config::LogFormat::Json, None);
-    }
+    let _log = (std::env::var("CEDARGATE_LATENCY_LOG").as_deref() == Ok("1"))
+        .then(|| cedargate::telemetry::init_logging(cedargate::config::LogFormat::Json, None));
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -6,8 +6,10 @@
 //! reason,enforced}`, `cedargate_check_duration_seconds` (histogram),
 //! `cedargate_rejected_total{reason}`, `cedargate_auth_failures_total{reason}`,
 //! `cedargate_check_panics_total`, `cedargate_checks_in_flight`, `cedargate_policy_info{version}`,
-//! `cedargate_policy_reloads_total{result}`, `cedargate_build_info{version}`.
+//! `cedargate_policy_reloads_total{result}`, `cedargate_build_info{version}`,
+//! `cedargate_log_lines_dropped_total`.
 
+pub mod log_writer;
 pub mod otel;
 
 use std::sync::OnceLock;
@@ -27,6 +29,7 @@ pub const IN_FLIGHT: &str = "cedargate_checks_in_flight";
 pub const POLICY_INFO: &str = "cedargate_policy_info";
 pub const POLICY_RELOADS_TOTAL: &str = "cedargate_policy_reloads_total";
 pub const BUILD_INFO: &str = "cedargate_build_info";
+pub const LOG_DROPPED_TOTAL: &str = "cedargate_log_lines_dropped_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
@@ -55,19 +58,23 @@ pub fn prometheus() -> &'static PrometheusHandle {
 /// Renders the metrics in Prometheus text format.
 pub fn render() -> String {
     let handle = prometheus();
+    metrics::counter!(LOG_DROPPED_TOTAL).absolute(log_writer::dropped_lines());
     handle.run_upkeep();
     handle.render()
 }
 
 /// Installs the log subscriber (`RUST_LOG` filters; default `info`), with OpenTelemetry span
-/// export when `tracing` is given. Safe to call twice (the first subscriber stays).
-pub fn init_logging(format: LogFormat, tracing: Option<&otel::Tracing>) {
+/// export when `tracing` is given. Safe to call twice (the first subscriber stays). Lines go
+/// to stderr in batches ([`log_writer`]); keep the guard until shutdown, dropping it writes
+/// out what is buffered.
+pub fn init_logging(format: LogFormat, tracing: Option<&otel::Tracing>) -> log_writer::LogGuard {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let (writer, guard) = log_writer::BatchedStderr::start();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let fmt = match format {
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
         LogFormat::Text => fmt.boxed(),
@@ -76,6 +83,7 @@ pub fn init_logging(format: LogFormat, tracing: Option<&otel::Tracing>) {
         .with(fmt.with_filter(filter))
         .with(tracing.map(otel::Tracing::layer))
         .try_init();
+    guard
 }
 
 /// Counts and logs one decision. Denies are always logged, allows as sampled.

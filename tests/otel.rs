@@ -68,7 +68,7 @@ async fn checks_are_exported_as_spans_of_the_callers_trace() {
         sample_ratio: 1.0,
     };
     let tracing = Tracing::start(&settings).unwrap();
-    cedargate::telemetry::init_logging(LogFormat::Json, Some(&tracing));
+    let _log = cedargate::telemetry::init_logging(LogFormat::Json, Some(&tracing));
     let mut config = test_config(PolicySource::Embedded);
     config.otel = Some(settings);
     let mut server = TestServer::with_config(config).await;

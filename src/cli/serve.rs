@@ -91,7 +91,8 @@ pub fn run(args: ServeArgs) -> ExitCode {
             .map(crate::telemetry::otel::Tracing::start)
             .transpose()
             .map_err(|err| err.to_string())?;
-        crate::telemetry::init_logging(config.log, tracing.as_ref());
+        // Held to the end: dropping it writes out the buffered log lines.
+        let _log = crate::telemetry::init_logging(config.log, tracing.as_ref());
         let result = serve(config).await.map_err(|err| err.to_string());
         if let Some(tracing) = &tracing {
             tracing.shutdown();
