@@ -91,6 +91,31 @@ struct Parts {
     per_request: Vec<Entity>,
 }
 
+impl Parts {
+    /// The Cedar request (validated against `schema` when given) with its entity store.
+    fn into_call(
+        self,
+        entities: Entities,
+        schema: Option<&Schema>,
+    ) -> Result<CedarCall, MappingError> {
+        let request = Request::new(
+            self.principal.clone(),
+            self.action.clone(),
+            self.resource.clone(),
+            self.context,
+            schema,
+        )
+        .map_err(|e| MappingError::NotApplicable(e.to_string()))?;
+        Ok(CedarCall {
+            principal: self.principal,
+            action: self.action,
+            resource: self.resource,
+            request,
+            entities,
+        })
+    }
+}
+
 /// Builds the Cedar request for one Check: its entity store holds the per-request entities
 /// and the static entities the evaluation can reach ([`super::index::EntityGraph`]), and the
 /// request is checked against the schema's `appliesTo` from the precomputed index (the
@@ -102,7 +127,7 @@ pub fn map(
     identity: &Identity,
     extensions: &HashMap<String, String>,
 ) -> Result<CedarCall, MappingError> {
-    let parts = parts(snapshot, http, route, identity, extensions)?;
+    let mut parts = parts(snapshot, http, route, identity, extensions)?;
     if !snapshot.index.applies(
         &parts.action,
         parts.principal.type_name(),
@@ -137,24 +162,12 @@ pub fn map(
     let mut list = snapshot.graph.subset(&snapshot.entities, seeds);
     // The request's own entities replace static ones of the same uid (the principal is
     // already merged with its static entry).
-    list.retain(|e| !parts.per_request.iter().any(|p| p.uid() == e.uid()));
-    list.extend(parts.per_request);
+    let per_request = std::mem::take(&mut parts.per_request);
+    list.retain(|e| !per_request.iter().any(|p| p.uid() == e.uid()));
+    list.extend(per_request);
     let entities = Entities::from_entities(list, None).map_err(invalid)?;
-    let request = Request::new(
-        parts.principal.clone(),
-        parts.action.clone(),
-        parts.resource.clone(),
-        parts.context,
-        None,
-    )
-    .map_err(|e| MappingError::NotApplicable(e.to_string()))?;
-    Ok(CedarCall {
-        principal: parts.principal,
-        action: parts.action,
-        resource: parts.resource,
-        request,
-        entities,
-    })
+    // Checked above against the index: appliesTo here, the context's shape at load time.
+    parts.into_call(entities, None)
 }
 
 /// The reference mapping the hot path is tested against: the whole static store plus the
@@ -167,27 +180,16 @@ pub fn map_with_whole_store(
     identity: &Identity,
     extensions: &HashMap<String, String>,
 ) -> Result<CedarCall, MappingError> {
-    let parts = parts(snapshot, http, route, identity, extensions)?;
+    let mut parts = parts(snapshot, http, route, identity, extensions)?;
     let entities = snapshot
         .entities
         .clone()
-        .upsert_entities(parts.per_request, Some(&snapshot.schema))
+        .upsert_entities(
+            std::mem::take(&mut parts.per_request),
+            Some(&snapshot.schema),
+        )
         .map_err(invalid)?;
-    let request = Request::new(
-        parts.principal.clone(),
-        parts.action.clone(),
-        parts.resource.clone(),
-        parts.context,
-        Some(&snapshot.schema),
-    )
-    .map_err(|e| MappingError::NotApplicable(e.to_string()))?;
-    Ok(CedarCall {
-        principal: parts.principal,
-        action: parts.action,
-        resource: parts.resource,
-        request,
-        entities,
-    })
+    parts.into_call(entities, Some(&snapshot.schema))
 }
 
 fn parts(
