@@ -73,16 +73,20 @@ pub fn init_logging(format: LogFormat, tracing: Option<&otel::Tracing>) -> log_w
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = log_writer::BatchedStderr::start();
-    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let (writer, guard) = log_writer::BatchedStderr::new();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer.clone());
     let fmt = match format {
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
         LogFormat::Text => fmt.boxed(),
     };
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
         .with(tracing.map(otel::Tracing::layer))
         .try_init();
+    // Only the subscriber in use gets a flusher thread.
+    if installed.is_ok() {
+        writer.start_flusher();
+    }
     guard
 }
 

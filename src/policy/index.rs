@@ -209,7 +209,7 @@ fn looked_up(expr: &Value, out: &mut Vec<EntityUid>) {
     let side = |name: &str| arg.get(name).unwrap_or(&Value::Null);
     match op.as_str() {
         "Value" => collect_uids(arg, out),
-        "Var" | "Slot" | "Unknown" => {}
+        "Var" | "Slot" => {}
         "!" | "neg" | "isEmpty" => looked_up(side("arg"), out),
         "==" | "!=" => {
             compared(side("left"), out);
