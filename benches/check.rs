@@ -1,7 +1,9 @@
 //! In-process cost of one Check on the example policy set, without the network:
 //! `check_handler` is the whole tonic handler (protobuf in, decision, protobuf out, metrics);
-//! `decide` is the decision pipeline alone (normalise, map, evaluate); `cedar_only` is the
-//! baseline measured in the same run: Cedar's `is_authorized` on the already-built request.
+//! `decide` is protobuf → typed request plus the decision core (`decide::evaluate`: route,
+//! identity rules, Cedar request, evaluation); `evaluate` is the decision core alone on an
+//! already-normalised request; `cedar_only` is the baseline measured in the same run: Cedar's
+//! `is_authorized` on the already-built request.
 //!
 //! Run: `cargo bench --bench check`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -11,10 +13,11 @@ use std::sync::Arc;
 
 use cedargate::app::load_policies;
 use cedargate::config::{Limits, PolicySource};
-use cedargate::identity::Identity;
+use cedargate::decide;
+use cedargate::identity::Presented;
 use cedargate::identity::authn::Authenticator;
-use cedargate::policy::{engine, mapping};
-use cedargate::server::check::{decide, prepare};
+use cedargate::policy::engine;
+use cedargate::server::check::prepare;
 use cedargate::server::{CheckService, Shared, envoy};
 use cedargate::testutil::{CHECKOUT, Reply, check};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -25,23 +28,20 @@ fn bench(c: &mut Criterion) {
     let limits = Limits::default();
     let request = check("POST", "/orders").peer(CHECKOUT).build();
 
-    // Baseline: Cedar alone on the request cedargate builds.
-    let prepared = prepare(&limits, &Default::default(), envoy::input(request.clone())).unwrap();
-    let route = snapshot
-        .routes
-        .find(&prepared.http.method, &prepared.http.path);
-    let identity = Identity {
-        peer: prepared.peer.clone(),
-        token: None,
-    };
-    let call = mapping::map(
-        &snapshot,
-        &prepared.http,
-        route,
-        &identity,
-        &prepared.extensions,
+    let now = 1_700_000_000;
+    let prepared = prepare(
+        &limits,
+        &Default::default(),
+        envoy::input(request.clone()),
+        now,
     )
     .unwrap();
+    let presented = Presented::peer_only(prepared.peer.clone());
+
+    // Baseline: Cedar alone on the request cedargate builds.
+    let (evaluation, call) = decide::explain(&snapshot, &prepared.request, &presented, now);
+    assert!(evaluation.is_allow(), "{evaluation:?}");
+    let call = call.unwrap();
     assert!(matches!(
         engine::evaluate(&snapshot, &call),
         engine::Verdict::Allow { .. }
@@ -50,13 +50,17 @@ fn bench(c: &mut Criterion) {
         b.iter(|| engine::evaluate(&snapshot, black_box(&call)))
     });
 
+    c.bench_function("evaluate/allow", |b| {
+        b.iter(|| decide::evaluate(&snapshot, black_box(&prepared.request), &presented, now))
+    });
+
     // The benchmarks measure the allow path: make sure that is what they run.
     let run = |request| {
-        let prepared = prepare(&limits, &Default::default(), envoy::input(request)).unwrap();
-        decide(&snapshot, prepared, Ok(None), false)
+        let prepared = prepare(&limits, &Default::default(), envoy::input(request), now).unwrap();
+        let presented = Presented::peer_only(prepared.peer);
+        decide::evaluate(&snapshot, &prepared.request, &presented, now)
     };
-    let decision = run(request.clone());
-    assert!(decision.is_allow(), "{decision:?}");
+    assert!(run(request.clone()).is_allow());
     c.bench_function("decide/allow", |b| {
         b.iter(|| run(black_box(request.clone())))
     });

@@ -4,9 +4,9 @@
 //!
 //! - `cedar_full/N`: Cedar's `is_authorized` over the whole set (the baseline, same run);
 //! - `cedar_sliced/N`: the same request on the slice cedargate evaluates;
-//! - `normalise_map/N`: protobuf → typed input, normalisation, route, Cedar request and
-//!   entity store (no evaluation);
-//! - `decide/N`: cedargate's whole decision pipeline (normalise, route, map, evaluate).
+//! - `evaluate/N`: the decision core (`decide::evaluate`) on a normalised request: route,
+//!   identity rules, Cedar request and entity store, sliced evaluation;
+//! - `decide/N`: protobuf → typed request, normalisation, then the decision core.
 //!
 //! The request: user u0 (token, group g0) reads `/svc0/items/item0`, allowed by `p0`.
 //! Run: `cargo bench --bench policies`
@@ -16,10 +16,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use cedargate::config::Limits;
-use cedargate::identity::{Identity, VerifiedToken};
+use cedargate::decide;
+use cedargate::identity::{Presented, VerifiedToken};
 use cedargate::policy::engine::{self, Verdict};
-use cedargate::policy::{Snapshot, mapping, store};
-use cedargate::server::check::{decide, prepare};
+use cedargate::policy::{Snapshot, store};
+use cedargate::server::check::prepare;
 use cedargate::server::envoy;
 use cedargate::testutil::{check, policygen};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -68,23 +69,22 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("policies");
     for size in sizes() {
         let snapshot = snapshot(size);
-        let prepared =
-            prepare(&limits, &Default::default(), envoy::input(request.clone())).unwrap();
-        let route = snapshot
-            .routes
-            .find(&prepared.http.method, &prepared.http.path);
-        let identity = Identity {
-            peer: prepared.peer.clone(),
-            token: Some(token()),
-        };
-        let call = mapping::map(
-            &snapshot,
-            &prepared.http,
-            route,
-            &identity,
-            &prepared.extensions,
+        let now = 1_700_000_000;
+        let prepared = prepare(
+            &limits,
+            &Default::default(),
+            envoy::input(request.clone()),
+            now,
         )
         .unwrap();
+        let presented = Presented {
+            peer: Arc::new(prepared.peer.clone()),
+            token: Ok(Some(token())),
+            token_required_by_default: true,
+        };
+        let (evaluation, call) = decide::explain(&snapshot, &prepared.request, &presented, now);
+        assert!(evaluation.is_allow(), "{evaluation:?}");
+        let call = call.unwrap();
         assert!(matches!(
             engine::evaluate(&snapshot, &call),
             Verdict::Allow { .. }
@@ -99,27 +99,20 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("cedar_sliced", size), &call, |b, call| {
             b.iter(|| engine::evaluate(&snapshot, black_box(call)))
         });
-        // Normalisation + Cedar mapping alone (what `decide` adds to the evaluation).
-        let map = |request| {
-            let prepared = prepare(&limits, &Default::default(), envoy::input(request)).unwrap();
-            let route = snapshot
-                .routes
-                .find(&prepared.http.method, &prepared.http.path);
-            mapping::map(
-                &snapshot,
-                &prepared.http,
-                route,
-                &identity,
-                &prepared.extensions,
-            )
-            .unwrap()
-        };
-        group.bench_function(BenchmarkId::new("normalise_map", size), |b| {
-            b.iter(|| map(black_box(request.clone())))
+        group.bench_function(BenchmarkId::new("evaluate", size), |b| {
+            b.iter(|| decide::evaluate(&snapshot, black_box(&prepared.request), &presented, now))
         });
+        // One token, as the token cache hands it out: the same `Arc` every time.
+        let token = token();
         let run = |request| {
-            let prepared = prepare(&limits, &Default::default(), envoy::input(request)).unwrap();
-            decide(&snapshot, prepared, Ok(Some(token())), true)
+            let prepared =
+                prepare(&limits, &Default::default(), envoy::input(request), now).unwrap();
+            let presented = Presented {
+                peer: Arc::new(prepared.peer),
+                token: Ok(Some(token.clone())),
+                token_required_by_default: true,
+            };
+            decide::evaluate(&snapshot, &prepared.request, &presented, now)
         };
         assert!(run(request.clone()).is_allow());
         group.bench_function(BenchmarkId::new("decide", size), |b| {

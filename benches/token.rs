@@ -80,14 +80,14 @@ fn bench(c: &mut Criterion) {
     };
     assert!(
         runtime
-            .block_on(authn.authenticate(&http))
+            .block_on(authn.authenticate(&http, now()))
             .unwrap()
             .is_some()
     );
     let verified = authn.verifications();
     c.bench_function("verify_cached/ES256", |b| {
         b.to_async(&runtime)
-            .iter(|| async { authn.authenticate(black_box(&http)).await.unwrap() })
+            .iter(|| async { authn.authenticate(black_box(&http), now()).await.unwrap() })
     });
     assert_eq!(
         authn.verifications(),

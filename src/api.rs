@@ -92,7 +92,7 @@ impl AuthorizerService for Api {
 
 /// How a policy test names a decision: allow, unauthenticated (401) or deny (anything else).
 pub fn outcome(decision: &Decision) -> pb::Outcome {
-    match &decision.outcome {
+    match decision.outcome() {
         Outcome::Allow => pb::Outcome::Allow,
         Outcome::Deny(DenyReason::Unauthenticated(_)) => pb::Outcome::Unauthenticated,
         Outcome::Deny(_) => pb::Outcome::Deny,
@@ -107,7 +107,7 @@ pub fn explain_response(
 ) -> pb::ExplainResponse {
     let Explained { decision, call } = explained;
     let answer = decision.answer();
-    let (message, errors) = match &decision.outcome {
+    let (message, errors) = match decision.outcome() {
         Outcome::Allow => (String::new(), Vec::new()),
         Outcome::Deny(DenyReason::PolicyError(failed)) => (
             DenyReason::PolicyError(Vec::new()).to_string(),
@@ -143,19 +143,20 @@ pub fn explain_response(
         reason: decision.reason_code().to_owned(),
         message,
         http_status: answer.http_status.map_or(0, u32::from),
-        enforced: decision.enforced,
+        enforced: decision.envelope.enforced,
         cedar_request,
         determining_policies: if matches!(
-            decision.outcome,
+            decision.outcome(),
             Outcome::Deny(DenyReason::PolicyError(_))
         ) {
             Vec::new()
         } else {
-            decision.policy_ids.clone()
+            decision.evaluation.policy_ids.clone()
         },
         errors,
         policy_version: decision
-            .policy_version
+            .evaluation
+            .version
             .as_deref()
             .unwrap_or_default()
             .to_owned(),
@@ -168,7 +169,7 @@ pub fn explain_response(
             })
             .collect(),
         headers_to_remove: answer.headers_to_remove,
-        request_id: decision.request_id.clone(),
+        request_id: decision.envelope.request_id.clone(),
     }
 }
 

@@ -11,6 +11,7 @@
 //! would honour `failure_mode_allow` for an error response, and a misconfigured filter must not
 //! turn cedargate's failure into an allow. No protobuf types here; the server translates.
 
+use cedar_policy::EntityUid;
 use serde_json::{Map, Value, json};
 use tonic::Code;
 
@@ -29,25 +30,43 @@ pub const ACTION_HEADER: &str = "x-cedargate-action";
 /// The SPIFFE ID of the peer, when it presented one.
 pub const PEER_HEADER: &str = "x-cedargate-peer-spiffe-id";
 
-/// The outcome of one Check, with what was decided about and why.
-#[derive(Debug)]
+/// The outcome of one Check: what the policy snapshot said ([`Evaluation`], the decision
+/// core's result) inside what is answered and logged around it ([`Envelope`]).
+#[derive(Debug, Clone)]
 pub struct Decision {
-    pub request_id: String,
+    pub evaluation: Evaluation,
+    pub envelope: Envelope,
+}
+
+/// What one policy snapshot said about one request. Uids stay typed until the answer or the
+/// log line is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation {
     pub outcome: Outcome,
-    pub principal: Option<String>,
-    pub action: Option<String>,
-    pub resource: Option<String>,
-    pub peer_spiffe_id: Option<String>,
+    pub principal: Option<EntityUid>,
+    pub action: Option<EntityUid>,
+    pub resource: Option<EntityUid>,
     /// Determining policies (allow or deny), or the policies that failed (policy error).
     pub policy_ids: Vec<String>,
+    /// The policy set version the evaluation was made with (`None` before one was read).
+    pub version: Option<std::sync::Arc<str>>,
+    /// The request matched a route with `dry_run: true`.
+    pub route_dry_run: bool,
+}
+
+/// Everything about a decision that is not the policy's say: the request id, the headers to
+/// set and remove, what the log line carries, and whether the outcome is enforced.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub request_id: String,
+    /// The SPIFFE ID of the peer, for the identity header.
+    pub peer_spiffe_id: Option<String>,
     /// Names of headers the client sent under [`IDENTITY_HEADER_PREFIX`].
     pub client_identity_headers: Vec<String>,
     /// Further request headers to remove on allow (the token's, when it is not forwarded).
     pub strip_headers: Vec<String>,
     /// False in dry-run: the decision is recorded, and the request is allowed whatever it is.
     pub enforced: bool,
-    /// The policy set version the decision was made with.
-    pub policy_version: Option<std::sync::Arc<str>>,
     /// The downstream peer's address, for the decision log.
     pub peer_addr: String,
     /// Request headers and token claims the decision log was configured to carry.
@@ -56,14 +75,49 @@ pub struct Decision {
     pub trace_id: Option<String>,
 }
 
-#[derive(Debug)]
+impl Evaluation {
+    /// A deny reached before any principal, action or resource was known.
+    pub fn denied(reason: DenyReason) -> Self {
+        Self {
+            outcome: Outcome::Deny(reason),
+            principal: None,
+            action: None,
+            resource: None,
+            policy_ids: Vec::new(),
+            version: None,
+            route_dry_run: false,
+        }
+    }
+
+    pub fn is_allow(&self) -> bool {
+        matches!(self.outcome, Outcome::Allow)
+    }
+}
+
+impl Envelope {
+    /// An envelope that carries only a request id (enforced, nothing to set or log).
+    pub fn bare(request_id: String) -> Self {
+        Self {
+            request_id,
+            peer_spiffe_id: None,
+            client_identity_headers: Vec::new(),
+            strip_headers: Vec::new(),
+            enforced: true,
+            peer_addr: String::new(),
+            log_attributes: Vec::new(),
+            trace_id: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Allow,
     Deny(DenyReason),
 }
 
 /// Why a request was denied, classified by source (client, policy, cedargate itself).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DenyReason {
     #[error("no policy permits this request")]
     PolicyDenied,
@@ -142,30 +196,22 @@ impl Decision {
     /// A decision reached before any principal, action or resource was known.
     pub fn early(request_id: String, reason: DenyReason) -> Self {
         Self {
-            request_id,
-            outcome: Outcome::Deny(reason),
-            principal: None,
-            action: None,
-            resource: None,
-            peer_spiffe_id: None,
-            policy_ids: Vec::new(),
-            client_identity_headers: Vec::new(),
-            strip_headers: Vec::new(),
-            enforced: true,
-            policy_version: None,
-            peer_addr: String::new(),
-            log_attributes: Vec::new(),
-            trace_id: None,
+            evaluation: Evaluation::denied(reason),
+            envelope: Envelope::bare(request_id),
         }
     }
 
     pub fn is_allow(&self) -> bool {
-        matches!(self.outcome, Outcome::Allow)
+        self.evaluation.is_allow()
+    }
+
+    pub fn outcome(&self) -> &Outcome {
+        &self.evaluation.outcome
     }
 
     /// `allow`, or the deny reason code.
     pub fn reason_code(&self) -> &'static str {
-        match &self.outcome {
+        match &self.evaluation.outcome {
             Outcome::Allow => "allow",
             Outcome::Deny(reason) => reason.code(),
         }
@@ -173,41 +219,50 @@ impl Decision {
 
     /// The one translation from decision to answer.
     pub fn answer(&self) -> Answer {
+        let Self {
+            evaluation,
+            envelope,
+        } = self;
         let mut metadata = Map::new();
         metadata.insert(
             "decision".into(),
             json!(if self.is_allow() { "allow" } else { "deny" }),
         );
         metadata.insert("reason".into(), json!(self.reason_code()));
-        metadata.insert("request_id".into(), json!(self.request_id));
+        metadata.insert("request_id".into(), json!(envelope.request_id));
+        let principal = evaluation.principal.as_ref().map(ToString::to_string);
+        let action = evaluation.action.as_ref().map(ToString::to_string);
         for (key, value) in [
-            ("principal", &self.principal),
-            ("action", &self.action),
-            ("resource", &self.resource),
+            ("principal", &principal),
+            ("action", &action),
+            (
+                "resource",
+                &evaluation.resource.as_ref().map(ToString::to_string),
+            ),
         ] {
             if let Some(value) = value {
                 metadata.insert(key.into(), json!(value));
             }
         }
-        metadata.insert("policy_ids".into(), json!(self.policy_ids));
-        if let Some(version) = &self.policy_version {
+        metadata.insert("policy_ids".into(), json!(evaluation.policy_ids));
+        if let Some(version) = &evaluation.version {
             metadata.insert("policy_version".into(), json!(version.as_ref()));
         }
-        metadata.insert("enforced".into(), json!(self.enforced));
+        metadata.insert("enforced".into(), json!(envelope.enforced));
 
-        match (&self.outcome, self.enforced) {
+        match (&evaluation.outcome, envelope.enforced) {
             // Dry-run: the would-be deny is in the metadata and the logs; the request passes,
             // still with forged identity headers removed.
             (Outcome::Allow, _) | (Outcome::Deny(_), false) => {
                 let mut headers = Vec::new();
                 let identity = [
-                    (PRINCIPAL_HEADER, &self.principal),
-                    (ACTION_HEADER, &self.action),
-                    (PEER_HEADER, &self.peer_spiffe_id),
+                    (PRINCIPAL_HEADER, principal),
+                    (ACTION_HEADER, action),
+                    (PEER_HEADER, envelope.peer_spiffe_id.clone()),
                 ];
                 for (name, value) in identity {
                     if let Some(value) = value {
-                        headers.push((name.to_owned(), value.clone()));
+                        headers.push((name.to_owned(), value));
                     }
                 }
                 // Every identity header cedargate did not set is removed, whether or not the
@@ -216,8 +271,8 @@ impl Decision {
                     [PRINCIPAL_HEADER, ACTION_HEADER, PEER_HEADER]
                         .iter()
                         .map(|name| (*name).to_owned())
-                        .chain(self.client_identity_headers.iter().cloned())
-                        .chain(self.strip_headers.iter().cloned())
+                        .chain(envelope.client_identity_headers.iter().cloned())
+                        .chain(envelope.strip_headers.iter().cloned())
                         .filter(|name| !headers.iter().any(|(set, _)| set == name))
                         .collect();
                 headers_to_remove.sort_unstable();
@@ -233,8 +288,8 @@ impl Decision {
             }
             (Outcome::Deny(reason), true) => {
                 let (code, status) = reason.status();
-                let body =
-                    json!({ "error": reason.code(), "request_id": self.request_id }).to_string();
+                let body = json!({ "error": reason.code(), "request_id": envelope.request_id })
+                    .to_string();
                 let mut headers = vec![("content-type".into(), "application/json".into())];
                 // RFC 6750 §3: no error code when the request had no token at all.
                 match reason {
@@ -268,25 +323,25 @@ mod tests {
     use super::*;
 
     fn allowed() -> Decision {
+        let uid = |text: &str| text.parse::<EntityUid>().unwrap();
         Decision {
-            request_id: "r1".into(),
-            outcome: Outcome::Allow,
-            principal: Some(r#"Workload::"spiffe://td/a""#.into()),
-            action: Some(r#"Action::"orders:create""#.into()),
-            resource: Some(r#"Collection::"orders""#.into()),
-            peer_spiffe_id: None,
-            policy_ids: vec!["p1".into()],
-            client_identity_headers: vec![
-                PRINCIPAL_HEADER.into(),
-                PEER_HEADER.into(),
-                "x-cedargate-x".into(),
-            ],
-            strip_headers: Vec::new(),
-            enforced: true,
-            policy_version: None,
-            peer_addr: String::new(),
-            log_attributes: Vec::new(),
-            trace_id: None,
+            evaluation: Evaluation {
+                outcome: Outcome::Allow,
+                principal: Some(uid(r#"Workload::"spiffe://td/a""#)),
+                action: Some(uid(r#"Action::"orders:create""#)),
+                resource: Some(uid(r#"Collection::"orders""#)),
+                policy_ids: vec!["p1".into()],
+                version: None,
+                route_dry_run: false,
+            },
+            envelope: Envelope {
+                client_identity_headers: vec![
+                    PRINCIPAL_HEADER.into(),
+                    PEER_HEADER.into(),
+                    "x-cedargate-x".into(),
+                ],
+                ..Envelope::bare("r1".into())
+            },
         }
     }
 

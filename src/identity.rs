@@ -14,7 +14,7 @@ use std::sync::Arc;
 pub use crate::config::PeerSettings;
 
 pub use spiffe::SpiffeId;
-pub use token::VerifiedToken;
+pub use token::{TokenError, VerifiedToken};
 
 /// The downstream peer as Envoy described it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -127,12 +127,66 @@ impl Peer {
     }
 }
 
-/// Everything known about the caller of one Check.
+/// Everything known about the caller of one Check, once the identity rules have passed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
-    pub peer: Peer,
+    pub peer: Arc<Peer>,
     /// The verified bearer token, when the request carried one.
     pub token: Option<Arc<VerifiedToken>>,
+}
+
+/// Whether a route needs a bearer token (`routes.yaml` `token:`); without the field,
+/// `authentication.require_token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenRequirement {
+    Required,
+    Optional,
+}
+
+/// What a check presented: the resolved peer and the outcome of authenticating its bearer
+/// token, before the rules that depend on the route are applied ([`Presented::establish`]).
+#[derive(Debug, Clone)]
+pub struct Presented {
+    pub peer: Arc<Peer>,
+    /// The verified token, `None` without one, or why the one sent was refused.
+    pub token: Result<Option<Arc<VerifiedToken>>, TokenError>,
+    /// `authentication.require_token` with at least one issuer: the requirement of a route
+    /// that does not set its own.
+    pub token_required_by_default: bool,
+}
+
+impl Presented {
+    /// A caller known only by its peer, with no token and none required (tests, tools).
+    pub fn peer_only(peer: Peer) -> Self {
+        Self {
+            peer: Arc::new(peer),
+            token: Ok(None),
+            token_required_by_default: false,
+        }
+    }
+
+    /// The identity rules, in order:
+    /// - a token that is present must be valid, on every route, whatever the route requires;
+    /// - RFC 8705 §3: a certificate-bound token is valid only from the certificate it is bound
+    ///   to, checked on every request (a cached token may be replayed from another workload);
+    /// - a missing token is refused where the route (else the default) requires one.
+    pub fn establish(&self, route: Option<TokenRequirement>) -> Result<Identity, TokenError> {
+        let token = self.token.clone()?;
+        if let Some(token) = &token {
+            token.check_binding(self.peer.cert_sha256.as_ref())?;
+        }
+        let required = route.map_or(self.token_required_by_default, |r| {
+            r == TokenRequirement::Required
+        });
+        if token.is_none() && required {
+            return Err(TokenError::Missing);
+        }
+        Ok(Identity {
+            peer: self.peer.clone(),
+            token,
+        })
+    }
 }
 
 /// The Cedar principal an identity maps to, before it becomes an entity.

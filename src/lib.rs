@@ -12,6 +12,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod decide;
 pub mod decision;
 pub mod identity;
 pub mod policy;

@@ -8,6 +8,7 @@
 pub mod engine;
 pub mod index;
 pub mod mapping;
+pub mod problem;
 pub mod routes;
 pub mod slices;
 pub mod store;

@@ -113,6 +113,14 @@ pub struct HttpRequest {
     pub request_id: String,
 }
 
+/// One check's request, normalised once: what the decision core reads of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub http: HttpRequest,
+    /// Envoy's per-route `context_extensions` (`cedargate.action`, `cedargate.resource`).
+    pub extensions: std::collections::HashMap<String, String>,
+}
+
 /// Refuses a request with more than `max_headers` headers, or whose header names and values
 /// add up to more than `max_bytes`, before any of them is copied.
 pub fn check_header_bounds(

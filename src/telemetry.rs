@@ -94,11 +94,15 @@ pub fn init_logging(format: LogFormat, tracing: Option<&otel::Tracing>) -> log_w
 pub fn decided(decision: &Decision, elapsed: Duration, sampler: &Sampler) {
     let verdict = if decision.is_allow() { "allow" } else { "deny" };
     let reason = decision.reason_code();
-    let enforced = if decision.enforced { "true" } else { "false" };
+    let enforced = if decision.envelope.enforced {
+        "true"
+    } else {
+        "false"
+    };
     metrics::counter!(DECISIONS_TOTAL, "decision" => verdict, "reason" => reason, "enforced" => enforced)
         .increment(1);
     metrics::histogram!(CHECK_DURATION).record(elapsed.as_secs_f64());
-    let detail = match &decision.outcome {
+    let detail = match decision.outcome() {
         Outcome::Allow => None,
         Outcome::Deny(reason @ (DenyReason::Unauthenticated(_) | DenyReason::Peer(_))) => {
             metrics::counter!(AUTH_FAILURES_TOTAL, "reason" => reason.code()).increment(1);
@@ -109,9 +113,13 @@ pub fn decided(decision: &Decision, elapsed: Duration, sampler: &Sampler) {
     if decision.is_allow() && !sampler.sample() {
         return;
     }
-    let attributes = (!decision.log_attributes.is_empty()).then(|| {
+    let Decision {
+        evaluation,
+        envelope,
+    } = decision;
+    let attributes = (!envelope.log_attributes.is_empty()).then(|| {
         serde_json::Value::Object(
-            decision
+            envelope
                 .log_attributes
                 .iter()
                 .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
@@ -119,20 +127,21 @@ pub fn decided(decision: &Decision, elapsed: Duration, sampler: &Sampler) {
         )
         .to_string()
     });
+    let uid = |u: &Option<cedar_policy::EntityUid>| u.as_ref().map(ToString::to_string);
     tracing::info!(
         target: "cedargate::decision",
         service = "cedargate",
-        request_id = %decision.request_id,
-        peer_addr = %decision.peer_addr,
+        request_id = %envelope.request_id,
+        peer_addr = %envelope.peer_addr,
         decision = verdict,
-        enforced = decision.enforced,
+        enforced = envelope.enforced,
         reason,
-        principal = decision.principal.as_deref().unwrap_or(""),
-        action = decision.action.as_deref().unwrap_or(""),
-        resource = decision.resource.as_deref().unwrap_or(""),
-        policy_ids = ?decision.policy_ids,
-        policy_version = decision.policy_version.as_deref().unwrap_or(""),
-        trace_id = decision.trace_id.as_deref().unwrap_or(""),
+        principal = uid(&evaluation.principal).as_deref().unwrap_or(""),
+        action = uid(&evaluation.action).as_deref().unwrap_or(""),
+        resource = uid(&evaluation.resource).as_deref().unwrap_or(""),
+        policy_ids = ?evaluation.policy_ids,
+        policy_version = evaluation.version.as_deref().unwrap_or(""),
+        trace_id = envelope.trace_id.as_deref().unwrap_or(""),
         attributes = attributes.as_deref().unwrap_or(""),
         detail = detail.as_deref().unwrap_or(""),
         latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
@@ -230,31 +239,48 @@ pub fn panicked() {
     metrics::counter!(PANICS_TOTAL).increment(1);
 }
 
-/// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`), so that a
-/// decision log line joins the trace of the request it decided. Malformed or all-zero ids are
-/// ignored (W3C Trace Context §3.2).
-pub fn trace_id(traceparent: &str) -> Option<String> {
-    let mut parts = traceparent.trim().split('-');
-    let (Some(version), Some(trace), Some(parent), Some(flags)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return None;
-    };
-    let hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    let zero = |s: &str| s.bytes().all(|b| b == b'0');
-    let valid = hex(version, 2)
-        && version != "ff"
-        && (version != "00" || parts.next().is_none())
-        && hex(trace, 32)
-        && !zero(trace)
-        && hex(parent, 16)
-        && !zero(parent)
-        && hex(flags, 2);
-    valid.then(|| trace.to_owned())
+/// A W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`), parsed once per check: the
+/// decision log line carries its trace id (so it joins the trace of the request it decided)
+/// and the check span takes it as its remote parent. Malformed or all-zero ids are ignored
+/// (W3C Trace Context §3.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParent {
+    /// 32 lowercase hex digits.
+    pub trace_id: String,
+    /// The caller's span id: 16 lowercase hex digits.
+    pub parent_id: String,
+    /// Trace flags (bit 0: sampled).
+    pub flags: u8,
+}
+
+impl TraceParent {
+    pub fn parse(header: &str) -> Option<Self> {
+        let mut parts = header.trim().split('-');
+        let (Some(version), Some(trace), Some(parent), Some(flags)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let hex = |s: &str, len: usize| {
+            s.len() == len
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        let zero = |s: &str| s.bytes().all(|b| b == b'0');
+        let valid = hex(version, 2)
+            && version != "ff"
+            && (version != "00" || parts.next().is_none())
+            && hex(trace, 32)
+            && !zero(trace)
+            && hex(parent, 16)
+            && !zero(parent)
+            && hex(flags, 2);
+        valid.then(|| Self {
+            trace_id: trace.to_owned(),
+            parent_id: parent.to_owned(),
+            flags: u8::from_str_radix(flags, 16).unwrap_or(0),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -275,10 +301,10 @@ mod tests {
     #[test]
     fn traceparent() {
         let id = "4bf92f3577b34da6a3ce929d0e0e4736";
-        assert_eq!(
-            trace_id(&format!("00-{id}-00f067aa0ba902b7-01")).as_deref(),
-            Some(id)
-        );
+        let parsed = TraceParent::parse(&format!("00-{id}-00f067aa0ba902b7-01")).unwrap();
+        assert_eq!(parsed.trace_id, id);
+        assert_eq!(parsed.parent_id, "00f067aa0ba902b7");
+        assert_eq!(parsed.flags, 1);
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
@@ -288,7 +314,7 @@ mod tests {
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
         ] {
-            assert_eq!(trace_id(bad), None, "{bad}");
+            assert_eq!(TraceParent::parse(bad), None, "{bad}");
         }
     }
 }

@@ -26,18 +26,7 @@ use crate::config::{Config, PolicySource};
 /// Context extension that makes a check panic after admission: fault injection for tests,
 /// compiled only with the `testutil` feature. Envoy sets context extensions from its own
 /// route configuration, never from a client's request.
-pub const PANIC_EXTENSION: &str = "cedargate.test.panic";
-
-/// Panics when the check carries [`PANIC_EXTENSION`].
-pub fn inject_fault(request: &CheckRequest) {
-    let asked = request
-        .attributes
-        .as_ref()
-        .is_some_and(|a| a.context_extensions.contains_key(PANIC_EXTENSION));
-    if asked {
-        panic!("fault injected by a test");
-    }
-}
+pub use crate::server::check::PANIC_EXTENSION;
 
 /// A running cedargate on ephemeral ports, and a client connected to it.
 pub struct TestServer {

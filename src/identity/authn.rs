@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinHandle;
 
@@ -189,10 +188,12 @@ impl Authenticator {
         self.cache.failures()
     }
 
-    /// The request's verified token, `None` without one, or why it was refused.
+    /// The request's verified token, `None` without one, or why it was refused; `now` is the
+    /// check's clock reading (seconds since the epoch).
     pub async fn authenticate(
         &self,
         http: &HttpRequest,
+        now: i64,
     ) -> Result<Option<Arc<VerifiedToken>>, TokenError> {
         let Some(token) = token::extract(&http.headers, &http.query, &self.settings.token_source)?
         else {
@@ -202,7 +203,6 @@ impl Authenticator {
             return Err(TokenError::TooLarge(token.len()));
         }
         let hash = token_cache::hash(token);
-        let now = now();
         if let Some(entry) = self.cache.get(&hash, now) {
             let issuer = self.issuers.get(entry.issuer);
             if issuer.is_some_and(|i| i.keys.keys().contains(&entry.key)) {
@@ -275,10 +275,4 @@ impl Authenticator {
         );
         Ok(verified)
     }
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -17,17 +17,17 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use cedar_policy::{
-    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
-    Schema,
+    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression, Schema,
 };
 
 use super::Snapshot;
 use super::routes::{RouteMatch, action_uid};
 use crate::identity::{Identity, Principal};
-use crate::request::HttpRequest;
+use crate::request::{HttpRequest, Request};
+
+type CedarRequest = cedar_policy::Request;
 
 /// `context_extensions` key that names the action of an Envoy route.
 pub const EXTENSION_ACTION: &str = "cedargate.action";
@@ -35,7 +35,7 @@ pub const EXTENSION_ACTION: &str = "cedargate.action";
 pub const EXTENSION_RESOURCE: &str = "cedargate.resource";
 
 /// Why a request could not become a Cedar request; every variant is a deny.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MappingError {
     #[error("action `{0}` is not declared in the schema")]
     UnknownAction(String),
@@ -69,7 +69,7 @@ pub struct CedarCall {
     pub principal: EntityUid,
     pub action: EntityUid,
     pub resource: EntityUid,
-    pub request: Request,
+    pub request: CedarRequest,
     pub entities: Entities,
 }
 
@@ -98,7 +98,7 @@ impl Parts {
         entities: Entities,
         schema: Option<&Schema>,
     ) -> Result<CedarCall, MappingError> {
-        let request = Request::new(
+        let request = CedarRequest::new(
             self.principal.clone(),
             self.action.clone(),
             self.resource.clone(),
@@ -122,12 +122,12 @@ impl Parts {
 /// context's shape is checked for every action when the policy set loads).
 pub fn map(
     snapshot: &Snapshot,
-    http: &HttpRequest,
+    request: &Request,
     route: Option<RouteMatch<'_>>,
     identity: &Identity,
-    extensions: &HashMap<String, String>,
+    now: i64,
 ) -> Result<CedarCall, MappingError> {
-    let mut parts = parts(snapshot, http, route, identity, extensions)?;
+    let mut parts = parts(snapshot, request, route, identity, now)?;
     if !snapshot.index.applies(
         &parts.action,
         parts.principal.type_name(),
@@ -175,12 +175,12 @@ pub fn map(
 /// schema by Cedar. Same decisions as [`map`], slower (a copy of every static entity).
 pub fn map_with_whole_store(
     snapshot: &Snapshot,
-    http: &HttpRequest,
+    request: &Request,
     route: Option<RouteMatch<'_>>,
     identity: &Identity,
-    extensions: &HashMap<String, String>,
+    now: i64,
 ) -> Result<CedarCall, MappingError> {
-    let mut parts = parts(snapshot, http, route, identity, extensions)?;
+    let mut parts = parts(snapshot, request, route, identity, now)?;
     let entities = snapshot
         .entities
         .clone()
@@ -194,11 +194,12 @@ pub fn map_with_whole_store(
 
 fn parts(
     snapshot: &Snapshot,
-    http: &HttpRequest,
+    request: &Request,
     route: Option<RouteMatch<'_>>,
     identity: &Identity,
-    extensions: &HashMap<String, String>,
+    now: i64,
 ) -> Result<Parts, MappingError> {
+    let Request { http, extensions } = request;
     let action = match extensions.get(EXTENSION_ACTION) {
         Some(name) => action_uid(name).ok_or_else(|| MappingError::BadExtension {
             key: EXTENSION_ACTION,
@@ -229,7 +230,7 @@ fn parts(
     let params = route.map(|m| m.params).unwrap_or_default();
 
     let (principal, principal_entity) = principal(identity)?;
-    let context = context(http, identity)?;
+    let context = context(http, identity, now)?;
     let mut per_request = vec![
         tagged(HEADERS_TYPE, &http.headers)?,
         tagged(QUERY_TYPE, &http.query)?,
@@ -265,10 +266,10 @@ pub fn check_entity_shapes(schema: &Schema) -> Option<String> {
     if workload_declared {
         let id = crate::identity::SpiffeId::parse("spiffe://example.org/sample").ok()?;
         let identity = Identity {
-            peer: crate::identity::Peer {
+            peer: std::sync::Arc::new(crate::identity::Peer {
                 spiffe_id: Some(id),
                 ..Default::default()
-            },
+            }),
             token: None,
         };
         if let Ok((_, Some(entity))) = principal(&identity) {
@@ -298,7 +299,10 @@ pub fn check_schema(schema: &Schema) -> Vec<(EntityUid, String)> {
         "127.0.0.1:1".into(),
     );
     peer.subject = Some("CN=sample".into());
-    let workload = Identity { peer, token: None };
+    let workload = Identity {
+        peer: std::sync::Arc::new(peer),
+        token: None,
+    };
 
     let user = Identity {
         token: Some(std::sync::Arc::new(crate::identity::VerifiedToken {
@@ -318,7 +322,7 @@ pub fn check_schema(schema: &Schema) -> Vec<(EntityUid, String)> {
     };
     let contexts: Vec<Context> = [Identity::default(), workload, user]
         .iter()
-        .filter_map(|identity| context(&sample, identity).ok())
+        .filter_map(|identity| context(&sample, identity, 0).ok())
         .collect();
     // An action without `appliesTo` (an action group) never is a request's action.
     let applies = |action: &EntityUid| {
@@ -430,7 +434,7 @@ fn record(
         .map_err(invalid)
 }
 
-fn context(http: &HttpRequest, identity: &Identity) -> Result<Context, MappingError> {
+fn context(http: &HttpRequest, identity: &Identity, now: i64) -> Result<Context, MappingError> {
     let entity = |t| uid(t, HELPER_ID).map(RestrictedExpression::new_entity_uid);
     let request = record([
         ("method", string(&http.method)),
@@ -460,9 +464,6 @@ fn context(http: &HttpRequest, identity: &Identity) -> Result<Context, MappingEr
     if let Some(subject) = &peer.subject {
         peer_attrs.push(("subject", string(subject)));
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     let mut pairs = vec![
         ("request".to_owned(), request),
         ("peer".to_owned(), record(peer_attrs)?),

@@ -13,7 +13,7 @@ use std::str::FromStr;
 use cedar_policy::{EntityId, EntityTypeName, EntityUid, Schema};
 use serde::Deserialize;
 
-use super::store::Problem;
+use super::problem::Problem;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,13 +37,7 @@ struct RawRoute {
     dry_run: bool,
 }
 
-/// Whether a route needs a bearer token; without the field, `authentication.require_token`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TokenRequirement {
-    Required,
-    Optional,
-}
+pub use crate::identity::TokenRequirement;
 
 /// The validated route table.
 #[derive(Debug, Default)]
@@ -90,6 +84,10 @@ pub struct RouteMatch<'r> {
 }
 
 const ANY_METHOD: &str = "*";
+
+/// A path that matches a route only when case and `;` parameters are ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NearMiss(pub String);
 
 impl Routes {
     /// Parses `routes.yaml` and checks every route against the schema; reports all problems.
@@ -187,15 +185,26 @@ impl Routes {
         })
     }
 
-    /// True when a path no route matches would match one if case and `;` parameters were
-    /// ignored (`/Orders/7`, `/orders;x=1/7`):
-    /// upstreams that ignore case would serve the route's resource under the fallback action,
-    /// so the caller refuses such a request instead of guessing.
+    /// The route semantics of one request: its route, or none (the fallback action and
+    /// resource apply), or a refusal when the path misses every route only by case or `;`
+    /// parameters ([`Routes::near_miss`]).
+    pub fn resolve(&self, method: &str, path: &str) -> Result<Option<RouteMatch<'_>>, NearMiss> {
+        match self.find(method, path) {
+            Some(found) => Ok(Some(found)),
+            None if self.near_miss(method, path) => Err(NearMiss(path.to_owned())),
+            None => Ok(None),
+        }
+    }
+
     /// The actions the route table maps requests to.
     pub fn actions(&self) -> impl Iterator<Item = &EntityUid> {
         self.routes.iter().map(|r| &r.action)
     }
 
+    /// True when a path no route matches would match one if case and `;` parameters were
+    /// ignored (`/Orders/7`, `/orders;x=1/7`):
+    /// upstreams that ignore case would serve the route's resource under the fallback action,
+    /// so such a request is refused instead of guessed at.
     pub fn near_miss(&self, method: &str, path: &str) -> bool {
         // Case and `;` path parameters (`/orders;x=1/42`, which servlet containers serve as
         // `/orders/42`) are folded away.

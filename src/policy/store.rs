@@ -8,7 +8,6 @@
 //! snapshot is immutable; reloading builds a new one.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -16,6 +15,7 @@ use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Valida
 use miette::Diagnostic;
 
 use super::mapping;
+pub use super::problem::Problem;
 use super::routes::Routes;
 
 /// A policy set ready to serve: validated, immutable, shared by every Check.
@@ -60,51 +60,6 @@ pub enum PolicyLoadError {
     },
     #[error("policy set is invalid:\n{}", problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid { problems: Vec<Problem> },
-}
-
-/// One problem in one file of a policy set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub file: PathBuf,
-    /// 1-based line and column, where the source has them.
-    pub position: Option<(usize, usize)>,
-    pub policy_id: Option<String>,
-    pub message: String,
-    pub hint: Option<String>,
-}
-
-impl Problem {
-    pub(crate) fn in_file(file: &Path, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_owned(),
-            position: None,
-            policy_id: None,
-            message: message.into(),
-            hint: None,
-        }
-    }
-
-    pub(crate) fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
-        self
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some((line, column)) = self.position {
-            write!(f, ":{line}:{column}")?;
-        }
-        write!(f, ": {}", self.message)?;
-        if let Some(id) = &self.policy_id {
-            write!(f, " (policy `{id}`)")?;
-        }
-        if let Some(hint) = &self.hint {
-            write!(f, "\n    hint: {hint}")?;
-        }
-        Ok(())
-    }
 }
 
 /// The example policy set from `policies/`, compiled in for `cedargate serve` without a config.

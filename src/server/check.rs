@@ -1,10 +1,11 @@
-//! The Check handler: admission (in-flight cap), then the stages — read the protobuf and
-//! normalise ([`prepare`]), authenticate the bearer token (the only stage that may wait, and
-//! only on a bounded key-set fetch), map to Cedar and evaluate ([`decide`]), answer. Every
-//! failure is a deny; a panic anywhere after admission is caught and answered as a deny, and
-//! so is running past the deadline.
+//! The Check handler, a thin adapter around the decision core ([`crate::decide`]): admission
+//! (in-flight cap), the deadline and the panic guard, protobuf in ([`envoy::input`], then
+//! [`prepare`]: the request normalised and the peer resolved, once), authentication (the only
+//! stage that may wait, and only on a bounded key-set fetch), [`crate::decide::evaluate`], the
+//! [`Envelope`] around its evaluation, and protobuf out. Every failure is a deny; a panic
+//! anywhere after admission is caught and answered as a deny, and so is running past the
+//! deadline. The clock is read once per check and `traceparent` parsed once.
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,19 +18,22 @@ use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use tokio::sync::Semaphore;
-use tonic::{Request, Response, Status};
+use tonic::{Response, Status};
 
 use super::envoy::{self, CheckInput};
 use crate::config::{DecisionLogSettings, Limits, NEVER_LOGGED};
-use crate::decision::{Decision, DenyReason, IDENTITY_HEADER_PREFIX, Outcome};
+use crate::decision::{Decision, DenyReason, Envelope, Evaluation, IDENTITY_HEADER_PREFIX};
 use crate::identity::authn::Authenticator;
-use crate::identity::token::TokenError;
-use crate::identity::{Identity, Peer, PeerSettings, VerifiedToken};
-use crate::policy::engine::{self, Verdict};
-use crate::policy::routes::TokenRequirement;
-use crate::policy::{Snapshot, mapping};
-use crate::request::{self, HttpRequest};
-use crate::telemetry;
+use crate::identity::{Peer, PeerSettings, Presented};
+use crate::policy::Snapshot;
+use crate::policy::mapping::CedarCall;
+use crate::request::{self, Request};
+use crate::telemetry::{self, TraceParent};
+
+/// A `context_extensions` key that makes a check panic inside the panic guard, so that tests
+/// can prove a panic is answered as a deny. Compiled only with the `testutil` feature.
+#[cfg(feature = "testutil")]
+pub const PANIC_EXTENSION: &str = "cedargate.test.panic";
 
 /// State shared by the Check service and the admin listener.
 #[derive(Debug)]
@@ -121,7 +125,7 @@ impl CheckService {
 impl Authorization for CheckService {
     async fn check(
         &self,
-        request: Request<CheckRequest>,
+        request: tonic::Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         // Shed load at once rather than queue. UNAVAILABLE (not a deny) lets Envoy retry
         // another replica; with `failure_mode_allow: false` it is a deny at Envoy.
@@ -131,40 +135,15 @@ impl Authorization for CheckService {
         };
         let _in_flight = telemetry::InFlight::enter();
         let started = Instant::now();
-        let budget = deadline(self.shared.limits.check_timeout, request.metadata());
-        // Everything after admission runs under one panic guard and one deadline, and both
-        // end in a denied answer, never in a gRPC error Envoy might be told to ignore.
-        let span = if self.shared.options.trace_spans {
-            telemetry::otel::check_span(envoy::traceparent(request.get_ref()).as_deref())
-        } else {
-            tracing::Span::none()
-        };
-        let pipeline =
-            AssertUnwindSafe(run(&self.shared, request.into_inner(), false)).catch_unwind();
-        let decision = match tokio::time::timeout(budget, pipeline.instrument(span.clone())).await {
-            Ok(Ok((decision, _))) => decision,
-            Ok(Err(_panic)) => {
-                telemetry::panicked();
-                Decision::early(
-                    String::new(),
-                    DenyReason::Internal("a check panicked".into()),
-                )
-            }
-            Err(_elapsed) => Decision::early(String::new(), DenyReason::Timeout(budget)),
-        };
-        let mut decision = decision;
-        if decision.policy_version.is_none() {
-            decision.policy_version = Some(self.shared.snapshot.load().version.clone());
-        }
-        if self.shared.options.dry_run {
-            decision.enforced = false;
-        }
+        let shared = &*self.shared;
+        let budget = deadline(shared.limits.check_timeout, request.metadata());
+        let (decision, _, span) = guarded(shared, request.into_inner(), budget, false).await;
         span.record(
             "decision",
             if decision.is_allow() { "allow" } else { "deny" },
         );
         span.record("reason", decision.reason_code());
-        telemetry::decided(&decision, started.elapsed(), &self.shared.sampler);
+        telemetry::decided(&decision, started.elapsed(), &shared.sampler);
         let response =
             std::panic::catch_unwind(AssertUnwindSafe(|| envoy::response(decision.answer())))
                 .unwrap_or_else(|_| {
@@ -181,82 +160,160 @@ impl Authorization for CheckService {
 #[derive(Debug)]
 pub struct Explained {
     pub decision: Decision,
-    pub call: Option<mapping::CedarCall>,
+    pub call: Option<CedarCall>,
 }
 
 /// Decides a CheckRequest exactly as Check does (same stages, same snapshot, same deadline and
 /// panic guard) and keeps the Cedar request: for the Explain API and the policy CLI. Nothing is
 /// counted or logged as a decision.
 pub async fn explain(shared: &Shared, input: CheckRequest, budget: Duration) -> Explained {
-    let pipeline = AssertUnwindSafe(run(shared, input, true)).catch_unwind();
-    let (mut decision, call) = match tokio::time::timeout(budget, pipeline).await {
-        Ok(Ok(explained)) => explained,
-        Ok(Err(_panic)) => (
-            Decision::early(
-                String::new(),
-                DenyReason::Internal("a check panicked".into()),
-            ),
-            None,
-        ),
-        Err(_elapsed) => (
-            Decision::early(String::new(), DenyReason::Timeout(budget)),
-            None,
-        ),
-    };
-    if decision.policy_version.is_none() {
-        decision.policy_version = Some(shared.snapshot.load().version.clone());
-    }
-    if shared.options.dry_run {
-        decision.enforced = false;
-    }
+    let (decision, call, _) = guarded(shared, input, budget, true).await;
     Explained { decision, call }
 }
 
-/// The stages of one admitted check; `keep_call` keeps the Cedar request (explain).
-async fn run(
+/// Everything after admission, under one panic guard and one deadline, both of which end in
+/// a denied answer, never in a gRPC error Envoy might be told to ignore. Returns the check's
+/// span (a disabled one unless trace export is on).
+async fn guarded(
     shared: &Shared,
     input: CheckRequest,
+    budget: Duration,
     keep_call: bool,
-) -> (Decision, Option<mapping::CedarCall>) {
-    #[cfg(feature = "testutil")]
-    crate::testutil::inject_fault(&input);
-    let prepared = match prepare(&shared.limits, &shared.peer_settings, envoy::input(input)) {
-        Ok(prepared) => prepared,
-        Err(decision) => return (*decision, None),
+) -> (Decision, Option<CedarCall>, tracing::Span) {
+    let now = unix_now();
+    let guard = |what: &str| {
+        telemetry::panicked();
+        Decision::early(
+            String::new(),
+            DenyReason::Internal(format!("{what} panicked")),
+        )
     };
-    let token = shared.authn.authenticate(&prepared.http).await;
-    let had_token = matches!(token, Ok(Some(_)));
-    let log_attributes = log_attributes(&shared.options, &prepared.http, &token);
-    let peer_addr = prepared.peer.address.clone();
-    let trace_id = prepared
-        .http
-        .headers
-        .get("traceparent")
-        .and_then(|t| telemetry::trace_id(t));
-    let snapshot = shared.snapshot.load();
-    let (mut decision, call) = decide_keeping(
-        &snapshot,
-        prepared,
-        token,
-        shared.authn.requires_token(),
-        keep_call,
-    );
-    if had_token && decision.is_allow() {
-        decision.strip_headers = shared.authn.token_headers_to_strip();
+    // Reading and normalising never waits: it runs before the span exists, under the guard.
+    let prepared = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let input = envoy::input(input);
+        #[cfg(feature = "testutil")]
+        #[allow(clippy::panic)]
+        if input.extensions.contains_key(PANIC_EXTENSION) {
+            panic!("fault injected by a test");
+        }
+        prepare(&shared.limits, &shared.peer_settings, input, now)
+    }));
+    let prepared = match prepared {
+        Ok(Ok(prepared)) => prepared,
+        Ok(Err(early)) => return (finish(shared, *early), None, tracing::Span::none()),
+        Err(_panic) => {
+            return (
+                finish(shared, guard("a check")),
+                None,
+                tracing::Span::none(),
+            );
+        }
+    };
+    let span = if shared.options.trace_spans {
+        telemetry::otel::check_span(prepared.trace.as_ref())
+    } else {
+        tracing::Span::none()
+    };
+    let pipeline = AssertUnwindSafe(decide(shared, prepared, now, keep_call)).catch_unwind();
+    let (decision, call) =
+        match tokio::time::timeout(budget, pipeline.instrument(span.clone())).await {
+            Ok(Ok(decided)) => decided,
+            Ok(Err(_panic)) => (guard("a check"), None),
+            Err(_elapsed) => (
+                Decision::early(String::new(), DenyReason::Timeout(budget)),
+                None,
+            ),
+        };
+    (finish(shared, decision), call, span)
+}
+
+/// The version in force on a decision reached before one was read; dry-run.
+fn finish(shared: &Shared, mut decision: Decision) -> Decision {
+    if decision.evaluation.version.is_none() {
+        decision.evaluation.version = Some(shared.snapshot.load().version.clone());
     }
-    decision.policy_version = Some(snapshot.version.clone());
-    decision.peer_addr = peer_addr;
-    decision.log_attributes = log_attributes;
-    decision.trace_id = trace_id;
-    (decision, call)
+    if shared.options.dry_run {
+        decision.envelope.enforced = false;
+    }
+    decision
+}
+
+/// Authenticates, evaluates on the snapshot in force, and wraps the evaluation.
+async fn decide(
+    shared: &Shared,
+    prepared: Prepared,
+    now: i64,
+    keep_call: bool,
+) -> (Decision, Option<CedarCall>) {
+    let Prepared {
+        request,
+        peer,
+        trace,
+    } = prepared;
+    let presented = Presented {
+        peer: Arc::new(peer),
+        token: shared.authn.authenticate(&request.http, now).await,
+        token_required_by_default: shared.authn.requires_token(),
+    };
+    let snapshot = shared.snapshot.load();
+    let (evaluation, call) = if keep_call {
+        crate::decide::explain(&snapshot, &request, &presented, now)
+    } else {
+        (
+            crate::decide::evaluate(&snapshot, &request, &presented, now),
+            None,
+        )
+    };
+    let envelope = envelope(shared, &request, &presented, &evaluation, trace);
+    (
+        Decision {
+            evaluation,
+            envelope,
+        },
+        call,
+    )
+}
+
+/// What is answered and logged around an evaluation: the request id, identity headers the
+/// client sent (removed on allow), the token's headers (removed on allow unless forwarded),
+/// the log attributes, the trace id, and whether the outcome is enforced.
+fn envelope(
+    shared: &Shared,
+    request: &Request,
+    presented: &Presented,
+    evaluation: &Evaluation,
+    trace: Option<TraceParent>,
+) -> Envelope {
+    let http = &request.http;
+    let had_token = matches!(presented.token, Ok(Some(_)));
+    Envelope {
+        request_id: http.request_id.clone(),
+        peer_spiffe_id: presented.peer.spiffe_id.as_ref().map(ToString::to_string),
+        client_identity_headers: http
+            .headers
+            .keys()
+            // Many upstream frameworks (CGI, WSGI, Rack, PHP) read `_` as `-`: match both.
+            .filter(|name| name.replace('_', "-").starts_with(IDENTITY_HEADER_PREFIX))
+            .cloned()
+            .collect(),
+        strip_headers: if had_token && evaluation.is_allow() {
+            shared.authn.token_headers_to_strip()
+        } else {
+            Vec::new()
+        },
+        enforced: !evaluation.route_dry_run,
+        peer_addr: presented.peer.address.clone(),
+        log_attributes: log_attributes(&shared.options, request, presented),
+        trace_id: trace.map(|t| t.trace_id),
+    }
 }
 
 /// The request headers and token claims `log.decisions` asks for; credentials never, values
 /// listed under `redact` as `[redacted]`.
 fn log_attributes(
     options: &CheckOptions,
-    http: &HttpRequest,
-    token: &Result<Option<Arc<VerifiedToken>>, TokenError>,
+    request: &Request,
+    presented: &Presented,
 ) -> Vec<(String, String)> {
     let settings = &options.decision_log;
     if settings.include_headers.is_empty() && settings.include_claims.is_empty() {
@@ -274,11 +331,11 @@ fn log_attributes(
     };
     let mut attributes = Vec::new();
     for name in &settings.include_headers {
-        if let Some(value) = http.headers.get(name).filter(|_| !secret(name)) {
+        if let Some(value) = request.http.headers.get(name).filter(|_| !secret(name)) {
             attributes.push((format!("header.{name}"), shown(name, value)));
         }
     }
-    if let Ok(Some(token)) = token {
+    if let Ok(Some(token)) = &presented.token {
         for name in &settings.include_claims {
             if let Some(value) = token.claims.get(name) {
                 attributes.push((format!("claim.{name}"), shown(name, value)));
@@ -321,19 +378,22 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-/// A check whose request is normalised, ready to authenticate and decide.
+/// A check read from protobuf and normalised: the typed request, the resolved peer and the
+/// parsed `traceparent`; ready to authenticate and decide.
 #[derive(Debug)]
 pub struct Prepared {
-    pub http: HttpRequest,
+    pub request: Request,
     pub peer: Peer,
-    pub extensions: HashMap<String, String>,
+    pub trace: Option<TraceParent>,
 }
 
-/// Normalises the request and checks the peer; a malformed one is already a decision.
+/// Normalises the request and checks the peer (certificate validity at `now`); a malformed
+/// one is already a decision.
 pub fn prepare(
     limits: &Limits,
     peer_settings: &PeerSettings,
     input: CheckInput,
+    now: i64,
 ) -> Result<Prepared, Box<Decision>> {
     let CheckInput {
         http,
@@ -355,117 +415,28 @@ pub fn prepare(
         .headers
         .get("x-forwarded-client-cert")
         .map(String::as_str);
-    let peer = Peer::resolve(peer, xfcc, peer_settings, unix_now()).map_err(|err| {
+    let peer = Peer::resolve(peer, xfcc, peer_settings, now).map_err(|err| {
         Box::new(Decision::early(
             http.request_id.clone(),
             DenyReason::Peer(err),
         ))
     })?;
+    let trace = http
+        .headers
+        .get("traceparent")
+        .and_then(|t| TraceParent::parse(t));
     Ok(Prepared {
-        http,
+        request: Request { http, extensions },
         peer,
-        extensions,
+        trace,
     })
 }
 
-fn unix_now() -> i64 {
+/// Seconds since the Unix epoch: read once per check, passed to every stage that needs it.
+pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-/// Decides one prepared check against one snapshot, given the outcome of authentication.
-pub fn decide(
-    snapshot: &Snapshot,
-    prepared: Prepared,
-    token: Result<Option<Arc<VerifiedToken>>, TokenError>,
-    requires_token: bool,
-) -> Decision {
-    decide_keeping(snapshot, prepared, token, requires_token, false).0
-}
-
-/// [`decide`], also returning the Cedar request when `keep_call` and one was built.
-fn decide_keeping(
-    snapshot: &Snapshot,
-    prepared: Prepared,
-    token: Result<Option<Arc<VerifiedToken>>, TokenError>,
-    requires_token: bool,
-    keep_call: bool,
-) -> (Decision, Option<mapping::CedarCall>) {
-    let Prepared {
-        http,
-        peer,
-        extensions,
-    } = prepared;
-    let mut decision = Decision::early(http.request_id.clone(), DenyReason::PolicyDenied);
-    decision.peer_spiffe_id = peer.spiffe_id.as_ref().map(ToString::to_string);
-    decision.client_identity_headers = http
-        .headers
-        .keys()
-        // Many upstream frameworks (CGI, WSGI, Rack, PHP) read `_` as `-`: match both.
-        .filter(|name| name.replace('_', "-").starts_with(IDENTITY_HEADER_PREFIX))
-        .cloned()
-        .collect();
-
-    let route = snapshot.routes.find(&http.method, &http.path);
-    decision.enforced = !route.as_ref().is_some_and(|r| r.dry_run);
-    if route.is_none() && snapshot.routes.near_miss(&http.method, &http.path) {
-        let err = mapping::MappingError::NearMiss(http.path.clone());
-        return (deny(decision, DenyReason::NoRoute(err)), None);
-    }
-    // A token that is present must be valid, on every route; a missing one is refused where
-    // the route (or, without a route setting, `authentication.require_token`) requires one.
-    let token = match token.and_then(|token| {
-        match &token {
-            Some(t) => t.check_binding(peer.cert_sha256.as_ref()),
-            None => Ok(()),
-        }
-        .map(|()| token)
-    }) {
-        Ok(token) => token,
-        Err(err) => return (deny(decision, DenyReason::Unauthenticated(err)), None),
-    };
-    let required = route
-        .as_ref()
-        .and_then(|r| r.token)
-        .map_or(requires_token, |t| t == TokenRequirement::Required);
-    if token.is_none() && required {
-        return (
-            deny(decision, DenyReason::Unauthenticated(TokenError::Missing)),
-            None,
-        );
-    }
-    let identity = Identity { peer, token };
-
-    let call = match mapping::map(snapshot, &http, route, &identity, &extensions) {
-        Ok(call) => call,
-        Err(err) if err.is_unknown_action() => {
-            return (deny(decision, DenyReason::NoRoute(err)), None);
-        }
-        Err(err) => return (deny(decision, DenyReason::Mapping(err)), None),
-    };
-    decision.principal = Some(call.principal.to_string());
-    decision.action = Some(call.action.to_string());
-    decision.resource = Some(call.resource.to_string());
-    match engine::evaluate(snapshot, &call) {
-        Verdict::Allow { determining } => {
-            decision.policy_ids = determining;
-            decision.outcome = Outcome::Allow;
-        }
-        Verdict::Deny { determining } => {
-            decision.policy_ids = determining;
-        }
-        Verdict::Error { failed } => {
-            decision.policy_ids = failed.iter().map(|f| f.policy_id.clone()).collect();
-            decision.outcome = Outcome::Deny(DenyReason::PolicyError(failed));
-        }
-    }
-    (decision, keep_call.then_some(call))
-}
-
-fn deny(mut decision: Decision, reason: DenyReason) -> Decision {
-    decision.outcome = Outcome::Deny(reason);
-    decision
 }
 
 #[cfg(test)]

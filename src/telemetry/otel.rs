@@ -3,12 +3,8 @@
 //! `traceparent`, so it appears inside the caller's trace; spans are exported in batches off
 //! the request path. With the section absent nothing here runs and no span is built.
 
-use std::collections::HashMap;
-
-use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 
 use crate::config::OtelSettings;
@@ -70,7 +66,10 @@ impl Tracing {
 }
 
 /// The span of one check, a child of the request's `traceparent` when it has a valid one.
-pub fn check_span(traceparent: Option<&str>) -> tracing::Span {
+pub fn check_span(parent: Option<&super::TraceParent>) -> tracing::Span {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     let span = tracing::info_span!(
         "cedargate.check",
@@ -79,10 +78,17 @@ pub fn check_span(traceparent: Option<&str>) -> tracing::Span {
         decision = tracing::field::Empty,
         reason = tracing::field::Empty,
     );
-    if let Some(traceparent) = traceparent {
-        let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
-        let parent = TraceContextPropagator::new().extract(&carrier);
-        let _ = span.set_parent(parent);
+    let remote = parent.and_then(|p| {
+        Some(SpanContext::new(
+            TraceId::from_hex(&p.trace_id).ok()?,
+            SpanId::from_hex(&p.parent_id).ok()?,
+            TraceFlags::new(p.flags),
+            true,
+            TraceState::default(),
+        ))
+    });
+    if let Some(remote) = remote {
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
     }
     span
 }

@@ -1,0 +1,123 @@
+//! The decision core: one pure function from a policy snapshot, a normalised request, what the
+//! caller presented and the time to an [`Evaluation`]. No I/O, no clock (the caller passes
+//! `now`), no protobuf, no tonic: the Check and Explain handlers, `cedargate test` and `check`,
+//! the benchmarks and the tests all decide through [`evaluate`] (or [`explain`], the same
+//! stages keeping the Cedar request), so a shadow policy set or a replayed record is one more
+//! call, not another pipeline.
+//!
+//! Stages, each owned by its module: route semantics ([`crate::policy::routes`]: the route,
+//! or a refusal for a near miss) → identity rules ([`crate::identity::Presented::establish`]:
+//! a present token must be valid, certificate binding, a required token) → the Cedar request
+//! ([`crate::policy::mapping`], from parts built once per snapshot and per token) → Cedar on
+//! the slice of policies that can apply ([`crate::policy::engine`]; an evaluation error is a
+//! deny).
+//!
+//! [`evaluate_reference`] is the straightforward reference the core is proven equal to
+//! (`tests/decide.rs`): the whole entity store built for the request, the whole policy set, and
+//! the request validated against the schema by Cedar.
+
+use std::sync::Arc;
+
+use crate::decision::{DenyReason, Evaluation, Outcome};
+use crate::identity::Presented;
+use crate::policy::Snapshot;
+use crate::policy::engine::{self, Verdict};
+use crate::policy::mapping::{self, CedarCall, MappingError};
+use crate::request::Request;
+
+/// Decides one request against one snapshot.
+pub fn evaluate(
+    snapshot: &Snapshot,
+    request: &Request,
+    presented: &Presented,
+    now: i64,
+) -> Evaluation {
+    run(snapshot, request, presented, now, Mode::Fast).0
+}
+
+/// [`evaluate`], also returning the Cedar request when one was built (Explain, the CLI).
+pub fn explain(
+    snapshot: &Snapshot,
+    request: &Request,
+    presented: &Presented,
+    now: i64,
+) -> (Evaluation, Option<CedarCall>) {
+    run(snapshot, request, presented, now, Mode::Explain)
+}
+
+/// The reference [`evaluate`] must equal: whole entity store, whole policy set, full schema
+/// validation of the request. Slower; for the differential tests and benchmarks.
+pub fn evaluate_reference(
+    snapshot: &Snapshot,
+    request: &Request,
+    presented: &Presented,
+    now: i64,
+) -> Evaluation {
+    run(snapshot, request, presented, now, Mode::Reference).0
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Fast,
+    Explain,
+    Reference,
+}
+
+fn run(
+    snapshot: &Snapshot,
+    request: &Request,
+    presented: &Presented,
+    now: i64,
+    mode: Mode,
+) -> (Evaluation, Option<CedarCall>) {
+    let http = &request.http;
+    let mut evaluation = Evaluation::denied(DenyReason::PolicyDenied);
+    evaluation.version = Some(Arc::clone(&snapshot.version));
+    let deny = |mut evaluation: Evaluation, reason| {
+        evaluation.outcome = Outcome::Deny(reason);
+        (evaluation, None)
+    };
+
+    let route = match snapshot.routes.resolve(&http.method, &http.path) {
+        Ok(route) => route,
+        Err(near) => {
+            return deny(
+                evaluation,
+                DenyReason::NoRoute(MappingError::NearMiss(near.0)),
+            );
+        }
+    };
+    evaluation.route_dry_run = route.as_ref().is_some_and(|r| r.dry_run);
+    let identity = match presented.establish(route.as_ref().and_then(|r| r.token)) {
+        Ok(identity) => identity,
+        Err(err) => return deny(evaluation, DenyReason::Unauthenticated(err)),
+    };
+    let mapped = match mode {
+        Mode::Fast | Mode::Explain => mapping::map(snapshot, request, route, &identity, now),
+        Mode::Reference => mapping::map_with_whole_store(snapshot, request, route, &identity, now),
+    };
+    let call = match mapped {
+        Ok(call) => call,
+        Err(err) if err.is_unknown_action() => return deny(evaluation, DenyReason::NoRoute(err)),
+        Err(err) => return deny(evaluation, DenyReason::Mapping(err)),
+    };
+    let verdict = match mode {
+        Mode::Fast | Mode::Explain => engine::evaluate(snapshot, &call),
+        Mode::Reference => engine::evaluate_full(snapshot, &call),
+    };
+    evaluation.principal = Some(call.principal.clone());
+    evaluation.action = Some(call.action.clone());
+    evaluation.resource = Some(call.resource.clone());
+    match verdict {
+        Verdict::Allow { determining } => {
+            evaluation.policy_ids = determining;
+            evaluation.outcome = Outcome::Allow;
+        }
+        Verdict::Deny { determining } => evaluation.policy_ids = determining,
+        Verdict::Error { failed } => {
+            evaluation.policy_ids = failed.iter().map(|f| f.policy_id.clone()).collect();
+            evaluation.outcome = Outcome::Deny(DenyReason::PolicyError(failed));
+        }
+    }
+    (evaluation, (mode == Mode::Explain).then_some(call))
+}
