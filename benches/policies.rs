@@ -52,6 +52,7 @@ fn token() -> Arc<VerifiedToken> {
         claims: Default::default(),
         cnf_x5t_s256: None,
         require_cert_binding: false,
+        cedar: Default::default(),
     })
 }
 

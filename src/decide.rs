@@ -22,7 +22,7 @@ use crate::decision::{DenyReason, Evaluation, Outcome};
 use crate::identity::Presented;
 use crate::policy::Snapshot;
 use crate::policy::engine::{self, Verdict};
-use crate::policy::mapping::{self, CedarCall, MappingError};
+use crate::policy::mapping::{self, Build, CedarCall, MappingError};
 use crate::request::Request;
 
 /// Decides one request against one snapshot.
@@ -93,7 +93,9 @@ fn run(
         Err(err) => return deny(evaluation, DenyReason::Unauthenticated(err)),
     };
     let mapped = match mode {
-        Mode::Fast | Mode::Explain => mapping::map(snapshot, request, route, &identity, now),
+        Mode::Fast => mapping::map(snapshot, request, route, &identity, now, Build::Read),
+        // Explain shows the whole context; what the fast path leaves out no policy can read.
+        Mode::Explain => mapping::map(snapshot, request, route, &identity, now, Build::Everything),
         Mode::Reference => mapping::map_with_whole_store(snapshot, request, route, &identity, now),
     };
     let call = match mapped {

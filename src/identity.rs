@@ -4,6 +4,7 @@
 
 pub mod authn;
 pub mod jwks;
+pub mod memo;
 pub mod peer;
 pub mod spiffe;
 pub mod token;
@@ -60,10 +61,10 @@ impl Peer {
         let mut resolved = Self::from_envoy(principal, address);
         let (spiffe_from_cert, present) = if !certificate.is_empty() {
             let cert = peer::parse_certificate(&certificate, now)?;
-            resolved.dns_sans = cert.dns_sans;
-            resolved.subject = Some(cert.subject);
+            resolved.dns_sans = cert.dns_sans.clone();
+            resolved.subject = Some(cert.subject.clone());
             resolved.cert_sha256 = Some(cert.sha256);
-            (cert.spiffe_id, true)
+            (cert.spiffe_id.clone(), true)
         } else if let (true, Some(header)) = (settings.trust_xfcc, xfcc) {
             let xfcc = peer::parse_xfcc(header)?;
             resolved.dns_sans = xfcc.dns;

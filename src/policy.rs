@@ -9,6 +9,7 @@ pub mod engine;
 pub mod index;
 pub mod mapping;
 pub mod problem;
+pub mod reads;
 pub mod routes;
 pub mod slices;
 pub mod store;

@@ -9,6 +9,7 @@
 //! `cedargate_policy_reloads_total{result}`, `cedargate_build_info{version}`,
 //! `cedargate_log_lines_dropped_total`.
 
+pub mod decision_log;
 pub mod log_writer;
 pub mod otel;
 
@@ -76,7 +77,10 @@ pub fn init_logging(format: LogFormat, tracing: Option<&otel::Tracing>) -> log_w
     let (writer, guard) = log_writer::BatchedStderr::new();
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer.clone());
     let fmt = match format {
-        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Json => {
+            decision_log::write_json_to(writer.clone());
+            fmt.json().flatten_event(true).boxed()
+        }
         LogFormat::Text => fmt.boxed(),
     };
     let installed = tracing_subscriber::registry()
@@ -113,19 +117,20 @@ pub fn decided(decision: &Decision, elapsed: Duration, sampler: &Sampler) {
     if decision.is_allow() && !sampler.sample() {
         return;
     }
+    if decision_log::write(decision, detail.as_deref(), elapsed) {
+        return;
+    }
     let Decision {
         evaluation,
         envelope,
     } = decision;
     let attributes = (!envelope.log_attributes.is_empty()).then(|| {
-        serde_json::Value::Object(
-            envelope
-                .log_attributes
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
-                .collect(),
-        )
-        .to_string()
+        envelope
+            .log_attributes
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     });
     let uid = |u: &Option<cedar_policy::EntityUid>| u.as_ref().map(ToString::to_string);
     tracing::info!(
@@ -139,7 +144,7 @@ pub fn decided(decision: &Decision, elapsed: Duration, sampler: &Sampler) {
         principal = uid(&evaluation.principal).as_deref().unwrap_or(""),
         action = uid(&evaluation.action).as_deref().unwrap_or(""),
         resource = uid(&evaluation.resource).as_deref().unwrap_or(""),
-        policy_ids = ?evaluation.policy_ids,
+        policy_ids = %evaluation.policy_ids.join(","),
         policy_version = evaluation.version.as_deref().unwrap_or(""),
         trace_id = envelope.trace_id.as_deref().unwrap_or(""),
         attributes = attributes.as_deref().unwrap_or(""),

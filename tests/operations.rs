@@ -228,8 +228,10 @@ log:
     assert_eq!(allow["action"], r#"Action::"profile:read""#);
     assert_eq!(allow["target"], "cedargate::decision");
     assert_eq!(allow["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
-    let attributes: serde_json::Value =
-        serde_json::from_str(allow["attributes"].as_str().unwrap()).unwrap();
+    // Typed: an array and an object, not JSON text inside a string.
+    assert!(allow["policy_ids"].is_array(), "{allow}");
+    let attributes = &allow["attributes"];
+    assert!(attributes.is_object(), "{allow}");
     assert_eq!(attributes["header.x-tenant"], "blue");
     assert_eq!(attributes["header.x-secret-ish"], "[redacted]");
     assert_eq!(attributes["claim.tenant"], "blue");
@@ -242,8 +244,7 @@ log:
         .await;
     assert_eq!(deny["decision"], "deny");
     assert_eq!(deny["reason"], "policy_denied");
-    let deny_attributes: serde_json::Value =
-        serde_json::from_str(deny["attributes"].as_str().unwrap()).unwrap();
+    let deny_attributes = &deny["attributes"];
     assert_eq!(deny_attributes["claim.tenant"], "blue");
     assert!(deny_attributes.get("header.x-auth-token").is_none());
 

@@ -124,7 +124,7 @@ proptest! {
         // A mutated certificate either fails to parse or still yields well-formed fields;
         // whether its signature is valid is Envoy's handshake's concern, not this parser's.
         if let Ok(parsed) = parse_certificate(&url, 1_700_000_000)
-            && let Some(id) = parsed.spiffe_id
+            && let Some(id) = &parsed.spiffe_id
         {
             prop_assert!(id.to_string().starts_with("spiffe://"));
         }

@@ -81,6 +81,7 @@ fn token(
         claims: Default::default(),
         cnf_x5t_s256: None,
         require_cert_binding: false,
+        cedar: Default::default(),
     }
 }
 

@@ -7,6 +7,8 @@
 //! validity, and the SHA-256 thumbprint used for RFC 8705 certificate-bound tokens. Anything
 //! malformed, ambiguous or expired is a [`PeerError`], which is a deny; never a panic.
 
+use std::sync::{Arc, OnceLock};
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
@@ -46,6 +48,7 @@ pub struct PeerCertificate {
     pub spiffe_id: Option<SpiffeId>,
     pub dns_sans: Vec<String>,
     pub subject: String,
+    pub not_before: i64,
     pub not_after: i64,
     /// SHA-256 of the DER certificate (RFC 8705 `x5t#S256`, XFCC `Hash`).
     pub sha256: [u8; 32],
@@ -58,8 +61,49 @@ impl PeerCertificate {
     }
 }
 
-/// Parses Envoy's `source.certificate` (URL-encoded PEM of the leaf).
-pub fn parse_certificate(url_encoded_pem: &str, now: i64) -> Result<PeerCertificate, PeerError> {
+/// How many parsed peer certificates are kept. A mesh has a few workloads per cedargate; a
+/// flood of distinct certificates only empties the cache, it never grows past this.
+const CERT_CACHE_ENTRIES: usize = 1024;
+
+/// Parsed certificates by the SHA-256 of the text Envoy sent: parsing is a pure function of
+/// that text, so one process-wide cache serves every listener and every reload. Validity is
+/// checked against `now` on every use, never cached. Only successful parses are kept.
+fn cert_cache() -> &'static dashmap::DashMap<[u8; 32], Arc<PeerCertificate>> {
+    static CACHE: OnceLock<dashmap::DashMap<[u8; 32], Arc<PeerCertificate>>> = OnceLock::new();
+    CACHE.get_or_init(dashmap::DashMap::new)
+}
+
+/// Parses Envoy's `source.certificate` (URL-encoded PEM of the leaf) and checks it is valid
+/// at `now`. A certificate seen before is not decoded or parsed again (bounded cache keyed by
+/// the SHA-256 of the text).
+pub fn parse_certificate(
+    url_encoded_pem: &str,
+    now: i64,
+) -> Result<Arc<PeerCertificate>, PeerError> {
+    let key: [u8; 32] = Sha256::digest(url_encoded_pem.as_bytes()).into();
+    let cache = cert_cache();
+    let cached = cache.get(&key).map(|entry| Arc::clone(entry.value()));
+    let cert = match cached {
+        Some(cert) => cert,
+        None => {
+            let cert = Arc::new(parse_uncached(url_encoded_pem)?);
+            if cache.len() >= CERT_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(key, Arc::clone(&cert));
+            cert
+        }
+    };
+    if cert.not_after < now {
+        return Err(PeerError::Expired);
+    }
+    if cert.not_before > now {
+        return Err(PeerError::NotYetValid);
+    }
+    Ok(cert)
+}
+
+fn parse_uncached(url_encoded_pem: &str) -> Result<PeerCertificate, PeerError> {
     let pem = percent_encoding::percent_decode_str(url_encoded_pem)
         .decode_utf8()
         .map_err(|_| PeerError::Encoding)?;
@@ -68,21 +112,15 @@ pub fn parse_certificate(url_encoded_pem: &str, now: i64) -> Result<PeerCertific
     if pem.label != "CERTIFICATE" || !rest.iter().all(u8::is_ascii_whitespace) {
         return Err(PeerError::Pem);
     }
-    parse_der(&pem.contents, now)
+    parse_der(&pem.contents)
 }
 
-fn parse_der(der: &[u8], now: i64) -> Result<PeerCertificate, PeerError> {
+fn parse_der(der: &[u8]) -> Result<PeerCertificate, PeerError> {
     let (rest, cert) = X509Certificate::from_der(der).map_err(|e| PeerError::Der(e.to_string()))?;
     if !rest.is_empty() {
         return Err(PeerError::Der("trailing bytes".into()));
     }
     let validity = cert.validity();
-    if validity.not_after.timestamp() < now {
-        return Err(PeerError::Expired);
-    }
-    if validity.not_before.timestamp() > now {
-        return Err(PeerError::NotYetValid);
-    }
     let mut uris = Vec::new();
     let mut dns_sans = Vec::new();
     let san = cert
@@ -107,6 +145,7 @@ fn parse_der(der: &[u8], now: i64) -> Result<PeerCertificate, PeerError> {
         spiffe_id,
         dns_sans,
         subject: cert.subject().to_string(),
+        not_before: validity.not_before.timestamp(),
         not_after: validity.not_after.timestamp(),
         sha256: Sha256::digest(der).into(),
     })

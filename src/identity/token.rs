@@ -116,6 +116,9 @@ pub struct VerifiedToken {
     pub cnf_x5t_s256: Option<String>,
     /// The issuer requires the binding to be checked against the peer on every request.
     pub require_cert_binding: bool,
+    /// The Cedar parts of this token's principal, built once per policy snapshot by the
+    /// mapping and cached with the token (they leave the token cache with it).
+    pub cedar: super::memo::Memo,
 }
 
 impl VerifiedToken {
@@ -431,6 +434,7 @@ impl IssuerPolicy {
                 .and_then(Value::as_str)
                 .map(str::to_owned),
             require_cert_binding: self.config.require_cert_binding,
+            cedar: Default::default(),
             claims: claims
                 .iter()
                 .map(|(k, v)| {

@@ -23,6 +23,7 @@ use cedar_policy::{
 };
 
 use super::Snapshot;
+use super::reads::Reads;
 use super::routes::{RouteMatch, action_uid};
 use crate::identity::{Identity, Principal};
 use crate::request::{HttpRequest, Request};
@@ -83,23 +84,33 @@ const HELPER_ID: &str = "request";
 
 /// The pieces of a Cedar request before its entity store is assembled.
 struct Parts {
-    principal: EntityUid,
+    principal: std::sync::Arc<PrincipalParts>,
     action: EntityUid,
     resource: EntityUid,
     context: Context,
-    /// Entities built for this request (helpers, the principal merged with its static entry).
-    per_request: Vec<Entity>,
+    /// The helper entities built for this request (headers, query, path parameters).
+    helpers: Vec<Entity>,
 }
 
 impl Parts {
+    /// The entities of this request: the principal's (merged with its static entry, and the
+    /// claims) and the helpers.
+    fn own_entities(&self) -> Vec<Entity> {
+        let mut own = Vec::with_capacity(self.principal.entities.len() + self.helpers.len());
+        own.extend(self.principal.entities.iter().cloned());
+        own.extend(self.helpers.iter().cloned());
+        own
+    }
+
     /// The Cedar request (validated against `schema` when given) with its entity store.
     fn into_call(
         self,
         entities: Entities,
         schema: Option<&Schema>,
     ) -> Result<CedarCall, MappingError> {
+        let principal = self.principal.uid.clone();
         let request = CedarRequest::new(
-            self.principal.clone(),
+            principal.clone(),
             self.action.clone(),
             self.resource.clone(),
             self.context,
@@ -107,13 +118,23 @@ impl Parts {
         )
         .map_err(|e| MappingError::NotApplicable(e.to_string()))?;
         Ok(CedarCall {
-            principal: self.principal,
+            principal,
             action: self.action,
             resource: self.resource,
             request,
             entities,
         })
     }
+}
+
+/// How much of the per-request data a mapping builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// Only what the snapshot's policies can read ([`Snapshot::reads`]); a token's principal
+    /// entities are built once per snapshot and cached with the token. The hot path.
+    Read,
+    /// The whole context and every tag (Explain shows it; the reference builds it).
+    Everything,
 }
 
 /// Builds the Cedar request for one Check: its entity store holds the per-request entities
@@ -126,53 +147,53 @@ pub fn map(
     route: Option<RouteMatch<'_>>,
     identity: &Identity,
     now: i64,
+    build: Build,
 ) -> Result<CedarCall, MappingError> {
-    let mut parts = parts(snapshot, request, route, identity, now)?;
+    let parts = parts(snapshot, request, route, identity, now, build)?;
     if !snapshot.index.applies(
         &parts.action,
-        parts.principal.type_name(),
+        parts.principal.uid.type_name(),
         parts.resource.type_name(),
     ) {
         return Err(MappingError::NotApplicable(format!(
             "{} does not apply to a {} principal and a {} resource",
             parts.action,
-            parts.principal.type_name(),
+            parts.principal.uid.type_name(),
             parts.resource.type_name()
         )));
     }
-    if let Some(token) = &identity.token
-        && !token.groups.is_empty()
-        && !snapshot.index.may_join_groups(parts.principal.type_name())
+    if !parts.principal.groups.is_empty()
+        && !snapshot
+            .index
+            .may_join_groups(parts.principal.uid.type_name())
     {
         return Err(MappingError::Invalid(format!(
             "the token names groups, but the schema does not let a {} be in a Group",
-            parts.principal.type_name()
+            parts.principal.uid.type_name()
         )));
     }
-    let mut seeds = vec![
-        parts.principal.clone(),
+    let mut seeds = Vec::with_capacity(3 + parts.principal.groups.len());
+    seeds.extend([
+        parts.principal.uid.clone(),
         parts.action.clone(),
         parts.resource.clone(),
-    ];
-    if let Some(token) = &identity.token {
-        for group in &token.groups {
-            seeds.push(uid(GROUP_TYPE, group)?);
-        }
-    }
+    ]);
+    seeds.extend(parts.principal.groups.iter().cloned());
     let mut list = snapshot.graph.subset(&snapshot.entities, seeds);
     // The request's own entities replace static ones of the same uid (the principal is
     // already merged with its static entry).
-    let per_request = std::mem::take(&mut parts.per_request);
-    list.retain(|e| !per_request.iter().any(|p| p.uid() == e.uid()));
-    list.extend(per_request);
+    let own = parts.own_entities();
+    list.retain(|e| !own.iter().any(|p| p.uid() == e.uid()));
+    list.extend(own);
     let entities = Entities::from_entities(list, None).map_err(invalid)?;
     // Checked above against the index: appliesTo here, the context's shape at load time.
     parts.into_call(entities, None)
 }
 
-/// The reference mapping the hot path is tested against: the whole static store plus the
-/// per-request entities (validated against the schema), and the request validated against the
-/// schema by Cedar. Same decisions as [`map`], slower (a copy of every static entity).
+/// The reference mapping the hot path is tested against: everything built, the whole static
+/// store plus the per-request entities (validated against the schema), and the request
+/// validated against the schema by Cedar. Same decisions as [`map`], slower (a copy of every
+/// static entity).
 pub fn map_with_whole_store(
     snapshot: &Snapshot,
     request: &Request,
@@ -180,14 +201,11 @@ pub fn map_with_whole_store(
     identity: &Identity,
     now: i64,
 ) -> Result<CedarCall, MappingError> {
-    let mut parts = parts(snapshot, request, route, identity, now)?;
+    let parts = parts(snapshot, request, route, identity, now, Build::Everything)?;
     let entities = snapshot
         .entities
         .clone()
-        .upsert_entities(
-            std::mem::take(&mut parts.per_request),
-            Some(&snapshot.schema),
-        )
+        .upsert_entities(parts.own_entities(), Some(&snapshot.schema))
         .map_err(invalid)?;
     parts.into_call(entities, Some(&snapshot.schema))
 }
@@ -198,7 +216,14 @@ fn parts(
     route: Option<RouteMatch<'_>>,
     identity: &Identity,
     now: i64,
+    build: Build,
 ) -> Result<Parts, MappingError> {
+    let names = names()?;
+    let everything = Reads::everything();
+    let reads = match build {
+        Build::Read => &snapshot.reads,
+        Build::Everything => &everything,
+    };
     let Request { http, extensions } = request;
     let action = match extensions.get(EXTENSION_ACTION) {
         Some(name) => action_uid(name).ok_or_else(|| MappingError::BadExtension {
@@ -224,33 +249,85 @@ fn parts(
         })?,
         None => match route.as_ref().and_then(|m| m.resource.clone()) {
             Some(uid) => uid,
-            None => uid("Path", &http.path)?,
+            None => EntityUid::from_type_name_and_id(names.path.clone(), EntityId::new(&http.path)),
         },
     };
     let params = route.map(|m| m.params).unwrap_or_default();
 
-    let (principal, principal_entity) = principal(identity)?;
-    let context = context(http, identity, now)?;
-    let mut per_request = vec![
-        tagged(HEADERS_TYPE, &http.headers)?,
-        tagged(QUERY_TYPE, &http.query)?,
-        tagged(PARAMS_TYPE, params.iter().map(|(k, v)| (k, v)))?,
-    ];
-    if let Some(token) = &identity.token {
-        per_request.push(tagged(CLAIMS_TYPE, &token.claims)?);
+    let principal = principal_parts(snapshot, identity, reads, build)?;
+    let context = context(http, identity, now, reads, names)?;
+    // The helper entities whose tags carry request maps, when a policy can read their tags.
+    let mut helpers = Vec::new();
+    let wanted = |field: &str| !reads.no_tags() && reads.context(&["request", field]);
+    if wanted("headers") {
+        helpers.push(tagged(&names.headers, &http.headers, reads)?);
     }
-    per_request.extend(
-        principal_entity
-            .map(|e| with_static(snapshot, e))
-            .transpose()?,
-    );
+    if wanted("query") {
+        helpers.push(tagged(&names.query, &http.query, reads)?);
+    }
+    if wanted("params") {
+        helpers.push(tagged(
+            &names.params,
+            params.iter().map(|(k, v)| (k, v)),
+            reads,
+        )?);
+    }
     Ok(Parts {
         principal,
         action,
         resource,
         context,
-        per_request,
+        helpers,
     })
+}
+
+/// A request's principal with the entities that come with it: the principal merged with its
+/// static entry, and for a token the claims entity; its groups seed the reachable store. For
+/// a token with [`Build::Read`], built once per snapshot and cached with the token.
+#[derive(Debug)]
+struct PrincipalParts {
+    uid: EntityUid,
+    entities: Vec<Entity>,
+    groups: Vec<EntityUid>,
+}
+
+fn principal_parts(
+    snapshot: &Snapshot,
+    identity: &Identity,
+    reads: &Reads,
+    build: Build,
+) -> Result<std::sync::Arc<PrincipalParts>, MappingError> {
+    let names = names()?;
+    let fresh = || -> Result<PrincipalParts, MappingError> {
+        let (uid, entity, groups) = principal(identity, names)?;
+        let mut entities: Vec<Entity> = entity
+            .map(|e| with_static(snapshot, e))
+            .transpose()?
+            .into_iter()
+            .collect();
+        if let Some(token) = &identity.token
+            && !reads.no_tags()
+            && reads.context(&["token", "claims"])
+        {
+            entities.push(tagged(&names.claims, &token.claims, reads)?);
+        }
+        Ok(PrincipalParts {
+            uid,
+            entities,
+            groups,
+        })
+    };
+    match (&identity.token, build) {
+        (Some(token), Build::Read) => {
+            if let Some(parts) = token.cedar.get::<PrincipalParts>(snapshot.id) {
+                return Ok(parts);
+            }
+            let parts = std::sync::Arc::new(fresh()?);
+            token.cedar.set(snapshot.id, std::sync::Arc::clone(&parts));
+            Ok(parts)
+        }
+        _ => Ok(std::sync::Arc::new(fresh()?)),
+    }
 }
 
 /// Checks that the entities cedargate builds per request (the helper entities with string
@@ -258,9 +335,11 @@ fn parts(
 /// validation per request. `None` when they do.
 pub fn check_entity_shapes(schema: &Schema) -> Option<String> {
     let tags = [("name".to_owned(), "value".to_owned())];
+    let everything = Reads::everything();
     let mut samples: Vec<Entity> = [HEADERS_TYPE, QUERY_TYPE, PARAMS_TYPE, CLAIMS_TYPE]
         .iter()
-        .filter_map(|t| tagged(t, tags.iter().map(|(k, v)| (k, v))).ok())
+        .filter_map(|t| uid(t, HELPER_ID).ok())
+        .filter_map(|u| tagged(&u, tags.iter().map(|(k, v)| (k, v)), &everything).ok())
         .collect();
     let workload_declared = schema.entity_types().any(|t| t.to_string() == "Workload");
     if workload_declared {
@@ -272,7 +351,7 @@ pub fn check_entity_shapes(schema: &Schema) -> Option<String> {
             }),
             token: None,
         };
-        if let Ok((_, Some(entity))) = principal(&identity) {
+        if let Ok((_, Some(entity), _)) = names().and_then(|n| principal(&identity, n)) {
             samples.push(entity);
         }
     }
@@ -317,12 +396,15 @@ pub fn check_schema(schema: &Schema) -> Vec<(EntityUid, String)> {
             claims: Default::default(),
             cnf_x5t_s256: None,
             require_cert_binding: false,
+            cedar: Default::default(),
         })),
         ..Identity::default()
     };
     let contexts: Vec<Context> = [Identity::default(), workload, user]
         .iter()
-        .filter_map(|identity| context(&sample, identity, 0).ok())
+        .filter_map(|identity| {
+            context(&sample, identity, 0, &Reads::everything(), names().ok()?).ok()
+        })
         .collect();
     // An action without `appliesTo` (an action group) never is a request's action.
     let applies = |action: &EntityUid| {
@@ -348,53 +430,74 @@ fn invalid(err: impl std::fmt::Display) -> MappingError {
 
 fn uid(type_name: &str, id: &str) -> Result<EntityUid, MappingError> {
     Ok(EntityUid::from_type_name_and_id(
-        parsed_type(type_name)?,
+        EntityTypeName::from_str(type_name).map_err(invalid)?,
         EntityId::new(id),
     ))
 }
 
-/// Entity type names come from the configuration, the routes and this module, never from a
-/// request: parsed once per thread and kept (bounded, in case that ever changes).
-fn parsed_type(name: &str) -> Result<EntityTypeName, MappingError> {
-    thread_local! {
-        static PARSED: std::cell::RefCell<HashMap<String, EntityTypeName>> =
-            std::cell::RefCell::new(HashMap::new());
-    }
-    PARSED.with(|cache| {
-        if let Some(parsed) = cache.borrow().get(name) {
-            return Ok(parsed.clone());
-        }
-        let parsed = EntityTypeName::from_str(name).map_err(invalid)?;
-        let mut cache = cache.borrow_mut();
-        if cache.len() < 64 {
-            cache.insert(name.to_owned(), parsed.clone());
-        }
-        Ok(parsed)
-    })
+/// The entity types and uids cedargate itself names, parsed once per process.
+#[derive(Debug)]
+struct Names {
+    headers: EntityUid,
+    query: EntityUid,
+    params: EntityUid,
+    claims: EntityUid,
+    group: EntityTypeName,
+    workload: EntityTypeName,
+    path: EntityTypeName,
+    anonymous: EntityUid,
 }
 
-fn principal(identity: &Identity) -> Result<(EntityUid, Option<Entity>), MappingError> {
+fn names() -> Result<&'static Names, MappingError> {
+    static NAMES: std::sync::OnceLock<Result<Names, MappingError>> = std::sync::OnceLock::new();
+    NAMES
+        .get_or_init(|| {
+            let type_name = |name: &str| EntityTypeName::from_str(name).map_err(invalid);
+            Ok(Names {
+                headers: uid(HEADERS_TYPE, HELPER_ID)?,
+                query: uid(QUERY_TYPE, HELPER_ID)?,
+                params: uid(PARAMS_TYPE, HELPER_ID)?,
+                claims: uid(CLAIMS_TYPE, HELPER_ID)?,
+                group: type_name(GROUP_TYPE)?,
+                workload: type_name("Workload")?,
+                path: type_name("Path")?,
+                anonymous: uid("Anonymous", "anonymous")?,
+            })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// The principal's uid, its entity (none for anonymous) and its groups.
+fn principal(
+    identity: &Identity,
+    names: &Names,
+) -> Result<(EntityUid, Option<Entity>, Vec<EntityUid>), MappingError> {
     match identity.principal() {
         Principal::Token(token) => {
             let subject = uid(&token.principal_type, &token.subject)?;
-            let groups = token
+            let groups: Vec<EntityUid> = token
                 .groups
                 .iter()
-                .map(|g| uid(GROUP_TYPE, g))
-                .collect::<Result<Vec<_>, _>>()?;
-            let entity = Entity::new_with_tags(subject.clone(), [], groups, []).map_err(invalid)?;
-            Ok((subject, Some(entity)))
+                .map(|g| EntityUid::from_type_name_and_id(names.group.clone(), EntityId::new(g)))
+                .collect();
+            let entity = Entity::new_with_tags(subject.clone(), [], groups.iter().cloned(), [])
+                .map_err(invalid)?;
+            Ok((subject, Some(entity), groups))
         }
         Principal::Workload(id) => {
-            let uid = uid("Workload", id.as_str())?;
+            let uid = EntityUid::from_type_name_and_id(
+                names.workload.clone(),
+                EntityId::new(id.as_str()),
+            );
             let attrs = HashMap::from([(
                 "trust_domain".to_owned(),
                 RestrictedExpression::new_string(id.trust_domain().to_owned()),
             )]);
             let entity = Entity::new(uid.clone(), attrs, Default::default()).map_err(invalid)?;
-            Ok((uid, Some(entity)))
+            Ok((uid, Some(entity), Vec::new()))
         }
-        Principal::Anonymous => Ok((uid("Anonymous", "anonymous")?, None)),
+        Principal::Anonymous => Ok((names.anonymous.clone(), None, Vec::new())),
     }
 }
 
@@ -412,15 +515,18 @@ fn with_static(snapshot: &Snapshot, entity: Entity) -> Result<Entity, MappingErr
     Entity::new(uid, attrs, parents).map_err(invalid)
 }
 
-/// An entity whose tags are the map's entries (headers, query, path parameters).
+/// An entity whose tags are the map's entries (headers, query, path parameters, claims) that
+/// a policy can read.
 fn tagged<'a>(
-    type_name: &str,
+    uid: &EntityUid,
     map: impl IntoIterator<Item = (&'a String, &'a String)> + 'a,
+    reads: &Reads,
 ) -> Result<Entity, MappingError> {
     let tags = map
         .into_iter()
+        .filter(|(k, _)| reads.tag(k))
         .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
-    Entity::new_with_tags(uid(type_name, HELPER_ID)?, [], [], tags).map_err(invalid)
+    Entity::new_with_tags(uid.clone(), [], [], tags).map_err(invalid)
 }
 
 fn string(s: &str) -> RestrictedExpression {
@@ -434,57 +540,84 @@ fn record(
         .map_err(invalid)
 }
 
-fn context(http: &HttpRequest, identity: &Identity, now: i64) -> Result<Context, MappingError> {
-    let entity = |t| uid(t, HELPER_ID).map(RestrictedExpression::new_entity_uid);
-    let request = record([
-        ("method", string(&http.method)),
-        ("host", string(&http.host)),
-        ("path", string(&http.path)),
-        ("scheme", string(&http.scheme)),
-        ("protocol", string(&http.protocol)),
-        ("id", string(&http.request_id)),
-        ("headers", entity(HEADERS_TYPE)?),
-        ("query", entity(QUERY_TYPE)?),
-        ("params", entity(PARAMS_TYPE)?),
-    ])?;
-    let peer = &identity.peer;
-    let mut peer_attrs = vec![
-        ("present", RestrictedExpression::new_bool(peer.is_present())),
-        ("principal", string(&peer.principal)),
-        ("address", string(&peer.address)),
-        (
-            "dns_sans",
-            RestrictedExpression::new_set(peer.dns_sans.iter().map(|d| string(d))),
-        ),
-    ];
-    if let Some(id) = &peer.spiffe_id {
-        peer_attrs.push(("spiffe_id", string(id.as_str())));
-        peer_attrs.push(("trust_domain", string(id.trust_domain())));
+/// The context record, with only the attributes a policy can read (all with
+/// [`Reads::everything`]).
+fn context(
+    http: &HttpRequest,
+    identity: &Identity,
+    now: i64,
+    reads: &Reads,
+    names: &Names,
+) -> Result<Context, MappingError> {
+    let entity = |uid: &EntityUid| RestrictedExpression::new_entity_uid(uid.clone());
+    let mut pairs = Vec::with_capacity(4);
+    if reads.context(&["request"]) {
+        let fields = [
+            ("method", http.method.as_str()),
+            ("host", &http.host),
+            ("path", &http.path),
+            ("scheme", &http.scheme),
+            ("protocol", &http.protocol),
+            ("id", &http.request_id),
+        ];
+        let helpers = [
+            ("headers", &names.headers),
+            ("query", &names.query),
+            ("params", &names.params),
+        ];
+        let request = fields
+            .into_iter()
+            .filter(|(name, _)| reads.context(&["request", name]))
+            .map(|(name, value)| (name, string(value)))
+            .chain(
+                helpers
+                    .into_iter()
+                    .filter(|(name, _)| reads.context(&["request", name]))
+                    .map(|(name, uid)| (name, entity(uid))),
+            );
+        pairs.push(("request".to_owned(), record(request)?));
     }
-    if let Some(subject) = &peer.subject {
-        peer_attrs.push(("subject", string(subject)));
+    if reads.context(&["peer"]) {
+        let peer = &identity.peer;
+        let mut peer_attrs = vec![
+            ("present", RestrictedExpression::new_bool(peer.is_present())),
+            ("principal", string(&peer.principal)),
+            ("address", string(&peer.address)),
+            (
+                "dns_sans",
+                RestrictedExpression::new_set(peer.dns_sans.iter().map(|d| string(d))),
+            ),
+        ];
+        if let Some(id) = &peer.spiffe_id {
+            peer_attrs.push(("spiffe_id", string(id.as_str())));
+            peer_attrs.push(("trust_domain", string(id.trust_domain())));
+        }
+        if let Some(subject) = &peer.subject {
+            peer_attrs.push(("subject", string(subject)));
+        }
+        peer_attrs.retain(|(name, _)| reads.context(&["peer", name]));
+        pairs.push(("peer".to_owned(), record(peer_attrs)?));
     }
-    let mut pairs = vec![
-        ("request".to_owned(), request),
-        ("peer".to_owned(), record(peer_attrs)?),
-        ("time".to_owned(), RestrictedExpression::new_long(now)),
-    ];
-    if let Some(token) = &identity.token {
+    if reads.context(&["time"]) {
+        pairs.push(("time".to_owned(), RestrictedExpression::new_long(now)));
+    }
+    if let Some(token) = &identity.token
+        && reads.context(&["token"])
+    {
         let set = |items: &[String]| RestrictedExpression::new_set(items.iter().map(|i| string(i)));
-        pairs.push((
-            "token".to_owned(),
-            record([
-                ("issuer", string(&token.issuer)),
-                ("subject", string(&token.subject)),
-                ("audience", set(&token.audience)),
-                ("scope", set(&token.scopes)),
-                (
-                    "expires_at",
-                    RestrictedExpression::new_long(token.expires_at),
-                ),
-                ("claims", entity(CLAIMS_TYPE)?),
-            ])?,
-        ));
+        let mut token_attrs = vec![
+            ("issuer", string(&token.issuer)),
+            ("subject", string(&token.subject)),
+            ("audience", set(&token.audience)),
+            ("scope", set(&token.scopes)),
+            (
+                "expires_at",
+                RestrictedExpression::new_long(token.expires_at),
+            ),
+            ("claims", entity(&names.claims)),
+        ];
+        token_attrs.retain(|(name, _)| reads.context(&["token", name]));
+        pairs.push(("token".to_owned(), record(token_attrs)?));
     }
     Context::from_pairs(pairs).map_err(invalid)
 }

@@ -40,6 +40,17 @@ pub struct Snapshot {
     pub index: super::index::SchemaIndex,
     /// What each static entity refers to, to build a Check's entity store.
     pub graph: super::index::EntityGraph,
+    /// The context paths and tag names the policies can read: all a check builds.
+    pub reads: super::reads::Reads,
+    /// Unique per snapshot in this process: the key of parts cached for it elsewhere (a
+    /// token's principal entities), so that a reload is never served the previous set's.
+    pub id: u64,
+}
+
+/// The next snapshot id.
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// One file of a policy set, read into memory.
@@ -281,7 +292,10 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
         let slices = super::slices::Slices::build(&policies, &schema, &entities);
         let index = super::index::SchemaIndex::build(&schema);
         let graph = super::index::EntityGraph::build(&entities, &policies);
+        let reads = super::reads::Reads::of(&policies);
         Ok(Snapshot {
+            reads,
+            id: next_id(),
             policies,
             schema,
             entities,

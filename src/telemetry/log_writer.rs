@@ -147,6 +147,11 @@ impl BatchedStderr {
         self.write_batch();
     }
 
+    /// Appends one complete line (ending in `\n`) formatted elsewhere: the decision log.
+    pub fn write_line(&self, line: &[u8]) {
+        self.append(line);
+    }
+
     /// Appends one formatted line. A full batch wakes the flusher; the caller never writes
     /// (after shutdown, it does: there is no flusher to wait for then).
     fn append(&self, line: &[u8]) {

@@ -1,0 +1,345 @@
+//! The decision core (`decide::evaluate`) against its reference (`decide::evaluate_reference`:
+//! everything built, whole store, whole policy set, request validated against the schema) on
+//! hand-written policy sets that reach the corners the generated sets of `tests/slicing.rs`
+//! do not: a tag read with a computed key and the context used whole (the read analysis must
+//! fall back to building everything), `context.time` and the peer record, Cedar evaluation
+//! errors (a deny naming the failing policy) and principal types outside an action's
+//! `appliesTo` (a deny before evaluation). Every case of a fixed grid of callers, methods,
+//! paths and headers is compared, and each kind of outcome must occur.
+//!
+//! Then: parts cached with a token die with their source. The same token (the same `Arc`, as
+//! the token cache hands it out) decided against a reloaded policy set with different
+//! entities, groups or read claims must be decided on the new set.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cedargate::config::Limits;
+use cedargate::decide;
+use cedargate::decision::{Evaluation, Outcome};
+use cedargate::identity::{Presented, VerifiedToken};
+use cedargate::policy::{Snapshot, store};
+use cedargate::server::check::prepare;
+use cedargate::server::envoy;
+use cedargate::testutil::{CHECKOUT, check};
+
+const SCHEMA: &str = include_str!("../policies/schema.cedarschema");
+const ROUTES: &str = include_str!("../policies/routes.yaml");
+const NOW: i64 = 1_700_000_000;
+
+/// An action only users may take, routed at `DELETE /orders`.
+const USERS_ONLY: &str = r#"
+action "orders:purge" appliesTo {
+  principal: [User],
+  resource: Collection,
+  context: CheckContext,
+};
+"#;
+
+fn load(policies: &str, entities: &str) -> Snapshot {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("schema.cedarschema"),
+        format!("{SCHEMA}{USERS_ONLY}"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        format!(
+            "{ROUTES}  - {{ method: DELETE, path: \"/orders\", action: \"orders:purge\", resource: 'Collection::\"orders\"', token: optional }}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("policies.cedar"), policies).unwrap();
+    std::fs::write(dir.path().join("entities.json"), entities).unwrap();
+    store::load_dir(dir.path()).unwrap_or_else(|err| panic!("{err}"))
+}
+
+fn token(subject: &str, groups: &[&str], claims: &[(&str, &str)]) -> Arc<VerifiedToken> {
+    Arc::new(VerifiedToken {
+        issuer: "https://idp.test".into(),
+        subject: subject.into(),
+        principal_type: "User".into(),
+        audience: vec!["orders".into()],
+        scopes: vec!["orders.read".into()],
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        expires_at: i64::MAX,
+        issued_at: None,
+        claims: claims
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<BTreeMap<_, _>>(),
+        cnf_x5t_s256: None,
+        require_cert_binding: false,
+        cedar: Default::default(),
+    })
+}
+
+#[derive(Debug, Clone)]
+enum Caller {
+    Token(Arc<VerifiedToken>),
+    Workload,
+    Anonymous,
+}
+
+/// What must agree: reason code, uids, determining or failing policies.
+fn said(e: &Evaluation) -> (String, Option<String>, Option<String>, Vec<String>) {
+    let reason = match &e.outcome {
+        Outcome::Allow => "allow".to_owned(),
+        Outcome::Deny(reason) => reason.code().to_owned(),
+    };
+    let text = |u: &Option<cedar_policy::EntityUid>| u.as_ref().map(ToString::to_string);
+    (
+        reason,
+        text(&e.principal),
+        text(&e.resource),
+        e.policy_ids.clone(),
+    )
+}
+
+fn decide_both(
+    snapshot: &Snapshot,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    caller: &Caller,
+) -> (Evaluation, Evaluation) {
+    let mut builder = check(method, path);
+    for (name, value) in headers {
+        builder = builder.header(name, value);
+    }
+    if matches!(caller, Caller::Workload) {
+        builder = builder.peer(CHECKOUT);
+    }
+    let prepared = prepare(
+        &Limits::default(),
+        &Default::default(),
+        envoy::input(builder.build()),
+        NOW,
+    )
+    .unwrap();
+    let presented = Presented {
+        peer: Arc::new(prepared.peer.clone()),
+        token: Ok(match caller {
+            Caller::Token(token) => Some(Arc::clone(token)),
+            _ => None,
+        }),
+        token_required_by_default: false,
+    };
+    (
+        decide::evaluate(snapshot, &prepared.request, &presented, NOW),
+        decide::evaluate_reference(snapshot, &prepared.request, &presented, NOW),
+    )
+}
+
+/// Every case of the grid decided both ways; returns how often each reason occurred.
+fn compare(snapshot: &Snapshot) -> BTreeMap<String, usize> {
+    let callers = [
+        Caller::Token(token("alice", &["admins"], &[("tenant", "blue")])),
+        Caller::Token(token("bob", &[], &[("tenant", "red"), ("dept", "ops")])),
+        Caller::Workload,
+        Caller::Anonymous,
+    ];
+    let targets = [
+        ("GET", "/orders"),
+        ("POST", "/orders"),
+        ("DELETE", "/orders"),
+        ("GET", "/orders/1001"),
+        ("GET", "/orders/1002"),
+        ("GET", "/profiles/alice"),
+        ("GET", "/healthz"),
+        ("GET", "/unrouted"),
+    ];
+    let header_sets: [&[(&str, &str)]; 4] = [
+        &[],
+        &[("x-key", "get"), ("get", "yes"), ("x-tenant", "blue")],
+        &[("post", "yes"), ("x-overflow", "1")],
+        &[("x-tenant", "red"), ("x-block", "1")],
+    ];
+    let mut seen = BTreeMap::new();
+    for caller in &callers {
+        for (method, path) in targets {
+            for headers in header_sets {
+                let (core, reference) = decide_both(snapshot, method, path, headers, caller);
+                assert_eq!(
+                    said(&core),
+                    said(&reference),
+                    "{method} {path} {headers:?} {caller:?}"
+                );
+                assert_eq!(core.is_allow(), reference.is_allow());
+                *seen.entry(said(&core).0).or_insert(0) += 1;
+            }
+        }
+    }
+    seen
+}
+
+const ENTITIES: &str = r#"[
+  { "uid": { "type": "Group", "id": "admins" }, "attrs": {}, "parents": [] },
+  { "uid": { "type": "User", "id": "bob" }, "attrs": {}, "parents": [{ "type": "Group", "id": "ops" }] },
+  { "uid": { "type": "Group", "id": "ops" }, "attrs": {}, "parents": [] },
+  { "uid": { "type": "Order", "id": "1001" }, "attrs": { "owner": { "__entity": { "type": "User", "id": "bob" } } }, "parents": [] },
+  { "uid": { "type": "Order", "id": "1002" }, "attrs": { "owner": { "__entity": { "type": "User", "id": "alice" } } }, "parents": [] }
+]"#;
+
+#[test]
+fn the_core_decides_like_the_reference_with_literal_reads() {
+    let snapshot = load(
+        r#"
+@id("owner")
+permit (principal, action == Action::"orders:read", resource)
+when { resource has owner && resource.owner == principal };
+@id("tenant")
+permit (principal in Group::"admins", action, resource)
+when { context.request.headers.hasTag("x-tenant") && context.request.headers.getTag("x-tenant") == "blue" };
+@id("ops")
+permit (principal in Group::"ops", action == Action::"orders:list", resource);
+@id("purge")
+permit (principal, action == Action::"orders:purge", resource);
+@id("workload")
+permit (principal is Workload, action == Action::"orders:create", resource)
+when { principal.trust_domain == "shop.example" && context.peer.present };
+@id("public")
+permit (principal, action == Action::"GET", resource == Path::"/healthz");
+@id("claims")
+permit (principal, action == Action::"GET", resource)
+when { context has token && context.token.claims.hasTag("dept") && context.token.claims.getTag("dept") == "ops" };
+@id("overflow")
+forbid (principal, action, resource)
+when { context.request.headers.hasTag("x-overflow") && context.time * 9223372036854775 > 0 };
+@id("block")
+forbid (principal, action, resource)
+when { context.request.headers.hasTag("x-block") };
+"#,
+        ENTITIES,
+    );
+    let seen = compare(&snapshot);
+    for reason in ["allow", "policy_denied", "policy_error", "no_route"] {
+        assert!(
+            seen.get(reason).copied().unwrap_or(0) > 0,
+            "{reason}: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn the_core_decides_like_the_reference_with_computed_and_whole_reads() {
+    let snapshot = load(
+        r#"
+@id("computed-tag")
+permit (principal, action, resource)
+when {
+  context.request.headers.hasTag("x-key") &&
+  context.request.headers.hasTag(context.request.headers.getTag("x-key")) &&
+  context.request.headers.getTag(context.request.headers.getTag("x-key")) == "yes"
+};
+@id("whole-peer")
+permit (principal is Workload, action == Action::"orders:create", resource)
+when { context.peer == context.peer && context.peer has spiffe_id && context.peer.spiffe_id == "spiffe://shop.example/ns/shop/sa/checkout" };
+@id("whole-context")
+forbid (principal, action, resource)
+when { context == context && context.time < 0 };
+@id("overflow")
+forbid (principal, action, resource)
+when { context.request.headers.hasTag("x-overflow") && context.time * 9223372036854775 > 0 };
+"#,
+        ENTITIES,
+    );
+    let seen = compare(&snapshot);
+    for reason in ["allow", "policy_denied", "policy_error", "no_route"] {
+        assert!(
+            seen.get(reason).copied().unwrap_or(0) > 0,
+            "{reason}: {seen:?}"
+        );
+    }
+}
+
+fn evaluate(snapshot: &Snapshot, path: &str, token: &Arc<VerifiedToken>) -> Evaluation {
+    let prepared = prepare(
+        &Limits::default(),
+        &Default::default(),
+        envoy::input(check("GET", path).build()),
+        NOW,
+    )
+    .unwrap();
+    let presented = Presented {
+        peer: Arc::new(prepared.peer),
+        token: Ok(Some(Arc::clone(token))),
+        token_required_by_default: true,
+    };
+    decide::evaluate(snapshot, &prepared.request, &presented, NOW)
+}
+
+#[test]
+fn a_reload_with_changed_entities_or_groups_is_seen_by_the_next_check() {
+    let policies = r#"
+@id("admins")
+permit (principal in Group::"admins", action == Action::"orders:list", resource);
+"#;
+    let alice_admin = r#"[
+  { "uid": { "type": "Group", "id": "admins" }, "attrs": {}, "parents": [] },
+  { "uid": { "type": "User", "id": "alice" }, "attrs": {}, "parents": [{ "type": "Group", "id": "admins" }] }
+]"#;
+    let alice_not_admin = r#"[
+  { "uid": { "type": "Group", "id": "admins" }, "attrs": {}, "parents": [] },
+  { "uid": { "type": "User", "id": "alice" }, "attrs": {}, "parents": [] }
+]"#;
+    // One token for every check, as the token cache hands it out.
+    let alice = token("alice", &[], &[]);
+    let before = load(policies, alice_admin);
+    assert!(evaluate(&before, "/orders", &alice).is_allow());
+    assert!(
+        evaluate(&before, "/orders", &alice).is_allow(),
+        "from the cache"
+    );
+    let after = load(policies, alice_not_admin);
+    let denied = evaluate(&after, "/orders", &alice);
+    assert!(!denied.is_allow(), "{denied:?}");
+    assert!(evaluate(&load(policies, alice_admin), "/orders", &alice).is_allow());
+
+    // A token that names a group, whose user the static entities put in another group: the
+    // cached principal merges both, for the set in force.
+    let carol = token("carol", &["staff"], &[]);
+    let carol_admin = r#"[
+  { "uid": { "type": "Group", "id": "admins" }, "attrs": {}, "parents": [] },
+  { "uid": { "type": "Group", "id": "staff" }, "attrs": {}, "parents": [] },
+  { "uid": { "type": "User", "id": "carol" }, "attrs": {}, "parents": [{ "type": "Group", "id": "admins" }] }
+]"#;
+    let both = r#"
+@id("both")
+permit (principal in Group::"admins", action == Action::"orders:list", resource)
+when { principal in Group::"staff" };
+"#;
+    assert!(evaluate(&load(both, carol_admin), "/orders", &carol).is_allow());
+    assert!(!evaluate(&load(both, alice_admin), "/orders", &carol).is_allow());
+    assert!(evaluate(&load(both, carol_admin), "/orders", &carol).is_allow());
+}
+
+#[test]
+fn a_reload_that_reads_other_claims_is_seen_by_the_next_check() {
+    let reads = |claim: &str| {
+        format!(
+            r#"
+@id("claim")
+permit (principal, action == Action::"orders:list", resource)
+when {{ context has token && context.token.claims.hasTag("{claim}") && context.token.claims.getTag("{claim}") == "yes" }};
+"#
+        )
+    };
+    // The claims entity cached with the token holds only the claims the set in force reads.
+    let user = token("dave", &[], &[("tenant", "no"), ("dept", "yes")]);
+    let tenant = load(&reads("tenant"), "[]");
+    assert!(!evaluate(&tenant, "/orders", &user).is_allow());
+    let dept = load(&reads("dept"), "[]");
+    assert!(evaluate(&dept, "/orders", &user).is_allow());
+    assert!(
+        !evaluate(&tenant, "/orders", &user).is_allow(),
+        "back again"
+    );
+}
