@@ -96,7 +96,7 @@ pub struct RawHttp {
 }
 
 /// A normalised HTTP request, ready for route matching and the Cedar mapping.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpRequest {
     pub method: String,
     /// Lowercased, as sent (port kept).

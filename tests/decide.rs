@@ -260,6 +260,38 @@ when { context.request.headers.hasTag("x-overflow") && context.time * 9223372036
     }
 }
 
+#[test]
+fn the_core_decides_like_the_reference_when_a_tokens_context_is_built_once() {
+    // Nothing here reads the peer, the time or a request field other than the tag maps: the
+    // context of a token is built once and reused for all its requests, with other headers.
+    let snapshot = load(
+        r#"
+@id("tenant")
+permit (principal, action, resource)
+when {
+  context has token && context.token.claims.hasTag("tenant") &&
+  context.request.headers.hasTag("x-tenant") &&
+  context.token.claims.getTag("tenant") == context.request.headers.getTag("x-tenant")
+};
+@id("scope")
+permit (principal, action == Action::"orders:list", resource)
+when { context has token && context.token.scope.contains("orders.read") && context.request.headers.hasTag("get") };
+@id("block")
+forbid (principal, action, resource)
+when { context.request.headers.hasTag("x-block") };
+"#,
+        ENTITIES,
+    );
+    assert!(!snapshot.reads.context_varies());
+    let seen = compare(&snapshot);
+    for reason in ["allow", "policy_denied", "no_route"] {
+        assert!(
+            seen.get(reason).copied().unwrap_or(0) > 0,
+            "{reason}: {seen:?}"
+        );
+    }
+}
+
 fn evaluate(snapshot: &Snapshot, path: &str, token: &Arc<VerifiedToken>) -> Evaluation {
     let prepared = prepare(
         &Limits::default(),

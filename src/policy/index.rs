@@ -140,17 +140,18 @@ impl EntityGraph {
             refs,
             core: Vec::new(),
         };
-        graph.core = graph.reach(literals);
+        graph.core = graph.reach(literals, &[]);
         graph
     }
 
-    /// Every static entity reachable from `seeds` (the seeds included, when static).
-    fn reach(&self, seeds: Vec<EntityUid>) -> Vec<EntityUid> {
+    /// Every static entity reachable from `seeds` (the seeds included, when static), not
+    /// entering `known` (a set closed under reach, already taken).
+    fn reach(&self, seeds: Vec<EntityUid>, known: &[Entity]) -> Vec<EntityUid> {
         let mut seen: HashSet<EntityUid> = HashSet::new();
         let mut queue = seeds;
         let mut found = Vec::new();
         while let Some(uid) = queue.pop() {
-            if seen.contains(&uid) {
+            if seen.contains(&uid) || known.iter().any(|e| e.uid() == uid) {
                 continue;
             }
             if let Some(out) = self.refs.get(&uid) {
@@ -167,7 +168,21 @@ impl EntityGraph {
     pub fn subset(&self, store: &Entities, seeds: Vec<EntityUid>) -> Vec<Entity> {
         let mut queue = seeds;
         queue.extend(self.core.iter().cloned());
-        self.reach(queue)
+        self.reach(queue, &[])
+            .iter()
+            .filter_map(|uid| store.get(uid).cloned())
+            .collect()
+    }
+
+    /// The static entities reachable from `seeds` that `known` (a [`Self::subset`] already
+    /// taken, with the policies' literals) does not hold, cloned from `store`.
+    pub fn subset_beyond(
+        &self,
+        store: &Entities,
+        seeds: Vec<EntityUid>,
+        known: &[Entity],
+    ) -> Vec<Entity> {
+        self.reach(seeds, known)
             .iter()
             .filter_map(|uid| store.get(uid).cloned())
             .collect()

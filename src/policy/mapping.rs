@@ -172,14 +172,29 @@ pub fn map(
             parts.principal.uid.type_name()
         )));
     }
-    let mut seeds = Vec::with_capacity(3 + parts.principal.groups.len());
-    seeds.extend([
-        parts.principal.uid.clone(),
-        parts.action.clone(),
-        parts.resource.clone(),
-    ]);
-    seeds.extend(parts.principal.groups.iter().cloned());
-    let mut list = snapshot.graph.subset(&snapshot.entities, seeds);
+    let mut list = match &parts.principal.statics {
+        // The principal's side is cached with its token: only the action's and the
+        // resource's are looked up.
+        Some(statics) => {
+            let mut list = statics.clone();
+            list.extend(snapshot.graph.subset_beyond(
+                &snapshot.entities,
+                vec![parts.action.clone(), parts.resource.clone()],
+                statics,
+            ));
+            list
+        }
+        None => {
+            let mut seeds = Vec::with_capacity(3 + parts.principal.groups.len());
+            seeds.extend([
+                parts.principal.uid.clone(),
+                parts.action.clone(),
+                parts.resource.clone(),
+            ]);
+            seeds.extend(parts.principal.groups.iter().cloned());
+            snapshot.graph.subset(&snapshot.entities, seeds)
+        }
+    };
     // The request's own entities replace static ones of the same uid (the principal is
     // already merged with its static entry).
     let own = parts.own_entities();
@@ -255,7 +270,10 @@ fn parts(
     let params = route.map(|m| m.params).unwrap_or_default();
 
     let principal = principal_parts(snapshot, identity, reads, build)?;
-    let context = context(http, identity, now, reads, names)?;
+    let context = match &principal.context {
+        Some(context) => context.clone(),
+        None => context(http, identity, now, reads, names)?,
+    };
     // The helper entities whose tags carry request maps, when a policy can read their tags.
     let mut helpers = Vec::new();
     let wanted = |field: &str| !reads.no_tags() && reads.context(&["request", field]);
@@ -283,12 +301,18 @@ fn parts(
 
 /// A request's principal with the entities that come with it: the principal merged with its
 /// static entry, and for a token the claims entity; its groups seed the reachable store. For
-/// a token with [`Build::Read`], built once per snapshot and cached with the token.
+/// a token with [`Build::Read`], built once per snapshot and cached with the token, together
+/// with the static entities its side reaches and, when the policies read nothing of the
+/// context that varies per request ([`Reads::context_varies`]), the context itself.
 #[derive(Debug)]
 struct PrincipalParts {
     uid: EntityUid,
     entities: Vec<Entity>,
     groups: Vec<EntityUid>,
+    /// The static entities the principal, its groups and the policies' literals reach.
+    statics: Option<Vec<Entity>>,
+    /// The whole context, when it is the same for every request of this token.
+    context: Option<Context>,
 }
 
 fn principal_parts(
@@ -298,7 +322,7 @@ fn principal_parts(
     build: Build,
 ) -> Result<std::sync::Arc<PrincipalParts>, MappingError> {
     let names = names()?;
-    let fresh = || -> Result<PrincipalParts, MappingError> {
+    let fresh = |cached: bool| -> Result<PrincipalParts, MappingError> {
         let (uid, entity, groups) = principal(identity, names)?;
         let mut entities: Vec<Entity> = entity
             .map(|e| with_static(snapshot, e))
@@ -311,10 +335,25 @@ fn principal_parts(
         {
             entities.push(tagged(&names.claims, &token.claims, reads)?);
         }
+        let (statics, context) = match (cached, &identity.token) {
+            (true, Some(_)) => {
+                let mut seeds = Vec::with_capacity(1 + groups.len());
+                seeds.push(uid.clone());
+                seeds.extend(groups.iter().cloned());
+                let statics = snapshot.graph.subset(&snapshot.entities, seeds);
+                let context = (!reads.context_varies())
+                    .then(|| context(&HttpRequest::default(), identity, 0, reads, names))
+                    .transpose()?;
+                (Some(statics), context)
+            }
+            _ => (None, None),
+        };
         Ok(PrincipalParts {
             uid,
             entities,
             groups,
+            statics,
+            context,
         })
     };
     match (&identity.token, build) {
@@ -322,11 +361,11 @@ fn principal_parts(
             if let Some(parts) = token.cedar.get::<PrincipalParts>(snapshot.id) {
                 return Ok(parts);
             }
-            let parts = std::sync::Arc::new(fresh()?);
+            let parts = std::sync::Arc::new(fresh(true)?);
             token.cedar.set(snapshot.id, std::sync::Arc::clone(&parts));
             Ok(parts)
         }
-        _ => Ok(std::sync::Arc::new(fresh()?)),
+        _ => Ok(std::sync::Arc::new(fresh(false)?)),
     }
 }
 

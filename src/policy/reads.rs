@@ -86,6 +86,18 @@ impl Reads {
         self.tags.as_ref().is_none_or(|tags| tags.contains(name))
     }
 
+    /// True when a condition may read a context attribute whose value differs between two
+    /// requests of the same token: a request field other than the helper entities (which are
+    /// the same uids every time), the peer, or the time. When false, a token's context is the
+    /// same for all its requests and is built once.
+    pub fn context_varies(&self) -> bool {
+        ["method", "host", "path", "scheme", "protocol", "id"]
+            .iter()
+            .any(|field| self.context(&["request", field]))
+            || self.context(&["peer"])
+            || self.context(&["time"])
+    }
+
     /// True when no condition reads any tag: the tag-holding helper entities are not needed.
     pub fn no_tags(&self) -> bool {
         self.tags.as_ref().is_some_and(HashSet::is_empty)
@@ -192,6 +204,7 @@ mod tests {
         assert!(r.tag("x-tenant"));
         assert!(!r.tag("x-other"));
         assert!(!r.no_tags());
+        assert!(!r.context_varies());
     }
 
     #[test]
@@ -204,6 +217,7 @@ mod tests {
         );
         assert!(r.context(&["peer", "address"]));
         assert!(r.tag("anything"));
+        assert!(r.context_varies());
         let none = reads("permit(principal, action, resource);");
         assert!(none.no_tags());
         assert!(!none.context(&["request"]));
@@ -211,5 +225,6 @@ mod tests {
             reads(r#"permit(principal, action, resource) when { context has peer.spiffe_id };"#);
         assert!(extended.context(&["peer", "spiffe_id"]));
         assert!(!extended.context(&["peer", "address"]));
+        assert!(extended.context_varies());
     }
 }
