@@ -68,7 +68,14 @@ fn main() {
         .map(|&size| {
             let dir = tempfile::tempdir().unwrap();
             policygen::write(dir.path(), size).unwrap();
+            let rss_before = support::resident_kib();
+            let started = Instant::now();
             let snapshot = store::load_dir(dir.path()).unwrap();
+            eprintln!(
+                "{size:>6} policies: loaded and validated in {:.2} s, resident memory +{} MiB",
+                started.elapsed().as_secs_f64(),
+                support::resident_kib().saturating_sub(rss_before) / 1024
+            );
             let authn = runtime
                 .block_on(async { Authenticator::start(vec![issuer.clone()], Default::default()) })
                 .unwrap();

@@ -202,7 +202,8 @@ pub enum Principal<'a> {
 }
 
 impl Identity {
-    /// DESIGN.md: the token's subject when present, else the peer workload, else anonymous.
+    /// The token's subject when present, else the peer workload, else anonymous (README,
+    /// "Cedar mapping").
     pub fn principal(&self) -> Principal<'_> {
         match (&self.token, &self.peer.spiffe_id) {
             (Some(token), _) => Principal::Token(token),

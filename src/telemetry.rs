@@ -124,13 +124,17 @@ pub fn decided(decision: &Decision, elapsed: Duration, sampler: &Sampler) {
         evaluation,
         envelope,
     } = decision;
+    // Text logs: the attributes as one JSON object, so that a value cannot pose as another
+    // attribute.
     let attributes = (!envelope.log_attributes.is_empty()).then(|| {
-        envelope
-            .log_attributes
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        serde_json::Value::Object(
+            envelope
+                .log_attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+                .collect(),
+        )
+        .to_string()
     });
     let uid = |u: &Option<cedar_policy::EntityUid>| u.as_ref().map(ToString::to_string);
     tracing::info!(

@@ -375,3 +375,30 @@ when {{ context has token && context.token.claims.hasTag("{claim}") && context.t
         "back again"
     );
 }
+
+/// Attacks on the reads analysis found in review: each must decide like the reference.
+/// A record field named `Value` (which the analysis once skipped as a literal), and helper
+/// entities named directly instead of through the context (which were then not built).
+#[test]
+fn reads_cannot_be_hidden_from_the_analysis() {
+    let base = r#"
+@id("tenant")
+permit (principal, action, resource);
+"#;
+    let attacks = [
+        r#"forbid (principal, action, resource) when { {Value: context has token}.Value };"#,
+        r#"forbid (principal, action, resource) when { {Value: context.request.headers.hasTag("x-block")}.Value };"#,
+        r#"forbid (principal, action, resource) when { {Value: context.request.method}.Value == "DELETE" };"#,
+        r#"forbid (principal, action, resource) when { HttpHeaders::"request".hasTag("x-block") };"#,
+        r#"forbid (principal, action, resource) when { TokenClaims::"request".hasTag("dept") };"#,
+        r#"forbid (principal, action, resource) when { PathParams::"request".hasTag("id") };"#,
+    ];
+    for attack in attacks {
+        let snapshot = load(&format!("{base}@id(\"attack\")\n{attack}\n"), ENTITIES);
+        let seen = compare(&snapshot);
+        assert!(
+            seen.get("policy_denied").copied().unwrap_or(0) > 0,
+            "{attack}: the forbid never applied: {seen:?}"
+        );
+    }
+}

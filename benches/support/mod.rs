@@ -371,3 +371,16 @@ fn announce(addr: &str) {
     writeln!(out, "ready {addr}").unwrap();
     out.flush().unwrap();
 }
+
+/// This process's resident memory (`VmRSS` of `/proc/self/status`), in KiB; 0 when unknown.
+pub fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}

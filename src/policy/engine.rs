@@ -1,7 +1,7 @@
 //! Evaluates a Cedar request against the snapshot's policies with `cedar_policy::Authorizer`.
 //!
 //! Cedar skips a policy whose evaluation errors; a skipped `forbid` could turn a deny into an
-//! allow. Rule (DESIGN.md, "Cedar facts that shape safety"): any evaluation error is a deny, and
+//! allow. Rule (SECURITY.md, "an erroring `forbid` cannot allow"): any evaluation error is a deny, and
 //! the erroring policies are named. This module never builds requests and never answers Envoy.
 
 use cedar_policy::{Authorizer, Decision};

@@ -1,5 +1,5 @@
 //! Maps a normalised request and the caller's identity into a Cedar request: principal, action,
-//! resource, context and the per-request entities (DESIGN.md, "Mapping a check into Cedar").
+//! resource, context and the per-request entities (README, "Cedar mapping").
 //!
 //! - principal: the token's subject (`User::"<sub>"`, or the issuer's `principal_type`) in its
 //!   groups (`Group::"<name>"`), else the peer workload (`Workload::"spiffe://…"`, attribute
@@ -12,8 +12,13 @@
 //!   spiffe_id?, trust_domain?), `token?` (issuer, subject, audience and scope as sets,
 //!   expires_at, and `claims`, an entity whose tags are the claims) and `time` (epoch seconds).
 //!
-//! The context's shape is checked against every action of the schema at load; per-request
-//! entities are validated against the schema on every check. Request text only ever becomes entity ids, strings or tags: it is never parsed as Cedar.
+//! The context's shape and the shapes of the entities built per request are checked against
+//! the schema when the policy set loads, so nothing is validated per check. With
+//! [`Build::Read`] (the hot path) only what the policies can read is built
+//! ([`super::reads`]), and a token's principal, groups, claims, reachable static entities and
+//! (when nothing in it varies per request) context are built once per policy snapshot and
+//! cached with the token. Request text only ever becomes entity ids, strings or tags: it is
+//! never parsed as Cedar.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -81,6 +86,8 @@ const PARAMS_TYPE: &str = "PathParams";
 const CLAIMS_TYPE: &str = "TokenClaims";
 const GROUP_TYPE: &str = "Group";
 const HELPER_ID: &str = "request";
+/// The types of the entities cedargate builds per request to carry maps as tags.
+pub const HELPER_TYPES: [&str; 4] = [HEADERS_TYPE, QUERY_TYPE, PARAMS_TYPE, CLAIMS_TYPE];
 
 /// The pieces of a Cedar request before its entity store is assembled.
 struct Parts {
@@ -276,14 +283,14 @@ fn parts(
     };
     // The helper entities whose tags carry request maps, when a policy can read their tags.
     let mut helpers = Vec::new();
-    let wanted = |field: &str| !reads.no_tags() && reads.context(&["request", field]);
-    if wanted("headers") {
+    let wanted = |field: &str, helper: &str| reads.helper(&["request", field], helper);
+    if wanted("headers", HEADERS_TYPE) {
         helpers.push(tagged(&names.headers, &http.headers, reads)?);
     }
-    if wanted("query") {
+    if wanted("query", QUERY_TYPE) {
         helpers.push(tagged(&names.query, &http.query, reads)?);
     }
-    if wanted("params") {
+    if wanted("params", PARAMS_TYPE) {
         helpers.push(tagged(
             &names.params,
             params.iter().map(|(k, v)| (k, v)),
@@ -330,8 +337,7 @@ fn principal_parts(
             .into_iter()
             .collect();
         if let Some(token) = &identity.token
-            && !reads.no_tags()
-            && reads.context(&["token", "claims"])
+            && reads.helper(&["token", "claims"], CLAIMS_TYPE)
         {
             entities.push(tagged(&names.claims, &token.claims, reads)?);
         }

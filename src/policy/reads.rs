@@ -25,6 +25,10 @@ pub struct Reads {
     context: Option<BTreeSet<(Vec<String>, bool)>>,
     /// Tag names some condition reads with a literal key, or `None` when some key is computed.
     tags: Option<HashSet<String>>,
+    /// The helper entity types a policy or a static entity names other than through the
+    /// context (`HttpHeaders::"request".hasTag(…)`, an attribute holding that uid): such a
+    /// helper is built whenever tags are read, whether or not its context path is.
+    named: BTreeSet<String>,
 }
 
 impl Reads {
@@ -33,15 +37,19 @@ impl Reads {
         Self {
             context: None,
             tags: None,
+            named: BTreeSet::new(),
         }
     }
 
-    /// What the static policies and templates of `policies` read. A policy without a JSON
-    /// form (never expected) reads everything.
-    pub fn of(policies: &PolicySet) -> Self {
+    /// What the static policies and templates of `policies` read, given the static entities
+    /// (`entities_json`, the text of entities.json) and the types of the helper entities
+    /// cedargate builds (`helper_types`). A policy without a JSON form (never expected) reads
+    /// everything.
+    pub fn of(policies: &PolicySet, entities_json: &str, helper_types: &[&str]) -> Self {
         let mut reads = Self {
             context: Some(BTreeSet::new()),
             tags: Some(HashSet::new()),
+            named: BTreeSet::new(),
         };
         let forms = policies
             .policies()
@@ -56,13 +64,27 @@ impl Reads {
                         .into_iter()
                         .flatten()
                     {
-                        reads.visit(condition.get("body").unwrap_or(condition));
+                        reads.expr(condition.get("body").unwrap_or(condition));
                     }
+                    names_types(&json, helper_types, &mut reads.named);
                 }
                 Err(_) => return Self::everything(),
             }
         }
+        // A static entity can hold a helper's uid in an attribute, where a policy can reach it
+        // without naming it: any mention counts (conservative).
+        for helper in helper_types {
+            if entities_json.contains(helper) {
+                reads.named.insert((*helper).to_owned());
+            }
+        }
         reads
+    }
+
+    /// True when the helper entity of type `helper`, reachable from the context at `path`,
+    /// must be built: some policy can read its tags.
+    pub fn helper(&self, path: &[&str], helper: &str) -> bool {
+        !self.no_tags() && (self.context(path) || self.named.contains(helper))
     }
 
     /// True when a condition may read the context attribute at `path`: its value or
@@ -103,7 +125,9 @@ impl Reads {
         self.tags.as_ref().is_some_and(HashSet::is_empty)
     }
 
-    fn visit(&mut self, expr: &Value) {
+    /// Visits one expression of Cedar's JSON policy form: an object whose one key is the
+    /// operator. Unknown operators are walked through (their arguments can read context).
+    fn expr(&mut self, expr: &Value) {
         if let Some(read) = context_path(expr) {
             if let Some(reads) = &mut self.context {
                 reads.insert(read);
@@ -111,14 +135,27 @@ impl Reads {
             return;
         }
         let Some(object) = expr.as_object() else {
-            if let Some(items) = expr.as_array() {
-                items.iter().for_each(|item| self.visit(item));
-            }
             return;
         };
-        for (key, arg) in object {
-            match key.as_str() {
-                "Var" if arg.as_str() == Some("context") => self.context = None,
+        for (op, arg) in object {
+            match op.as_str() {
+                // Literals hold no expression.
+                "Value" | "Slot" => {}
+                "Var" => {
+                    if arg.as_str() == Some("context") {
+                        self.context = None;
+                    }
+                }
+                // Field names are the author's (a field may be called `Value`): only the field
+                // values are expressions.
+                "Record" => match arg.as_object() {
+                    Some(fields) => fields.values().for_each(|field| self.expr(field)),
+                    None => self.unknown(arg),
+                },
+                "Set" => match arg.as_array() {
+                    Some(items) => items.iter().for_each(|item| self.expr(item)),
+                    None => self.unknown(arg),
+                },
                 "getTag" | "hasTag" => {
                     match arg
                         .get("right")
@@ -132,14 +169,46 @@ impl Reads {
                         }
                         None => self.tags = None,
                     }
-                    self.visit(arg);
+                    self.arguments(arg);
                 }
-                // A string literal (`Value`) holds no expression, but an entity or record
-                // literal's JSON could look like one: skip literals whole.
-                "Value" => {}
-                _ => self.visit(arg),
+                _ => self.arguments(arg),
             }
         }
+    }
+
+    /// The arguments of an operator: named (`left`, `right`, `arg`, `if`, …) or positional
+    /// (an extension function's list). Strings among them (`attr`, `entity_type`) are names.
+    fn arguments(&mut self, arg: &Value) {
+        match arg {
+            Value::Object(named) => named.values().for_each(|value| self.expr(value)),
+            Value::Array(positional) => positional.iter().for_each(|value| self.expr(value)),
+            _ => {}
+        }
+    }
+
+    /// A shape this analysis does not know: read everything.
+    fn unknown(&mut self, _arg: &Value) {
+        self.context = None;
+        self.tags = None;
+    }
+}
+
+/// Adds to `named` each of `helper_types` that `json` (a policy's JSON form) names anywhere:
+/// as an entity literal, in the scope, or in an `is` test.
+fn names_types(json: &Value, helper_types: &[&str], named: &mut BTreeSet<String>) {
+    match json {
+        Value::String(text) => {
+            if let Some(helper) = helper_types.iter().find(|h| text == *h) {
+                named.insert((*helper).to_owned());
+            }
+        }
+        Value::Array(items) => items
+            .iter()
+            .for_each(|item| names_types(item, helper_types, named)),
+        Value::Object(fields) => fields
+            .values()
+            .for_each(|value| names_types(value, helper_types, named)),
+        _ => {}
     }
 }
 
@@ -180,8 +249,10 @@ fn context_path(expr: &Value) -> Option<(Vec<String>, bool)> {
 mod tests {
     use super::*;
 
+    const HELPERS: [&str; 2] = ["HttpHeaders", "TokenClaims"];
+
     fn reads(text: &str) -> Reads {
-        Reads::of(&text.parse::<PolicySet>().unwrap())
+        Reads::of(&text.parse::<PolicySet>().unwrap(), "[]", &HELPERS)
     }
 
     #[test]
@@ -226,5 +297,35 @@ mod tests {
         assert!(extended.context(&["peer", "spiffe_id"]));
         assert!(!extended.context(&["peer", "address"]));
         assert!(extended.context_varies());
+    }
+
+    #[test]
+    fn field_names_and_literals_cannot_hide_a_read() {
+        // A record field named like an operator is a field: its value is still read.
+        let r = reads(
+            r#"permit(principal, action, resource) when {
+                { Value: context.request.headers.hasTag("x-block") }.Value &&
+                { Value: context has token }.Value
+            };"#,
+        );
+        assert!(r.tag("x-block"));
+        assert!(r.context(&["token"]));
+        // A helper entity named directly, not through the context.
+        let r = reads(
+            r#"permit(principal, action, resource) when { HttpHeaders::"request".hasTag("x-block") };"#,
+        );
+        assert!(r.tag("x-block"));
+        assert!(!r.context(&["request", "headers"]));
+        assert!(r.helper(&["request", "headers"], "HttpHeaders"));
+        assert!(!r.helper(&["token", "claims"], "TokenClaims"));
+        // A static entity that mentions a helper type.
+        let set = r#"permit(principal, action, resource) when { principal has h && principal.h.hasTag("x") };"#;
+        let policies = set.parse::<PolicySet>().unwrap();
+        let r = Reads::of(
+            &policies,
+            r#"[{"attrs": {"h": {"__entity": {"type": "TokenClaims", "id": "request"}}}}]"#,
+            &HELPERS,
+        );
+        assert!(r.helper(&["token", "claims"], "TokenClaims"));
     }
 }

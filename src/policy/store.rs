@@ -292,7 +292,11 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
         let slices = super::slices::Slices::build(&policies, &schema, &entities);
         let index = super::index::SchemaIndex::build(&schema);
         let graph = super::index::EntityGraph::build(&entities, &policies);
-        let reads = super::reads::Reads::of(&policies);
+        let reads = super::reads::Reads::of(
+            &policies,
+            entities_file.map_or("", |f| f.text.as_str()),
+            &mapping::HELPER_TYPES,
+        );
         Ok(Snapshot {
             reads,
             id: next_id(),
