@@ -43,16 +43,21 @@ action "orders:purge" appliesTo {
 "#;
 
 fn load(policies: &str, entities: &str) -> Snapshot {
+    load_with("", "", policies, entities)
+}
+
+/// [`load`] with more schema declarations and routes.
+fn load_with(schema: &str, routes: &str, policies: &str, entities: &str) -> Snapshot {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("schema.cedarschema"),
-        format!("{SCHEMA}{USERS_ONLY}"),
+        format!("{SCHEMA}{USERS_ONLY}{schema}"),
     )
     .unwrap();
     std::fs::write(
         dir.path().join("routes.yaml"),
         format!(
-            "{ROUTES}  - {{ method: DELETE, path: \"/orders\", action: \"orders:purge\", resource: 'Collection::\"orders\"', token: optional }}\n"
+            "{ROUTES}  - {{ method: DELETE, path: \"/orders\", action: \"orders:purge\", resource: 'Collection::\"orders\"', token: optional }}\n{routes}"
         ),
     )
     .unwrap();
@@ -401,4 +406,48 @@ permit (principal, action, resource);
             "{attack}: the forbid never applied: {seen:?}"
         );
     }
+}
+
+/// A second review: helpers handed to a policy without it naming them. A route whose resource
+/// is a helper entity (`resource.hasTag(…)`), and a static entity whose attribute holds one
+/// under a JSON-escaped type name.
+#[test]
+fn helpers_reached_other_than_by_name_are_built() {
+    let via_route = load_with(
+        r#"action "hdr:inspect" appliesTo { principal: [User, Service, Workload, Anonymous], resource: [HttpHeaders], context: CheckContext };"#,
+        "  - { method: GET, path: \"/unrouted\", action: \"hdr:inspect\", resource: 'HttpHeaders::\"request\"', token: optional }\n",
+        r#"
+@id("all")
+permit (principal, action, resource);
+@id("inspect")
+forbid (principal, action == Action::"hdr:inspect", resource) when { resource.hasTag("x-block") };
+"#,
+        ENTITIES,
+    );
+    let seen = compare(&via_route);
+    assert!(
+        seen.get("policy_denied").copied().unwrap_or(0) > 0,
+        "{seen:?}"
+    );
+
+    let via_attribute = load_with(
+        "entity Tenant { h: HttpHeaders, c: TokenClaims };",
+        "",
+        r#"
+@id("all")
+permit (principal, action, resource);
+@id("headers")
+forbid (principal, action, resource) when { Tenant::"t".h.hasTag("x-block") };
+@id("claims")
+forbid (principal, action, resource) when { Tenant::"t".c.hasTag("dept") };
+"#,
+        r#"[{ "uid": { "type": "Tenant", "id": "t" }, "attrs": {
+              "h": { "__entity": { "type": "Http\u0048eaders", "id": "request" } },
+              "c": { "__entity": { "type": "Token\u0043laims", "id": "request" } } }, "parents": [] }]"#,
+    );
+    let seen = compare(&via_attribute);
+    assert!(
+        seen.get("policy_denied").copied().unwrap_or(0) > 0,
+        "{seen:?}"
+    );
 }

@@ -41,11 +41,17 @@ impl Reads {
         }
     }
 
-    /// What the static policies and templates of `policies` read, given the static entities
-    /// (`entities_json`, the text of entities.json) and the types of the helper entities
-    /// cedargate builds (`helper_types`). A policy without a JSON form (never expected) reads
+    /// What the static policies and templates of `policies` read, given the types of the
+    /// helper entities cedargate builds (`helper_types`) and whether something other than a
+    /// policy can hand one to a policy (`mentioned`: a static entity's attribute, parent or
+    /// tag, or an action's `appliesTo`, which lets a route or a context extension make it the
+    /// request's principal or resource). A policy without a JSON form (never expected) reads
     /// everything.
-    pub fn of(policies: &PolicySet, entities_json: &str, helper_types: &[&str]) -> Self {
+    pub fn of(
+        policies: &PolicySet,
+        helper_types: &[&str],
+        mentioned: impl Fn(&str) -> bool,
+    ) -> Self {
         let mut reads = Self {
             context: Some(BTreeSet::new()),
             tags: Some(HashSet::new()),
@@ -71,10 +77,9 @@ impl Reads {
                 Err(_) => return Self::everything(),
             }
         }
-        // A static entity can hold a helper's uid in an attribute, where a policy can reach it
-        // without naming it: any mention counts (conservative).
+        // Reached without a policy naming it: an attribute holding its uid, a route's resource.
         for helper in helper_types {
-            if entities_json.contains(helper) {
+            if mentioned(helper) {
                 reads.named.insert((*helper).to_owned());
             }
         }
@@ -252,7 +257,7 @@ mod tests {
     const HELPERS: [&str; 2] = ["HttpHeaders", "TokenClaims"];
 
     fn reads(text: &str) -> Reads {
-        Reads::of(&text.parse::<PolicySet>().unwrap(), "[]", &HELPERS)
+        Reads::of(&text.parse::<PolicySet>().unwrap(), &HELPERS, |_| false)
     }
 
     #[test]
@@ -318,14 +323,11 @@ mod tests {
         assert!(!r.context(&["request", "headers"]));
         assert!(r.helper(&["request", "headers"], "HttpHeaders"));
         assert!(!r.helper(&["token", "claims"], "TokenClaims"));
-        // A static entity that mentions a helper type.
-        let set = r#"permit(principal, action, resource) when { principal has h && principal.h.hasTag("x") };"#;
+        // A helper handed to the policies otherwise (a static entity's attribute, a route).
+        let set = r#"permit(principal, action, resource) when { resource.hasTag("x") };"#;
         let policies = set.parse::<PolicySet>().unwrap();
-        let r = Reads::of(
-            &policies,
-            r#"[{"attrs": {"h": {"__entity": {"type": "TokenClaims", "id": "request"}}}}]"#,
-            &HELPERS,
-        );
+        let r = Reads::of(&policies, &HELPERS, |helper| helper == "TokenClaims");
+        assert!(!r.helper(&["request", "headers"], "HttpHeaders"));
         assert!(r.helper(&["token", "claims"], "TokenClaims"));
     }
 }

@@ -292,11 +292,21 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
         let slices = super::slices::Slices::build(&policies, &schema, &entities);
         let index = super::index::SchemaIndex::build(&schema);
         let graph = super::index::EntityGraph::build(&entities, &policies);
-        let reads = super::reads::Reads::of(
-            &policies,
-            entities_file.map_or("", |f| f.text.as_str()),
-            &mapping::HELPER_TYPES,
-        );
+        // Decoded, so that an escaped type name (`Http\u0048eaders`) is seen as what it is.
+        let static_entities = entities
+            .to_json_value()
+            .map_or_else(|_| mapping::HELPER_TYPES.join(" "), |v| v.to_string());
+        let applies_to: std::collections::HashSet<String> = schema
+            .actions()
+            .flat_map(|action| {
+                let principals = schema.principals_for_action(action).into_iter().flatten();
+                let resources = schema.resources_for_action(action).into_iter().flatten();
+                principals.chain(resources).map(ToString::to_string)
+            })
+            .collect();
+        let reads = super::reads::Reads::of(&policies, &mapping::HELPER_TYPES, |helper| {
+            applies_to.contains(helper) || static_entities.contains(helper)
+        });
         Ok(Snapshot {
             reads,
             id: next_id(),
