@@ -123,13 +123,8 @@ impl EntityGraph {
         for policy in policies.policies() {
             match policy.to_json() {
                 Ok(json) => {
-                    for condition in json
-                        .get("conditions")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                    {
-                        looked_up(condition.get("body").unwrap_or(condition), &mut literals);
+                    for body in condition_bodies(&json) {
+                        looked_up(body, &mut literals);
                     }
                 }
                 // No JSON form (never expected): keep every static entity reachable.
@@ -187,6 +182,16 @@ impl EntityGraph {
             .filter_map(|uid| store.get(uid).cloned())
             .collect()
     }
+}
+
+/// The expressions of a policy's `when` and `unless` clauses, in Cedar's JSON policy form.
+pub(super) fn condition_bodies(policy: &Value) -> impl Iterator<Item = &Value> {
+    policy
+        .get("conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|condition| condition.get("body").unwrap_or(condition))
 }
 
 /// A `{"type": …, "id": …}` entity reference (also inside `{"__entity": …}`).

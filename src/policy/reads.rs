@@ -64,13 +64,8 @@ impl Reads {
         for form in forms {
             match form {
                 Ok(json) => {
-                    for condition in json
-                        .get("conditions")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                    {
-                        reads.expr(condition.get("body").unwrap_or(condition));
+                    for body in super::index::condition_bodies(&json) {
+                        reads.expr(body);
                     }
                     names_types(&json, helper_types, &mut reads.named);
                 }
