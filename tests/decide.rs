@@ -185,6 +185,17 @@ fn compare(snapshot: &Snapshot) -> BTreeMap<String, usize> {
     seen
 }
 
+/// [`compare`], then each of `reasons` must have occurred: the comparison exercised them.
+fn compare_and_expect(snapshot: &Snapshot, reasons: &[&str]) {
+    let seen = compare(snapshot);
+    for reason in reasons {
+        assert!(
+            seen.get(*reason).copied().unwrap_or(0) > 0,
+            "{reason}: {seen:?}"
+        );
+    }
+}
+
 const ENTITIES: &str = r#"[
   { "uid": { "type": "Group", "id": "admins" }, "attrs": {}, "parents": [] },
   { "uid": { "type": "User", "id": "bob" }, "attrs": {}, "parents": [{ "type": "Group", "id": "ops" }] },
@@ -224,13 +235,10 @@ when { context.request.headers.hasTag("x-block") };
 "#,
         ENTITIES,
     );
-    let seen = compare(&snapshot);
-    for reason in ["allow", "policy_denied", "policy_error", "no_route"] {
-        assert!(
-            seen.get(reason).copied().unwrap_or(0) > 0,
-            "{reason}: {seen:?}"
-        );
-    }
+    compare_and_expect(
+        &snapshot,
+        &["allow", "policy_denied", "policy_error", "no_route"],
+    );
 }
 
 #[test]
@@ -256,13 +264,10 @@ when { context.request.headers.hasTag("x-overflow") && context.time * 9223372036
 "#,
         ENTITIES,
     );
-    let seen = compare(&snapshot);
-    for reason in ["allow", "policy_denied", "policy_error", "no_route"] {
-        assert!(
-            seen.get(reason).copied().unwrap_or(0) > 0,
-            "{reason}: {seen:?}"
-        );
-    }
+    compare_and_expect(
+        &snapshot,
+        &["allow", "policy_denied", "policy_error", "no_route"],
+    );
 }
 
 #[test]
@@ -288,13 +293,7 @@ when { context.request.headers.hasTag("x-block") };
         ENTITIES,
     );
     assert!(!snapshot.reads.context_varies());
-    let seen = compare(&snapshot);
-    for reason in ["allow", "policy_denied", "no_route"] {
-        assert!(
-            seen.get(reason).copied().unwrap_or(0) > 0,
-            "{reason}: {seen:?}"
-        );
-    }
+    compare_and_expect(&snapshot, &["allow", "policy_denied", "no_route"]);
 }
 
 fn evaluate(snapshot: &Snapshot, path: &str, token: &Arc<VerifiedToken>) -> Evaluation {
