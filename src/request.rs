@@ -2,8 +2,15 @@
 //! types) into one [`HttpRequest`] whose path, query and headers can be trusted for matching.
 //!
 //! Rules (fail closed: anything ambiguous is a [`RequestError`], which is a deny):
-//! - the method is an RFC 9110 token;
+//! - the method is an RFC 9110 token in upper case: methods are case-sensitive (RFC 9110 §9.1)
+//!   but many upstreams fold them, so `delete` would be served as `DELETE` while a route table
+//!   and policies compare exactly; a method with a lower-case letter is refused;
 //! - the request target starts with `/`, is at most `max_path_bytes` long and carries no fragment;
+//! - the path has one canonical form, used for route matching, the fallback `Path::` resource and
+//!   `context.request.path` alike: a trailing `/` is dropped (`/a/` is `/a`; `/` stays), and the
+//!   forms upstreams disagree on are refused: an empty segment (`//a`, `/a//b`, which many
+//!   upstreams merge) and a `;` (a path parameter, which servlet containers and others drop:
+//!   `/a;x=1` is `/a` to them), also when percent-encoded;
 //! - the path is percent-decoded (RFC 3986 §2.1) into UTF-8 without control characters; an encoded
 //!   `/` or `\` (`%2F`, `%5C`) or a literal `\` is refused, because upstreams disagree on them;
 //! - a path with dot-segments (`.` or `..`, also encoded) is refused: resolving them here would
@@ -11,6 +18,9 @@
 //!   `normalize_path: true` resolves them before ext_authz runs, so well-configured traffic never
 //!   hits this rule; so is `..;` (a dot-segment to servlet containers) and a path that is still
 //!   percent-encoded after decoding (`%252e`), which an upstream decoding twice would resolve;
+//! - a query parameter given twice is refused: joined (`a,b`) or first-wins, a policy comparing
+//!   `debug == "true"` could be dodged by `?debug=true&debug=true`, and upstreams disagree on
+//!   which value counts;
 //! - header names are lowercased; a repeated header is joined with `,` when RFC 9110 defines it as
 //!   a list (`accept`, `x-forwarded-for`, …) and refused otherwise (a policy comparing
 //!   `x-env == "prod"` must not be dodged by sending it twice); pseudo-headers are left out (their
@@ -29,6 +39,8 @@ pub enum RequestError {
     MissingHttp,
     #[error("method `{0}` is not an HTTP token")]
     BadMethod(String),
+    #[error("method `{0}` is not in upper case")]
+    MethodCase(String),
     #[error("request target is {len} bytes, over the limit of {max}")]
     PathTooLong { len: usize, max: usize },
     #[error("request target must start with `/`")]
@@ -49,6 +61,12 @@ pub enum RequestError {
     DotSegment,
     #[error("path is percent-encoded twice")]
     DoubleEncoded,
+    #[error("path contains an empty segment (`//`)")]
+    EmptySegment,
+    #[error("path contains a `;` (a path parameter)")]
+    PathParameter,
+    #[error("query parameter `{0}` is repeated")]
+    RepeatedQuery(String),
     #[error("value of header `{0}` is not UTF-8")]
     HeaderNotUtf8(String),
     #[error("header `{0}` is repeated, and it is not a list")]
@@ -101,11 +119,11 @@ pub struct HttpRequest {
     pub method: String,
     /// Lowercased, as sent (port kept).
     pub host: String,
-    /// Decoded path without query.
+    /// Decoded path without query, in its canonical form (no trailing `/` but for `/`).
     pub path: String,
     pub scheme: String,
     pub protocol: String,
-    /// Query parameters, decoded; a repeated name keeps its values joined with `,`.
+    /// Query parameters, decoded; each name at most once.
     pub query: BTreeMap<String, String>,
     /// Lowercased header names; repeated list headers joined with `,`; no pseudo-headers.
     pub headers: BTreeMap<String, String>,
@@ -163,6 +181,9 @@ pub fn normalise(raw: RawHttp, max_path_bytes: usize) -> Result<HttpRequest, Req
     if method.is_empty() || !method.bytes().all(is_tchar) {
         return Err(RequestError::BadMethod(method));
     }
+    if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(RequestError::MethodCase(method));
+    }
     if target.len() > max_path_bytes {
         return Err(RequestError::PathTooLong {
             len: target.len(),
@@ -174,9 +195,7 @@ pub fn normalise(raw: RawHttp, max_path_bytes: usize) -> Result<HttpRequest, Req
     }
     let (raw_path, raw_query) = target.split_once('?').unwrap_or((&target, ""));
     let path = decode_path(raw_path)?;
-    let query = join_repeated(
-        form_urlencoded::parse(raw_query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())),
-    );
+    let query = unique_query(raw_query)?;
     let mut headers = BTreeMap::<String, String>::new();
     for RawHeader { name, value } in raw_headers {
         if name.starts_with(':') {
@@ -254,17 +273,20 @@ fn is_request_id(id: &str) -> bool {
 
 const MAX_REQUEST_ID_BYTES: usize = 128;
 
-fn join_repeated(pairs: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String, String> {
+/// The query's parameters, decoded; a name given twice is refused.
+fn unique_query(raw: &str) -> Result<BTreeMap<String, String>, RequestError> {
     let mut map = BTreeMap::<String, String>::new();
-    for (name, value) in pairs {
-        map.entry(name)
-            .and_modify(|joined| {
-                joined.push(',');
-                joined.push_str(&value);
-            })
-            .or_insert(value);
+    for (name, value) in form_urlencoded::parse(raw.as_bytes()) {
+        match map.entry(name.into_owned()) {
+            std::collections::btree_map::Entry::Occupied(entry) => {
+                return Err(RequestError::RepeatedQuery(entry.key().clone()));
+            }
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert(value.into_owned());
+            }
+        }
     }
-    map
+    Ok(map)
 }
 
 fn decode_path(raw: &str) -> Result<String, RequestError> {
@@ -294,17 +316,27 @@ fn decode_path(raw: &str) -> Result<String, RequestError> {
             _ => bytes.push(b),
         }
     }
-    let path = String::from_utf8(bytes).map_err(|_| RequestError::PathNotUtf8)?;
+    let mut path = String::from_utf8(bytes).map_err(|_| RequestError::PathNotUtf8)?;
     if path.chars().any(char::is_control) {
         return Err(RequestError::ControlCharacter);
     }
-    // `..;x` is `..` to servlet containers (Tomcat drops `;` path parameters).
+    // `..;x` is `..` to servlet containers (Tomcat drops `;` path parameters): reported as the
+    // dot-segment it is, before the `;` rule.
     if path
         .split('/')
         .map(|segment| segment.split(';').next().unwrap_or_default())
         .any(|segment| segment == "." || segment == "..")
     {
         return Err(RequestError::DotSegment);
+    }
+    if path.contains(';') {
+        return Err(RequestError::PathParameter);
+    }
+    if path.contains("//") {
+        return Err(RequestError::EmptySegment);
+    }
+    if path.len() > 1 && path.ends_with('/') {
+        path.pop();
     }
     // `%252e` decodes to `%2e`: an upstream that decodes again would see another path.
     if path
@@ -349,7 +381,16 @@ mod tests {
             ("/a/..;/b", Err(RequestError::DotSegment)),
             ("/a/.;x=1/b", Err(RequestError::DotSegment)),
             ("/a/%2e%2e;/b", Err(RequestError::DotSegment)),
-            ("/a;v=1/b", Ok("/a;v=1/b")),
+            ("/a;v=1/b", Err(RequestError::PathParameter)),
+            ("/orders/1001;x=1", Err(RequestError::PathParameter)),
+            ("/orders/1001%3Bv=1", Err(RequestError::PathParameter)),
+            ("/internal;x/metrics", Err(RequestError::PathParameter)),
+            ("/orders/", Ok("/orders")),
+            ("/internal/metrics/", Ok("/internal/metrics")),
+            ("//orders/1001", Err(RequestError::EmptySegment)),
+            ("/internal//metrics", Err(RequestError::EmptySegment)),
+            ("/a//", Err(RequestError::EmptySegment)),
+            ("//", Err(RequestError::EmptySegment)),
             ("/a/%252e%252e/b", Err(RequestError::DoubleEncoded)),
             ("/a%252Fb", Err(RequestError::DoubleEncoded)),
             ("/100%25", Ok("/100%")),
@@ -379,11 +420,19 @@ mod tests {
 
     #[test]
     fn query_is_split_off_and_decoded() {
-        let r = normalise(raw("GET", "/s?q=a%20b&tag=x&tag=y&e"), 64).unwrap();
+        let r = normalise(raw("GET", "/s?q=a%20b&tag=x&e"), 64).unwrap();
         assert_eq!(r.path, "/s");
         assert_eq!(r.query.get("q").map(String::as_str), Some("a b"));
-        assert_eq!(r.query.get("tag").map(String::as_str), Some("x,y"));
+        assert_eq!(r.query.get("tag").map(String::as_str), Some("x"));
         assert_eq!(r.query.get("e").map(String::as_str), Some(""));
+        // `debug=true` twice must not slip past `debug == "true"` as `true,true`.
+        for target in ["/s?debug=true&debug=true", "/s?debug=true&de%62ug=1"] {
+            assert_eq!(
+                normalise(raw("GET", target), 64).unwrap_err(),
+                RequestError::RepeatedQuery("debug".into()),
+                "{target}"
+            );
+        }
     }
 
     #[test]
@@ -400,6 +449,12 @@ mod tests {
             RequestError::BadMethod("GE T".into())
         );
         assert!(normalise(raw("", "/"), 64).is_err());
+        for lower in ["delete", "Delete", "gET"] {
+            assert_eq!(
+                normalise(raw(lower, "/"), 64).unwrap_err(),
+                RequestError::MethodCase(lower.into())
+            );
+        }
     }
 
     #[test]

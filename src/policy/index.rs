@@ -10,7 +10,10 @@
 //!   evaluation can reach — the principal, action and resource, what they refer to
 //!   transitively, and the conditions' literals whose data may be read (not those only
 //!   compared, such as the right side of `in`), with theirs — instead of a copy of every
-//!   static entity.
+//!   static entity;
+//! - [`PathLiterals`]: the `Path::` uids the policies and static entities name, folded, so a
+//!   fallback path that differs from one of them only by case (or a trailing `/` in the
+//!   literal) is refused rather than decided as another resource.
 //!
 //! Why the smaller store decides the same: a Cedar expression reaches an entity only through
 //! `principal`, `action`, `resource`, the context, a literal in a condition (scope literals
@@ -182,6 +185,56 @@ impl EntityGraph {
             .filter_map(|uid| store.get(uid).cloned())
             .collect()
     }
+}
+
+/// The ids of the `Path::` entities the policy set names (in scopes, conditions and static
+/// entities), to spot a request path that differs from one only by case or a trailing `/`.
+///
+/// Upstreams disagree on case (Express and ASP.NET fold it, most others do not), so
+/// `forbid … resource == Path::"/internal/metrics"` must not be dodged by
+/// `/Internal/metrics`; nor can cedargate fold every fallback path, because a `permit` on
+/// `Path::"/files/a"` would then allow `/FILES/A`, another resource to a case-sensitive
+/// upstream. Such a request is refused instead, like a near miss of a route.
+#[derive(Debug, Default)]
+pub struct PathLiterals {
+    exact: HashSet<String>,
+    folded: HashSet<String>,
+}
+
+impl PathLiterals {
+    /// Collects the `Path::` ids of `policies` and `entities`.
+    pub fn build(entities: &Entities, policies: &PolicySet, path_type: &str) -> Self {
+        let mut uids = Vec::new();
+        if let Ok(list) = entities.to_json_value() {
+            collect_uids(&list, &mut uids);
+        }
+        for policy in policies.policies() {
+            if let Ok(json) = policy.to_json() {
+                collect_uids(&json, &mut uids);
+            }
+        }
+        let exact: HashSet<String> = uids
+            .iter()
+            .filter(|uid| uid.type_name().to_string() == path_type)
+            .map(|uid| uid.id().unescaped().to_owned())
+            .collect();
+        let folded = exact.iter().map(|id| fold(id)).collect();
+        Self { exact, folded }
+    }
+
+    /// True when `path` (canonical: no trailing `/`) is not a literal but equals one once case
+    /// and a trailing `/` are ignored.
+    pub fn near_miss(&self, path: &str) -> bool {
+        !self.folded.is_empty() && !self.exact.contains(path) && self.folded.contains(&fold(path))
+    }
+}
+
+fn fold(path: &str) -> String {
+    let trimmed = match path.strip_suffix('/') {
+        Some(rest) if !rest.is_empty() => rest,
+        _ => path,
+    };
+    trimmed.to_lowercase()
 }
 
 /// The expressions of a policy's `when` and `unless` clauses, in Cedar's JSON policy form.

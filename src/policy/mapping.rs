@@ -55,7 +55,7 @@ pub enum MappingError {
     Invalid(String),
     #[error("the action does not apply to this principal or resource: {0}")]
     NotApplicable(String),
-    #[error("path `{0}` matches a route only when case is ignored")]
+    #[error("path `{0}` matches a route or a `Path::` of the policies only when case is ignored")]
     NearMiss(String),
 }
 
@@ -85,6 +85,8 @@ const QUERY_TYPE: &str = "HttpQuery";
 const PARAMS_TYPE: &str = "PathParams";
 const CLAIMS_TYPE: &str = "TokenClaims";
 const GROUP_TYPE: &str = "Group";
+/// The type of the fallback resource, a request path no route maps.
+pub const PATH_TYPE: &str = "Path";
 const HELPER_ID: &str = "request";
 /// The types of the entities cedargate builds per request to carry maps as tags.
 pub const HELPER_TYPES: [&str; 4] = [HEADERS_TYPE, QUERY_TYPE, PARAMS_TYPE, CLAIMS_TYPE];
@@ -271,6 +273,10 @@ fn parts(
         })?,
         None => match route.as_ref().and_then(|m| m.resource.clone()) {
             Some(uid) => uid,
+            // A path that a `Path::` literal of the set names but for case is refused.
+            None if snapshot.path_literals.near_miss(&http.path) => {
+                return Err(MappingError::NearMiss(http.path.clone()));
+            }
             None => EntityUid::from_type_name_and_id(names.path.clone(), EntityId::new(&http.path)),
         },
     };
@@ -505,7 +511,7 @@ fn names() -> Result<&'static Names, MappingError> {
                 claims: uid(CLAIMS_TYPE, HELPER_ID)?,
                 group: type_name(GROUP_TYPE)?,
                 workload: type_name("Workload")?,
-                path: type_name("Path")?,
+                path: type_name(PATH_TYPE)?,
                 anonymous: uid("Anonymous", "anonymous")?,
             })
         })

@@ -85,7 +85,7 @@ pub struct RouteMatch<'r> {
 
 const ANY_METHOD: &str = "*";
 
-/// A path that matches a route only when case and `;` parameters are ignored.
+/// A path that matches a route (or a `Path::` literal) only when case is ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NearMiss(pub String);
 
@@ -186,8 +186,8 @@ impl Routes {
     }
 
     /// The route semantics of one request: its route, or none (the fallback action and
-    /// resource apply), or a refusal when the path misses every route only by case or `;`
-    /// parameters ([`Routes::near_miss`]).
+    /// resource apply), or a refusal when the path misses every route only by case
+    /// ([`Routes::near_miss`]).
     pub fn resolve(&self, method: &str, path: &str) -> Result<Option<RouteMatch<'_>>, NearMiss> {
         match self.find(method, path) {
             Some(found) => Ok(Some(found)),
@@ -201,19 +201,12 @@ impl Routes {
         self.routes.iter().map(|r| &r.action)
     }
 
-    /// True when a path no route matches would match one if case and `;` parameters were
-    /// ignored (`/Orders/7`, `/orders;x=1/7`):
+    /// True when a path no route matches would match one if case were ignored (`/Orders/7`):
     /// upstreams that ignore case would serve the route's resource under the fallback action,
-    /// so such a request is refused instead of guessed at.
+    /// so such a request is refused instead of guessed at. (`;` path parameters and empty
+    /// segments never get here: [`crate::request`] refuses them.)
     pub fn near_miss(&self, method: &str, path: &str) -> bool {
-        // Case and `;` path parameters (`/orders;x=1/42`, which servlet containers serve as
-        // `/orders/42`) are folded away.
-        let folded = without_trailing_slash(path)
-            .split('/')
-            .map(|segment| segment.split(';').next().unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("/")
-            .to_lowercase();
+        let folded = without_trailing_slash(path).to_lowercase();
         [method, ANY_METHOD]
             .iter()
             .filter_map(|m| self.folded.get(*m))
@@ -361,7 +354,6 @@ mod tests {
         assert!(table.near_miss("PUT", "/ORDERS/"));
         assert!(!table.near_miss("PUT", "/Orders/42"));
         assert!(!table.near_miss("GET", "/elsewhere"));
-        assert!(table.near_miss("GET", "/orders;jsessionid=1/42"));
         // A template written with a trailing `/` is reachable too.
         let table = routes(
             r#"routes:

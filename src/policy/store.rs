@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub graph: super::index::EntityGraph,
     /// The context paths and tag names the policies can read: all a check builds.
     pub reads: super::reads::Reads,
+    /// The `Path::` ids the set names, to refuse a fallback path that differs only by case.
+    pub path_literals: super::index::PathLiterals,
     /// Unique per snapshot in this process: the key of parts cached for it elsewhere (a
     /// token's principal entities), so that a reload is never served the previous set's.
     pub id: u64,
@@ -292,6 +294,8 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
         let slices = super::slices::Slices::build(&policies, &schema, &entities);
         let index = super::index::SchemaIndex::build(&schema);
         let graph = super::index::EntityGraph::build(&entities, &policies);
+        let path_literals =
+            super::index::PathLiterals::build(&entities, &policies, mapping::PATH_TYPE);
         // Decoded, so that an escaped type name (`Http\u0048eaders`) is seen as what it is.
         let static_entities = entities
             .to_json_value()
@@ -309,6 +313,7 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
         });
         Ok(Snapshot {
             reads,
+            path_literals,
             id: next_id(),
             policies,
             schema,
