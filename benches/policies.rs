@@ -44,6 +44,7 @@ fn token() -> Arc<VerifiedToken> {
         issuer: "https://idp.test".into(),
         subject: "u0".into(),
         principal_type: "User".into(),
+        group_type: "Group".into(),
         audience: vec!["orders".into()],
         scopes: Vec::new(),
         groups: vec!["g0".into()],

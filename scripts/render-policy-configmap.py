@@ -26,6 +26,9 @@ issuers:
   - issuer: https://auth.example.org
     audiences: [orders]
     jwks: { discovery: true }
+    # Trust this issuer's `groups` claim (Group::"admins" in the example policies). Off
+    # unless set: a second issuer gets its own group_type, or `same_users_as` this one.
+    groups_claim: groups
 peer:
   # Istio's usual trust domain. The example policies name workloads of `shop.example`:
   # write yours with spiffe://cluster.local/ns/<namespace>/sa/<service-account>.

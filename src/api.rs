@@ -58,8 +58,10 @@ impl AuthorizerService for Api {
         &self,
         request: Request<pb::ExplainRequest>,
     ) -> Result<Response<pb::ExplainResponse>, Status> {
-        let Some(_permit) = self.shared.admit() else {
-            return Err(Status::unavailable("cedargate is over its in-flight limit"));
+        let Some(_permit) = self.shared.admit_explain() else {
+            return Err(Status::resource_exhausted(
+                "too many Explain calls at once; Check is not affected",
+            ));
         };
         let budget = check::deadline(self.shared.limits.check_timeout, request.metadata());
         let bytes = request.into_inner().check_request;

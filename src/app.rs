@@ -28,12 +28,9 @@ pub enum AppError {
     #[error(transparent)]
     Tls(#[from] crate::server::tls::TlsError),
     #[error(
-        "issuer `{issuer}`: principal_type `{principal_type}` is not an entity type of the schema; declare it or change principal_type"
+        "issuer `{issuer}`: `{entity_type}` (its principal_type or group_type) is not an entity type of the schema; declare it or change the issuer's setting"
     )]
-    PrincipalType {
-        issuer: String,
-        principal_type: String,
-    },
+    IssuerType { issuer: String, entity_type: String },
     #[cfg(unix)]
     #[error(transparent)]
     Unix(#[from] crate::server::unix::UnixError),
@@ -102,18 +99,13 @@ pub fn load_policies(source: &PolicySource) -> Result<Snapshot, PolicyLoadError>
 /// Loads policies, binds the listeners and starts serving.
 pub async fn build(config: Config) -> Result<App, AppError> {
     let snapshot = load_policies(&config.policies)?;
-    // A token's principal must be a type the schema knows, or no policy could ever match it.
-    let principal_types: Vec<String> = config
-        .issuers
-        .iter()
-        .map(|i| i.principal_type.clone())
-        .collect();
-    if let Some(missing) = crate::reload::missing_principal_type(&snapshot, &principal_types)
-        && let Some(issuer) = config.issuers.iter().find(|i| i.principal_type == missing)
-    {
-        return Err(AppError::PrincipalType {
-            issuer: issuer.issuer.clone(),
-            principal_type: missing.to_owned(),
+    // A token's principal and groups must be types the schema knows, or no policy could ever
+    // match them.
+    let issuer_types = crate::reload::IssuerTypes::of(&config.issuers);
+    if let Some((issuer, missing)) = issuer_types.missing(&snapshot) {
+        return Err(AppError::IssuerType {
+            issuer: issuer.to_owned(),
+            entity_type: missing.to_owned(),
         });
     }
     let tls = config
@@ -128,6 +120,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         trace_spans: config.otel.is_some(),
         ..CheckOptions::with_secrets(&config.auth.token_source)
     };
+    let exposed = config.plaintext_check_port_exposed();
     let authn = Authenticator::start(config.issuers, config.auth)?;
     crate::telemetry::policy_loaded(None, &snapshot.version);
     crate::telemetry::policy_warnings(&snapshot);
@@ -215,7 +208,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         PolicySource::Dir(dir) => Some(crate::reload::Reloader::start(
             dir.clone(),
             shared.clone(),
-            principal_types,
+            issuer_types,
             config.watch_policies,
         )?),
         PolicySource::Embedded => None,
@@ -246,6 +239,9 @@ pub async fn build(config: Config) -> Result<App, AppError> {
     let admin = tokio::spawn(async move { admin.await });
 
     shared.ready.store(true, Ordering::Release);
+    if let Some(addr) = exposed {
+        tracing::warn!(grpc_addr = %addr, "the Check port is plaintext beyond loopback: anyone who can reach it can ask for decisions on any request and identity they claim; use tls with client_ca, a Unix socket, or a mesh sidecar's mTLS in front of it");
+    }
     let grpc_shown = grpc_addr.map_or_else(|| config.listen.grpc.to_string(), |a| a.to_string());
     tracing::info!(grpc_addr = %grpc_shown, %admin_addr, api_addr = ?api_addr, "cedargate serving");
     Ok(App {

@@ -390,6 +390,17 @@ impl Config {
             problems,
         })
     }
+
+    /// The Check listener's address when it is plaintext TCP beyond loopback: anyone who can
+    /// reach it can ask for decisions about any request, principal and certificate it claims.
+    /// `serve` warns about it at start-up (a mesh sidecar in front of the port, as under
+    /// Istio, is a legitimate reason).
+    pub fn plaintext_check_port_exposed(&self) -> Option<SocketAddr> {
+        match &self.listen.grpc {
+            GrpcListen::Tcp(addr) if self.tls.is_none() && !addr.ip().is_loopback() => Some(*addr),
+            _ => None,
+        }
+    }
 }
 
 fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
@@ -601,11 +612,22 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
                  key,
                  client_ca,
                  require_client_cert,
-             }| TlsSettings {
-                cert: base.join(cert),
-                key: base.join(key),
-                client_ca: client_ca.map(|ca| base.join(ca)),
-                require_client_cert: require_client_cert.unwrap_or(true),
+             }| {
+                // Client certificates are required by default; without a CA to check them
+                // against, that default would silently accept any client.
+                if client_ca.is_none() && require_client_cert != Some(false) {
+                    problems.push(Problem {
+                        field: "tls.client_ca",
+                        value: String::new(),
+                        fix: "name the CA bundle that Envoy's client certificate chains to; to accept any TLS client instead (not recommended: anyone who reaches the port can ask for decisions), say `require_client_cert: false`",
+                    });
+                }
+                TlsSettings {
+                    cert: base.join(cert),
+                    key: base.join(key),
+                    client_ca: client_ca.map(|ca| base.join(ca)),
+                    require_client_cert: require_client_cert.unwrap_or(true),
+                }
             },
         ),
     };
@@ -757,6 +779,24 @@ mod tests {
         assert!(
             err.contains("`issuers[].principal_type` = `Workload`"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_plaintext_check_port_beyond_loopback_is_noticed() {
+        let exposed = |text: &str| parse(text).unwrap().plaintext_check_port_exposed();
+        assert_eq!(exposed(""), None);
+        assert_eq!(exposed("listen:\n  grpc: \"[::1]:9191\"\n"), None);
+        assert_eq!(exposed("listen:\n  grpc: unix:/run/c.sock\n"), None);
+        assert_eq!(
+            exposed("listen:\n  grpc: 0.0.0.0:9191\n").map(|a| a.to_string()),
+            Some("0.0.0.0:9191".into())
+        );
+        assert_eq!(
+            exposed(
+                "listen:\n  grpc: 0.0.0.0:9191\ntls:\n  cert: c.pem\n  key: k.pem\n  client_ca: ca.pem\n"
+            ),
+            None
         );
     }
 

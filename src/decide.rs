@@ -83,7 +83,7 @@ fn run(
         Err(near) => {
             return deny(
                 evaluation,
-                DenyReason::NoRoute(MappingError::NearMiss(near.0)),
+                DenyReason::NoRoute(MappingError::NearMiss(crate::text::clip(&near.0))),
             );
         }
     };

@@ -29,6 +29,22 @@ pub const PRINCIPAL_HEADER: &str = "x-cedargate-principal";
 pub const ACTION_HEADER: &str = "x-cedargate-action";
 /// The SPIFFE ID of the peer, when it presented one.
 pub const PEER_HEADER: &str = "x-cedargate-peer-spiffe-id";
+/// Set to `deny` on a request that passes only because its decision is not enforced
+/// (dry-run): the upstream can tell it from an allow.
+pub const DRY_RUN_HEADER: &str = "x-cedargate-dry-run";
+/// The headers cedargate sets itself, and their `_` spellings (CGI, WSGI, Rack and PHP read
+/// `_` as `-`): always removed from the client's request on an OK answer, whether or not the
+/// Check showed them (Envoy's `allowed_headers` may hide them from cedargate).
+const FIXED_HEADERS: [&str; 8] = [
+    PRINCIPAL_HEADER,
+    ACTION_HEADER,
+    PEER_HEADER,
+    DRY_RUN_HEADER,
+    "x_cedargate_principal",
+    "x_cedargate_action",
+    "x_cedargate_peer_spiffe_id",
+    "x_cedargate_dry_run",
+];
 
 /// The outcome of one Check: what the policy snapshot said ([`Evaluation`], the decision
 /// core's result) inside what is answered and logged around it ([`Envelope`]).
@@ -139,6 +155,8 @@ pub enum DenyReason {
     Internal(String),
     #[error("the check took longer than its deadline of {0:?}")]
     Timeout(std::time::Duration),
+    #[error("cedargate is over its in-flight limit")]
+    Overloaded,
 }
 
 impl DenyReason {
@@ -158,6 +176,7 @@ impl DenyReason {
             Self::Mapping(_) => "mapping_error",
             Self::Internal(_) => "internal",
             Self::Timeout(_) => "timeout",
+            Self::Overloaded => "overloaded",
         }
     }
 
@@ -172,7 +191,7 @@ impl DenyReason {
             Self::BadRequest(e) if e.is_headers_too_large() => (Code::InvalidArgument, 431),
             Self::BadRequest(_) => (Code::InvalidArgument, 400),
             Self::Mapping(_) | Self::Internal(_) => (Code::Internal, 500),
-            Self::Timeout(_) => (Code::Unavailable, 503),
+            Self::Timeout(_) | Self::Overloaded => (Code::Unavailable, 503),
         }
     }
 }
@@ -265,16 +284,18 @@ impl Decision {
                         headers.push((name.to_owned(), value));
                     }
                 }
+                if matches!(evaluation.outcome, Outcome::Deny(_)) {
+                    headers.push((DRY_RUN_HEADER.to_owned(), "deny".to_owned()));
+                }
                 // Every identity header cedargate did not set is removed, whether or not the
                 // Check showed it (Envoy's allowed_headers may hide it from cedargate).
-                let mut headers_to_remove: Vec<String> =
-                    [PRINCIPAL_HEADER, ACTION_HEADER, PEER_HEADER]
-                        .iter()
-                        .map(|name| (*name).to_owned())
-                        .chain(envelope.client_identity_headers.iter().cloned())
-                        .chain(envelope.strip_headers.iter().cloned())
-                        .filter(|name| !headers.iter().any(|(set, _)| set == name))
-                        .collect();
+                let mut headers_to_remove: Vec<String> = FIXED_HEADERS
+                    .iter()
+                    .map(|name| (*name).to_owned())
+                    .chain(envelope.client_identity_headers.iter().cloned())
+                    .chain(envelope.strip_headers.iter().cloned())
+                    .filter(|name| !headers.iter().any(|(set, _)| set == name))
+                    .collect();
                 headers_to_remove.sort_unstable();
                 headers_to_remove.dedup();
                 Answer {
@@ -357,10 +378,25 @@ mod tests {
                 r#"Workload::"spiffe://td/a""#.into()
             )
         );
-        // The principal header is overwritten, not removed; the others the client sent are removed.
+        // The principal header is overwritten, not removed; the others the client sent are
+        // removed, and cedargate's fixed headers and their `_` spellings always are.
         assert_eq!(
             answer.headers_to_remove,
-            vec![PEER_HEADER.to_owned(), "x-cedargate-x".to_owned()]
+            [
+                DRY_RUN_HEADER,
+                PEER_HEADER,
+                "x-cedargate-x",
+                "x_cedargate_action",
+                "x_cedargate_dry_run",
+                "x_cedargate_peer_spiffe_id",
+                "x_cedargate_principal",
+            ]
+        );
+        assert!(
+            !answer
+                .headers
+                .iter()
+                .any(|(name, _)| name == DRY_RUN_HEADER)
         );
         assert_eq!(answer.metadata["policy_ids"], json!(["p1"]));
     }

@@ -21,6 +21,7 @@ pub mod reload;
 pub mod request;
 pub mod server;
 pub mod telemetry;
+pub mod text;
 
 #[cfg(any(test, feature = "testutil"))]
 pub mod testutil;

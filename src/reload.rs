@@ -1,9 +1,12 @@
 //! Hot reload of the policy directory: a file watcher (notify: inotify on Linux, which also
 //! sees a Kubernetes ConfigMap's atomic `..data` swap) and SIGHUP both ask for a reload. Bursts
-//! of events are collapsed, the directory is loaded and validated in full off the async
-//! threads, and only a valid set whose content changed replaces the one in force: one atomic
-//! swap, so checks in flight finish on the snapshot they started with. An invalid change keeps
-//! the last good set, logs every problem with file and line, and counts
+//! of events are collapsed, and the directory must then read the same twice, [`STABLE`]
+//! apart, before it is loaded: a file moved away, truncated or half-written for less than
+//! that is never installed (an intermediate set could lack a `forbid`). An empty file is
+//! refused outright ([`store::read_dir`]). The set is loaded and validated in full off the
+//! async threads, and only a valid set whose content changed replaces the one in force: one
+//! atomic swap, so checks in flight finish on the snapshot they started with. An invalid or
+//! unstable change keeps the last good set, logs every problem with file and line, and counts
 //! `cedargate_policy_reloads_total{result="error"}`; readiness is unaffected.
 
 use std::path::PathBuf;
@@ -20,6 +23,11 @@ use crate::telemetry;
 
 /// Quiet time after the last file event before a reload starts (editors write in bursts).
 const SETTLE: Duration = Duration::from_millis(100);
+/// How long the directory must read the same before a change is installed.
+pub const STABLE: Duration = Duration::from_secs(1);
+/// Reads of a directory that keeps changing before this reload gives up (the next file
+/// event asks again).
+const STABLE_READS: usize = 5;
 
 /// Why the watcher could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,12 +49,12 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Watches `dir` and reloads into `shared`. `principal_types` are the issuers' principal
-    /// types, which a new schema must still declare.
+    /// Watches `dir` and reloads into `shared`. `issuer_types` are the entity types the
+    /// issuers' tokens become, which a new schema must still declare.
     pub fn start(
         dir: PathBuf,
         shared: Arc<Shared>,
-        principal_types: Vec<String>,
+        issuer_types: IssuerTypes,
         watch: bool,
     ) -> Result<Self, ReloadError> {
         let (ask, asked) = mpsc::channel::<()>(1);
@@ -55,7 +63,7 @@ impl Reloader {
         } else {
             None
         };
-        let task = tokio::spawn(run(dir, shared, principal_types, asked));
+        let task = tokio::spawn(run(dir, shared, issuer_types, asked));
         Ok(Self {
             task,
             _watcher: watcher,
@@ -102,7 +110,7 @@ impl Drop for Reloader {
 async fn run(
     dir: PathBuf,
     shared: Arc<Shared>,
-    principal_types: Vec<String>,
+    issuer_types: IssuerTypes,
     mut asked: mpsc::Receiver<()>,
 ) {
     let mut hangup = hangup_signal();
@@ -115,14 +123,21 @@ async fn run(
             .await
             .is_ok_and(|e| e.is_some())
         {}
-        reload(&dir, &shared, &principal_types).await;
+        reload(&dir, &shared, &issuer_types).await;
     }
 }
 
 /// Loads `dir` and, when valid and changed, makes it the policy set in force.
-pub async fn reload(dir: &std::path::Path, shared: &Shared, principal_types: &[String]) {
-    let owned = dir.to_owned();
-    let loaded = tokio::task::spawn_blocking(move || store::load_dir(&owned)).await;
+pub async fn reload(dir: &std::path::Path, shared: &Shared, issuer_types: &IssuerTypes) {
+    let files = match read_stable(dir, || tokio::time::sleep(STABLE)).await {
+        Ok(files) => files,
+        Err(err) => {
+            telemetry::policy_reload("error");
+            tracing::error!(error = %err, "policy reload refused; the previous policy set stays in force");
+            return;
+        }
+    };
+    let loaded = tokio::task::spawn_blocking(move || store::load_files(files)).await;
     let snapshot = match loaded {
         Ok(Ok(snapshot)) => snapshot,
         Ok(Err(err)) => {
@@ -136,11 +151,12 @@ pub async fn reload(dir: &std::path::Path, shared: &Shared, principal_types: &[S
             return;
         }
     };
-    if let Some(missing) = missing_principal_type(&snapshot, principal_types) {
+    if let Some((issuer, missing)) = issuer_types.missing(&snapshot) {
         telemetry::policy_reload("error");
         tracing::error!(
-            principal_type = %missing,
-            "policy reload refused: the new schema does not declare an issuer's principal_type; the previous policy set stays in force"
+            %issuer,
+            entity_type = %missing,
+            "policy reload refused: the new schema does not declare an issuer's principal_type or group_type; the previous policy set stays in force"
         );
         return;
     }
@@ -157,15 +173,65 @@ pub async fn reload(dir: &std::path::Path, shared: &Shared, principal_types: &[S
     tracing::info!(%version, %previous, "policy set reloaded");
 }
 
-/// The first of `principal_types` the snapshot's schema does not declare.
-pub fn missing_principal_type<'t>(
-    snapshot: &Snapshot,
-    principal_types: &'t [String],
-) -> Option<&'t str> {
-    principal_types
-        .iter()
-        .find(|t| !snapshot.schema.entity_types().any(|e| e.to_string() == **t))
-        .map(String::as_str)
+/// The policy files of `dir` once two reads, `pause` apart, agree (at most [`STABLE_READS`]
+/// reads): what a reload may install.
+pub async fn read_stable<F, P>(
+    dir: &std::path::Path,
+    mut pause: P,
+) -> Result<Vec<store::SourceFile>, store::PolicyLoadError>
+where
+    P: FnMut() -> F,
+    F: std::future::Future<Output = ()>,
+{
+    let read = |dir: PathBuf| async move {
+        tokio::task::spawn_blocking(move || store::read_dir(&dir))
+            .await
+            .unwrap_or_else(|err| {
+                Err(store::PolicyLoadError::Read {
+                    path: PathBuf::new(),
+                    source: std::io::Error::other(err.to_string()),
+                })
+            })
+    };
+    let mut before = read(dir.to_owned()).await?;
+    for _ in 1..STABLE_READS {
+        pause().await;
+        let after = read(dir.to_owned()).await?;
+        if after == before {
+            return Ok(after);
+        }
+        before = after;
+    }
+    Err(store::PolicyLoadError::Invalid {
+        problems: vec![
+            crate::policy::problem::Problem::in_file(dir, "the files kept changing while they were read")
+                .hint("write the files in one step (write a new directory and swap a symlink, as Kubernetes ConfigMaps do); the next change is read again"),
+        ],
+    })
+}
+
+/// The entity types the configured issuers' tokens become (principal types, and group types
+/// of issuers that assert groups), with the issuer of each: a schema must declare them all.
+#[derive(Debug, Clone, Default)]
+pub struct IssuerTypes(Vec<(String, String)>);
+
+impl IssuerTypes {
+    pub fn of(issuers: &[crate::config::IssuerConfig]) -> Self {
+        Self(
+            issuers
+                .iter()
+                .flat_map(|i| i.entity_types().map(|t| (i.issuer.clone(), t.to_owned())))
+                .collect(),
+        )
+    }
+
+    /// The first `(issuer, type)` whose type `snapshot`'s schema does not declare.
+    pub fn missing(&self, snapshot: &Snapshot) -> Option<(&str, &str)> {
+        self.0
+            .iter()
+            .find(|(_, t)| !snapshot.schema.entity_types().any(|e| e.to_string() == *t))
+            .map(|(issuer, t)| (issuer.as_str(), t.as_str()))
+    }
 }
 
 #[cfg(unix)]
@@ -188,4 +254,84 @@ async fn next(hangup: &mut Hangup) {
         return;
     }
     std::future::pending::<()>().await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::path::Path;
+
+    use super::read_stable;
+
+    fn names(files: &[crate::policy::store::SourceFile]) -> Vec<String> {
+        files
+            .iter()
+            .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_away_for_a_moment_is_never_read_as_the_set() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "main.cedar",
+            "permit (principal, action, resource);",
+        );
+        let forbid = "forbid (principal, action, resource);";
+        // The file is away when the first read happens, back before the second: the reads
+        // disagree, and the set returned is the one that then stays.
+        let mut pauses = 0;
+        let files = read_stable(dir.path(), || {
+            pauses += 1;
+            if pauses == 1 {
+                write(dir.path(), "forbid.cedar", forbid);
+            }
+            std::future::ready(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(names(&files), ["forbid.cedar", "main.cedar"]);
+        assert_eq!(
+            pauses, 2,
+            "read three times: before, after the change, once more"
+        );
+
+        // A directory that changes at every pause is never installed.
+        let mut n = 0;
+        let err = read_stable(dir.path(), || {
+            n += 1;
+            write(
+                dir.path(),
+                "main.cedar",
+                &format!("// {n}\npermit (principal, action, resource);"),
+            );
+            std::future::ready(())
+        })
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("kept changing"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_empty_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "main.cedar",
+            "permit (principal, action, resource);",
+        );
+        write(dir.path(), "forbid.cedar", "\n");
+        let err = read_stable(dir.path(), || std::future::ready(()))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("forbid.cedar"), "{err}");
+        assert!(err.contains("the file is empty"), "{err}");
+    }
 }

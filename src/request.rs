@@ -117,7 +117,8 @@ pub struct RawHttp {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpRequest {
     pub method: String,
-    /// Lowercased, as sent (port kept).
+    /// Lowercased, without a trailing `.` or the scheme's default port (`:443` for https,
+    /// `:80` for http): `Shop.Example.:443` is `shop.example`. Another port is kept.
     pub host: String,
     /// Decoded path without query, in its canonical form (no trailing `/` but for `/`).
     pub path: String,
@@ -179,10 +180,10 @@ pub fn normalise(raw: RawHttp, max_path_bytes: usize) -> Result<HttpRequest, Req
         headers: raw_headers,
     } = raw;
     if method.is_empty() || !method.bytes().all(is_tchar) {
-        return Err(RequestError::BadMethod(method));
+        return Err(RequestError::BadMethod(crate::text::clip(&method)));
     }
     if method.bytes().any(|b| b.is_ascii_lowercase()) {
-        return Err(RequestError::MethodCase(method));
+        return Err(RequestError::MethodCase(crate::text::clip(&method)));
     }
     if target.len() > max_path_bytes {
         return Err(RequestError::PathTooLong {
@@ -203,7 +204,7 @@ pub fn normalise(raw: RawHttp, max_path_bytes: usize) -> Result<HttpRequest, Req
         }
         let name = name.to_ascii_lowercase();
         let Ok(value) = String::from_utf8(value) else {
-            return Err(RequestError::HeaderNotUtf8(name));
+            return Err(RequestError::HeaderNotUtf8(crate::text::clip(&name)));
         };
         match headers.get_mut(&name) {
             None => {
@@ -214,7 +215,7 @@ pub fn normalise(raw: RawHttp, max_path_bytes: usize) -> Result<HttpRequest, Req
                 joined.push_str(&value);
             }
             // `x-env: prod` twice must not become `prod,prod` and slip past `== "prod"`.
-            Some(_) => return Err(RequestError::RepeatedHeader(name)),
+            Some(_) => return Err(RequestError::RepeatedHeader(crate::text::clip(&name))),
         }
     }
     let request_id = [
@@ -226,8 +227,8 @@ pub fn normalise(raw: RawHttp, max_path_bytes: usize) -> Result<HttpRequest, Req
     .find(|id| is_request_id(id))
     .map_or_else(|| uuid::Uuid::new_v4().to_string(), ToOwned::to_owned);
     Ok(HttpRequest {
+        host: canonical_host(&host, &scheme),
         method,
-        host: host.to_ascii_lowercase(),
         path,
         scheme,
         protocol,
@@ -235,6 +236,27 @@ pub fn normalise(raw: RawHttp, max_path_bytes: usize) -> Result<HttpRequest, Req
         headers,
         request_id,
     })
+}
+
+/// The host as a policy compares it: lowercased, without the scheme's default port and
+/// without the trailing `.` of a fully qualified name (both reach the same upstream, so a
+/// policy on `admin.shop.example` must not be dodged by `admin.shop.example.:443`).
+fn canonical_host(host: &str, scheme: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    let default_port = match scheme {
+        "https" => Some(":443"),
+        "http" => Some(":80"),
+        _ => None,
+    };
+    let without_port = default_port
+        .and_then(|port| host.strip_suffix(port))
+        .filter(|name| !name.is_empty())
+        .unwrap_or(&host);
+    let without_dot = match without_port.strip_suffix('.') {
+        Some(name) if !name.is_empty() && !name.ends_with('.') => name,
+        _ => without_port,
+    };
+    without_dot.to_owned()
 }
 
 /// RFC 9110 §5.6.2 `tchar`.
@@ -267,7 +289,7 @@ const LIST_HEADERS: &[&str] = &[
 ];
 
 /// A request id worth echoing in answers and logs: short, printable ASCII.
-fn is_request_id(id: &str) -> bool {
+pub fn is_request_id(id: &str) -> bool {
     (1..=MAX_REQUEST_ID_BYTES).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
@@ -279,7 +301,7 @@ fn unique_query(raw: &str) -> Result<BTreeMap<String, String>, RequestError> {
     for (name, value) in form_urlencoded::parse(raw.as_bytes()) {
         match map.entry(name.into_owned()) {
             std::collections::btree_map::Entry::Occupied(entry) => {
-                return Err(RequestError::RepeatedQuery(entry.key().clone()));
+                return Err(RequestError::RepeatedQuery(crate::text::clip(entry.key())));
             }
             std::collections::btree_map::Entry::Vacant(entry) => {
                 entry.insert(value.into_owned());
@@ -504,6 +526,38 @@ mod tests {
             normalise(r, 64).unwrap_err(),
             RequestError::HeaderNotUtf8("x-bin".into())
         );
+    }
+
+    #[test]
+    fn hosts_have_one_form() {
+        let host = |host: &str, scheme: &str| {
+            let mut r = raw("GET", "/");
+            r.host = host.into();
+            r.scheme = scheme.into();
+            normalise(r, 64).unwrap().host
+        };
+        assert_eq!(host("Admin.Shop.Example", "https"), "admin.shop.example");
+        assert_eq!(host("admin.shop.example.", "https"), "admin.shop.example");
+        assert_eq!(
+            host("admin.shop.example:443", "https"),
+            "admin.shop.example"
+        );
+        assert_eq!(
+            host("admin.shop.example.:443", "https"),
+            "admin.shop.example"
+        );
+        assert_eq!(host("admin.shop.example:80", "http"), "admin.shop.example");
+        assert_eq!(
+            host("admin.shop.example:80", "https"),
+            "admin.shop.example:80"
+        );
+        assert_eq!(
+            host("admin.shop.example:8443", "https"),
+            "admin.shop.example:8443"
+        );
+        assert_eq!(host("[::1]:443", "https"), "[::1]");
+        assert_eq!(host(".", "https"), ".");
+        assert_eq!(host("", "https"), "");
     }
 
     #[test]

@@ -164,8 +164,11 @@ pub fn test_issuer(iss: &str, jwks_uri: &str) -> crate::config::IssuerConfig {
         required_claims: Vec::new(),
         principal_type: "User".into(),
         groups_claim: Some("groups".into()),
+        group_type: "Group".into(),
+        same_users_as: None,
         scope_claim: "scope".into(),
         require_cert_binding: false,
+        token_types: Vec::new(),
     }
 }
 

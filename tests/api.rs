@@ -196,3 +196,44 @@ async fn check_asks_a_running_server() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach the Explain API"));
 }
+
+#[tokio::test]
+async fn explain_does_not_take_the_places_of_checks() {
+    // Review round 2: Explain shared Check's in-flight permits, so a busy (or flooded) API
+    // shed Envoy's checks, and a check at the cap refused Explain.
+    let key = TestKey::generate(Algorithm::ES256, "ec-1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut config = config_with_api(&jwks);
+    config.limits.max_inflight = 1;
+    let server = TestServer::with_config(config).await;
+    server.ready().await;
+    let mut api = api_client(&server).await;
+
+    // One check holds the only place while it waits for a held key server.
+    let fetched = jwks.fetches();
+    let held = jwks.hold().await;
+    let unknown = TestKey::generate(Algorithm::ES256, "unknown").sign(&claims(ISS, "orders", "a"));
+    let mut client = server.client.clone();
+    let request = check("GET", "/profiles/alice").bearer(&unknown).build();
+    let waiting = tokio::spawn(async move { client.check(request).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while jwks.fetches() <= fetched {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the check never fetched"
+        );
+        tokio::task::yield_now().await;
+    }
+
+    let explained = api
+        .explain(ExplainRequest {
+            check_request: check("GET", "/healthz").build().encode_to_vec(),
+        })
+        .await
+        .expect("Explain has its own places")
+        .into_inner();
+    assert_eq!(explained.outcome(), Outcome::Allow);
+    drop(held);
+    waiting.await.unwrap().expect("the held check is answered");
+    jwks.stop().await;
+}

@@ -190,7 +190,7 @@ fn validate_checks_the_configuration_against_the_schema() {
     let out = stdout(&output);
     assert!(
         out.contains(&format!(
-            "{}: issuer `https://idp.example`: principal_type `Robot`",
+            "{}: issuer `https://idp.example`: `Robot` (its principal_type or group_type) is not an entity type of the schema",
             config.display()
         )),
         "{out}"
@@ -340,7 +340,7 @@ fn test_issuers_mean_what_the_configuration_would_mean() {
     // a flow-style case's failure still points at its line.
     std::fs::write(
         dir.path().join("tests/a.yaml"),
-        "issuers:\n  - { issuer: https://auth.example.org, audiences: [orders] }\ncases:\n  - { name: admin lists, request: { path: /orders }, token: { sub: carol, groups: [admins] }, expect: allow }\n  - { name: wrong, request: { path: /orders }, token: { sub: carol, groups: [admins] }, expect: deny }\n",
+        "issuers:\n  - { issuer: https://auth.example.org, audiences: [orders], groups_claim: groups }\ncases:\n  - { name: admin lists, request: { path: /orders }, token: { sub: carol, groups: [admins] }, expect: allow }\n  - { name: wrong, request: { path: /orders }, token: { sub: carol, groups: [admins] }, expect: deny }\n",
     )
     .unwrap();
     let output = cedargate(&["test", path(&dir)]);
@@ -361,7 +361,9 @@ fn test_issuers_mean_what_the_configuration_would_mean() {
     let output = cedargate(&["test", path(&dir)]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        stdout(&output).contains("principal_type `Usr` is not an entity type of the schema"),
+        stdout(&output).contains(
+            "`Usr` (its principal_type or group_type) is not an entity type of the schema"
+        ),
         "{}",
         stdout(&output)
     );
@@ -373,7 +375,7 @@ fn a_bare_deny_means_denied_by_the_policies() {
     std::fs::create_dir(dir.path().join("tests")).unwrap();
     std::fs::write(
         dir.path().join("tests/a.yaml"),
-        "issuers:\n  - { issuer: https://auth.example.org, audiences: [orders] }\ncases:\n  - name: typo in the path\n    request: { method: DELETE, path: /order/1002 }\n    token: { sub: bob }\n    expect: deny\n  - name: said so\n    request: { method: DELETE, path: /order/1002 }\n    token: { sub: bob }\n    expect: { decision: deny, reason: no_route }\n",
+        "issuers:\n  - { issuer: https://auth.example.org, audiences: [orders], groups_claim: groups }\ncases:\n  - name: typo in the path\n    request: { method: DELETE, path: /order/1002 }\n    token: { sub: bob }\n    expect: deny\n  - name: said so\n    request: { method: DELETE, path: /order/1002 }\n    token: { sub: bob }\n    expect: { decision: deny, reason: no_route }\n",
     )
     .unwrap();
     let output = cedargate(&["test", path(&dir), "--coverage"]);

@@ -71,6 +71,7 @@ fn token(subject: &str, groups: &[&str], claims: &[(&str, &str)]) -> Arc<Verifie
         issuer: "https://idp.test".into(),
         subject: subject.into(),
         principal_type: "User".into(),
+        group_type: "Group".into(),
         audience: vec!["orders".into()],
         scopes: vec!["orders.read".into()],
         groups: groups.iter().map(|g| (*g).to_owned()).collect(),

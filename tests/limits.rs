@@ -105,12 +105,15 @@ async fn over_the_in_flight_cap_is_shed_at_once() {
     let (held, waiting) = check_waiting_on_held_keys(&server, &jwks).await;
 
     let started = Instant::now();
-    let shed = server
-        .client
-        .check(check("GET", "/healthz").build())
-        .await
-        .expect_err("over the cap");
+    // A denied answer, not a gRPC error, which an Envoy with `failure_mode_allow: true` would
+    // turn into an allow (review round 2, finding 10); it carries the request id.
+    let shed = server.check(check("GET", "/healthz").build()).await;
     assert_eq!(shed.code(), Code::Unavailable);
+    assert_eq!(shed.http_status(), Some(503));
+    assert_eq!(
+        shed.body(),
+        serde_json::json!({"error": "overloaded", "request_id": "5f0c1e52-9c0b-4b8e-8f7e-3d1f2a6b7c8d"})
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "shed, not queued"
@@ -151,6 +154,10 @@ async fn a_check_past_its_deadline_is_a_503_deny() {
     assert_eq!(reply.code(), Code::Unavailable);
     assert_eq!(reply.http_status(), Some(503));
     assert_eq!(reply.body()["error"], "timeout");
+    assert_eq!(
+        reply.body()["request_id"],
+        "5f0c1e52-9c0b-4b8e-8f7e-3d1f2a6b7c8d"
+    );
     drop(held);
     still_serving(&mut server).await;
     jwks.stop().await;
@@ -218,6 +225,10 @@ async fn a_panic_in_a_check_is_a_counted_deny() {
     assert_eq!(reply.code(), Code::Internal);
     assert_eq!(reply.http_status(), Some(500));
     assert_eq!(reply.body()["error"], "internal");
+    assert_eq!(
+        reply.body()["request_id"],
+        "5f0c1e52-9c0b-4b8e-8f7e-3d1f2a6b7c8d"
+    );
     assert!(
         server
             .metrics()

@@ -328,6 +328,14 @@ async fn dry_run_allows_and_records_the_would_be_deny() {
     assert_eq!(reply.code(), Code::Ok, "dry-run route: allowed");
     assert_eq!(reply.meta("decision").as_deref(), Some("deny"));
     assert_eq!(reply.meta("enforced").as_deref(), Some("false"));
+    // The upstream can tell a would-be deny from an allow (review round 2).
+    assert_eq!(
+        reply
+            .header(cedargate::decision::DRY_RUN_HEADER)
+            .map(|h| h.0)
+            .as_deref(),
+        Some("deny")
+    );
     let reply = Reply(
         client
             .check(check("POST", "/orders").build())

@@ -73,6 +73,17 @@ async fn bad_certificates_are_refused_with_a_reason() {
     let two_uris = ca.issue(&[CHECKOUT, FRONTEND], &[]);
     let bad_spiffe = ca.issue(&["spiffe://shop.example/a/../b"], &[]);
     let frontend = ca.issue(&[FRONTEND], &[]);
+    // Review round 2: a certificate was taken as an X509-SVID on its URI SAN alone.
+    let as_ca = ca.issue_tweaked(&[CHECKOUT], |p| {
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    });
+    let no_key_usage = ca.issue_tweaked(&[CHECKOUT], |p| p.key_usages.clear());
+    let signs_certificates = ca.issue_tweaked(&[CHECKOUT], |p| {
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyCertSign,
+        ];
+    });
     let garbage = "-----BEGIN%20CERTIFICATE-----%0AnotDER%0A-----END%20CERTIFICATE-----%0A";
     let mut server = TestServer::start().await;
     let cases = [
@@ -101,6 +112,21 @@ async fn bad_certificates_are_refused_with_a_reason() {
             "certificate of another workload",
             frontend.url_encoded(),
             "peer_mismatch",
+        ),
+        (
+            "a CA certificate",
+            as_ca.url_encoded(),
+            "invalid_peer_certificate",
+        ),
+        (
+            "an SVID without keyUsage",
+            no_key_usage.url_encoded(),
+            "invalid_peer_certificate",
+        ),
+        (
+            "an SVID that may sign certificates",
+            signs_certificates.url_encoded(),
+            "invalid_peer_certificate",
         ),
     ];
     for (name, certificate, reason) in cases {

@@ -176,3 +176,44 @@ async fn a_thousand_checks_during_twenty_reloads_all_get_valid_answers() {
     );
     assert!(reloads >= 20.0, "{reloads}");
 }
+
+#[tokio::test]
+async fn a_truncated_forbid_is_never_in_force() {
+    // Review round 2, finding 8: a forbid file emptied (or moved away) for a moment was
+    // installed, and a request it forbids was allowed meanwhile.
+    let dir = policy_dir(&format!(
+        "{BASE}\n@id(\"anyone-lists\")\npermit (principal, action == Action::\"orders:list\", resource);\n"
+    ));
+    std::fs::write(
+        dir.path().join("forbid.cedar"),
+        "@id(\"no-lists\")\nforbid (principal, action == Action::\"orders:list\", resource);\n",
+    )
+    .unwrap();
+    let mut server =
+        TestServer::with_config(test_config(PolicySource::Dir(dir.path().to_owned()))).await;
+    let list = || check("GET", "/orders").build();
+    let reply = server.check(list()).await;
+    assert_eq!(reply.meta_list("policy_ids"), ["no-lists"]);
+    let v1 = version(&server);
+
+    let errors =
+        |m: &str| metric_value(m, "cedargate_policy_reloads_total", &[("result", "error")]);
+    let before = errors(&server.metrics().await);
+    // Truncated in place, as an editor or `cp` does before it writes: refused.
+    std::fs::write(dir.path().join("forbid.cedar"), "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while errors(&server.metrics().await) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the truncated file was not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(version(&server), v1);
+    assert_eq!(server.check(list()).await.http_status(), Some(403));
+
+    // Deleting the file is how its policies are removed: in force once it stays deleted.
+    std::fs::remove_file(dir.path().join("forbid.cedar")).unwrap();
+    version_changes_from(&server, &v1).await;
+    assert_eq!(server.check(list()).await.code(), Code::Ok);
+}

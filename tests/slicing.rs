@@ -73,6 +73,7 @@ fn token(
         issuer: "https://idp.test".into(),
         subject,
         principal_type: principal_type.into(),
+        group_type: "Group".into(),
         audience: vec!["orders".into()],
         scopes,
         groups,

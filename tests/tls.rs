@@ -177,3 +177,38 @@ async fn unreadable_certificates_stop_start_up() {
     let err = cedargate::app::build(config).await.unwrap_err().to_string();
     assert!(err.contains("missing.pem"), "{err}");
 }
+
+#[tokio::test]
+async fn required_client_certificates_need_a_client_ca() {
+    // Review round 2, finding 7: TLS without `client_ca` accepted any client although
+    // client certificates are required by default.
+    cedargate::app::install_crypto_provider();
+    let pki = Pki::new();
+    let mut config = test_config(PolicySource::Embedded);
+    let mut settings = pki.settings(true);
+    settings.client_ca = None;
+    config.tls = Some(settings.clone());
+    let err = cedargate::app::build(config).await.unwrap_err().to_string();
+    assert!(err.contains("tls.client_ca"), "{err}");
+
+    // The configuration file says so with the field and the fix.
+    let text = "tls:\n  cert: server.pem\n  key: server.key\n";
+    let err = cedargate::config::Config::from_yaml(std::path::Path::new("cedargate.yaml"), text)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`tls.client_ca`"), "{err}");
+    assert!(err.contains("require_client_cert: false"), "{err}");
+
+    // Saying so explicitly accepts any TLS client.
+    let text = "tls:\n  cert: server.pem\n  key: server.key\n  require_client_cert: false\n";
+    assert!(
+        cedargate::config::Config::from_yaml(std::path::Path::new("cedargate.yaml"), text).is_ok()
+    );
+    settings.require_client_cert = false;
+    let mut config = test_config(PolicySource::Embedded);
+    config.tls = Some(settings);
+    let server = TestServer::with_config_no_client(config).await;
+    check_over_tls(&server, &pki.server_ca.pem(), None)
+        .await
+        .expect("any TLS client, as configured");
+}

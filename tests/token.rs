@@ -106,6 +106,37 @@ async fn valid_tokens_of_every_algorithm_are_allowed() {
 }
 
 #[tokio::test]
+async fn a_foreign_workload_is_refused_whoever_the_principal_is() {
+    // Review round 2, finding 9: with alice's token the principal is alice, and a forbid
+    // written on `principal is Workload` never fired for a foreign peer.
+    let mut f = fixture().await;
+    let token = f.keys[1].sign(&claims(ISS, "orders", "alice"));
+    let reply = f
+        .server
+        .check(
+            check("GET", "/orders/1002")
+                .bearer(&token)
+                .peer("spiffe://shop.example/ns/shop/sa/frontend")
+                .build(),
+        )
+        .await;
+    assert_eq!(reply.code(), Code::Ok);
+    let reply = f
+        .server
+        .check(
+            check("GET", "/orders/1002")
+                .bearer(&token)
+                .peer("spiffe://partner.example/ns/shop/sa/frontend")
+                .build(),
+        )
+        .await;
+    assert_eq!(reply.http_status(), Some(403));
+    assert_eq!(reply.meta("principal").as_deref(), Some(r#"User::"alice""#));
+    assert_eq!(reply.meta_list("policy_ids"), ["foreign-workloads"]);
+    f.jwks.stop().await;
+}
+
+#[tokio::test]
 async fn missing_token_is_401_without_error_code() {
     let mut f = fixture().await;
     let reply = f
@@ -262,6 +293,35 @@ async fn attacks_are_refused_with_their_reason() {
             ),
             "malformed_token",
         ),
+        // Review round 2: a fractional `iat` was read as no `iat` and skipped the check.
+        (
+            "fractional iat in the future",
+            with(&|c| c["iat"] = json!(now() as f64 + 600.5)),
+            "token_issued_in_future",
+        ),
+        (
+            "iat not a number",
+            with(&|c| c["iat"] = json!("yesterday")),
+            "malformed_token",
+        ),
+        // Review round 2: a proof of possession cedargate cannot check is not a bearer token.
+        (
+            "DPoP-bound (cnf.jkt)",
+            with(&|c| c["cnf"] = json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"})),
+            "unsupported_binding",
+        ),
+        (
+            "certificate-bound, no certificate",
+            with(&|c| {
+                c["cnf"] = json!({"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"})
+            }),
+            "cert_binding_mismatch",
+        ),
+        (
+            "cnf not an object",
+            with(&|c| c["cnf"] = json!("x")),
+            "unsupported_binding",
+        ),
     ];
     for (name, token, reason) in &cases {
         let reply = f
@@ -278,6 +338,39 @@ async fn attacks_are_refused_with_their_reason() {
         .await;
     assert_eq!(reply.http_status(), Some(401));
     f.jwks.stop().await;
+}
+
+#[tokio::test]
+async fn an_issuer_may_require_an_explicit_token_type() {
+    // RFC 8725 §3.11 / RFC 9068: with `token_types: [at+jwt]`, an ID token (`typ: JWT`) or a
+    // token without `typ` of the same issuer is not an access token.
+    let key = TestKey::generate(Algorithm::ES256, "t");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut issuer = test_issuer(ISS, &jwks.uri());
+    issuer.token_types = vec!["at+jwt".into()];
+    let mut server = ready_server(config_for(issuer)).await;
+    let typed = |typ: Option<&str>| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("t".into());
+        header.typ = typ.map(str::to_owned);
+        key.sign_with(header, &claims(ISS, "orders", "alice"))
+    };
+    for (typ, allowed) in [
+        (Some("at+jwt"), true),
+        (Some("application/AT+JWT"), true),
+        (Some("JWT"), false),
+        (None, false),
+    ] {
+        let reply = server
+            .check(check("GET", "/profiles/alice").bearer(&typed(typ)).build())
+            .await;
+        if allowed {
+            assert_eq!(reply.code(), Code::Ok, "{typ:?}");
+        } else {
+            assert_401(&reply, "wrong_token_type", "");
+        }
+    }
+    jwks.stop().await;
 }
 
 #[tokio::test]
@@ -440,23 +533,94 @@ async fn a_cached_token_dies_with_its_key() {
     let old = TestKey::generate(Algorithm::ES256, "old");
     let new = TestKey::generate(Algorithm::ES256, "new");
     let jwks = JwksServer::start(&[&old]).await;
-    let mut server = start(&jwks).await;
+    let mut config = config_for(test_issuer(ISS, &jwks.uri()));
+    // Every unknown kid may refetch at once, so that each step below fetches.
+    config.auth.unknown_kid_refetch = std::time::Duration::from_millis(1);
+    let mut server = ready_server(config).await;
     let old_token = old.sign(&claims(ISS, "orders", "alice"));
     let old_request = check("GET", "/profiles/alice").bearer(&old_token).build();
     assert_eq!(server.check(old_request.clone()).await.code(), Code::Ok);
 
-    // The issuer rotates the old key out; a token with the new kid makes cedargate refetch.
-    jwks.set_keys(&[&new]);
+    // The issuer publishes a new key beside the old one; a token with the new kid makes
+    // cedargate refetch.
+    jwks.set_keys(&[&old, &new]);
     let new_token = new.sign(&claims(ISS, "orders", "alice"));
-    let reply = server
-        .check(check("GET", "/profiles/alice").bearer(&new_token).build())
-        .await;
-    assert_eq!(reply.code(), Code::Ok);
+    let new_request = check("GET", "/profiles/alice").bearer(&new_token).build();
+    assert_eq!(server.check(new_request.clone()).await.code(), Code::Ok);
 
+    // Then it removes the old key; the next fetch (asked for by an unknown kid) drops it.
+    jwks.set_keys(&[&new]);
+    let fetched = jwks.fetches();
+    let probe = TestKey::generate(Algorithm::ES256, "probe").sign(&claims(ISS, "orders", "x"));
+    let _ = server
+        .check(check("GET", "/profiles/alice").bearer(&probe).build())
+        .await;
+    assert!(
+        jwks.fetches() > fetched,
+        "the unknown kid asked for a fetch"
+    );
     // The old token was cached as valid, but its key is gone: refused.
-    let reply = server.check(old_request).await;
-    assert_eq!(reply.http_status(), Some(401));
-    assert_eq!(reply.body()["error"], "unknown_kid");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let reply = server.check(old_request.clone()).await;
+        if reply.http_status() == Some(401) {
+            assert_eq!(reply.body()["error"], "unknown_kid");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the old key stayed");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.check(new_request).await.code(), Code::Ok);
+    jwks.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_or_wholly_new_key_set_does_not_replace_the_keys_in_force() {
+    // Review round 2: a `200 {"keys":[]}` replaced the last good keys.
+    let old = TestKey::generate(Algorithm::ES256, "old");
+    let other = TestKey::generate(Algorithm::ES256, "other");
+    let jwks = JwksServer::start(&[&old]).await;
+    let mut config = config_for(test_issuer(ISS, &jwks.uri()));
+    config.auth.unknown_kid_refetch = std::time::Duration::from_millis(1);
+    let mut server = ready_server(config).await;
+    let old_request = check("GET", "/profiles/alice")
+        .bearer(&old.sign(&claims(ISS, "orders", "alice")))
+        .build();
+    assert_eq!(server.check(old_request.clone()).await.code(), Code::Ok);
+    let errors = |m: &str| {
+        metric_value(
+            m,
+            "cedargate_jwks_fetches_total",
+            &[("issuer", ISS), ("result", "error")],
+        )
+    };
+    let other_request = check("GET", "/profiles/alice")
+        .bearer(&other.sign(&claims(ISS, "orders", "alice")))
+        .build();
+    for keys in [vec![], vec![&other]] {
+        jwks.set_keys(&keys);
+        let before = errors(&server.metrics().await);
+        // The unknown kid asks for a fetch; its answer is refused as a failed fetch.
+        let reply = server.check(other_request.clone()).await;
+        assert_eq!(reply.http_status(), Some(401));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while errors(&server.metrics().await) <= before {
+            assert!(std::time::Instant::now() < deadline, "no failed fetch");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // The last good keys stay in force.
+        assert_eq!(server.check(old_request.clone()).await.code(), Code::Ok);
+    }
+    // The wholly new set served again is a deliberate replacement: taken.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.check(other_request.clone()).await.code() != Code::Ok {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new set was never taken"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.check(old_request).await.http_status(), Some(401));
     jwks.stop().await;
 }
 
@@ -496,7 +660,10 @@ async fn principal_type_must_be_in_the_schema() {
     issuer.principal_type = "Robot".into();
     let config = config_for(issuer);
     let err = cedargate::app::build(config).await.unwrap_err().to_string();
-    assert!(err.contains("principal_type `Robot`"), "{err}");
+    assert!(
+        err.contains("`Robot` (its principal_type or group_type)"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -627,6 +794,16 @@ async fn a_redirect_to_another_host_is_not_followed() {
 
 /// Serves `body` at any path over HTTPS on 127.0.0.1 with `cert`; returns the port.
 async fn https_jwks(cert: &cedargate::testutil::pki::TestCert, body: String) -> u16 {
+    https_serve(cert, None, body).await
+}
+
+/// Serves `body` (or, with `location`, a `302` to it) at any path over HTTPS on 127.0.0.1
+/// with `cert`; returns the port.
+async fn https_serve(
+    cert: &cedargate::testutil::pki::TestCert,
+    location: Option<String>,
+    body: String,
+) -> u16 {
     use rustls::pki_types::pem::PemObject;
     let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert.pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -647,16 +824,26 @@ async fn https_jwks(cert: &cedargate::testutil::pki::TestCert, body: String) -> 
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             let body = body.clone();
+            let location = location.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
                 let service = hyper::service::service_fn(move |_request| {
                     let body = body.clone();
+                    let location = location.clone();
                     async move {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                            http_body_util::Full::new(hyper::body::Bytes::from(body)),
-                        ))
+                        let mut response = hyper::Response::new(http_body_util::Full::new(
+                            hyper::body::Bytes::from(body),
+                        ));
+                        if let Some(location) = location {
+                            *response.status_mut() = hyper::StatusCode::FOUND;
+                            response.headers_mut().insert(
+                                hyper::header::LOCATION,
+                                hyper::header::HeaderValue::from_str(&location).unwrap(),
+                            );
+                        }
+                        Ok::<_, std::convert::Infallible>(response)
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -715,6 +902,58 @@ async fn https_key_sets_trust_the_issuer_ca_bundle() {
         .await
         .expect("the untrusted fetch fails");
     assert!(!server.app.shared.authn.is_ready());
+}
+
+#[tokio::test]
+async fn an_https_key_set_is_not_redirected_to_plain_http() {
+    // Review round 2, finding 6: the https key server redirects to plain http on the same
+    // host, another port, where a key the attacker holds is served.
+    cedargate::app::install_crypto_provider();
+    const TLS_ISS: &str = "https://idp-downgrade.test";
+    let ca = cedargate::testutil::pki::TestCa::new("private IdP CA");
+    let server_cert = ca.issue(&[], &["localhost"]);
+    let attacker = TestKey::generate(Algorithm::ES256, "plain");
+    let plain = JwksServer::start(&[&attacker]).await;
+    let port = https_serve(
+        &server_cert,
+        Some(plain.uri().replace("127.0.0.1", "localhost")),
+        String::new(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("idp-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let mut issuer = test_issuer(TLS_ISS, "unused");
+    issuer.jwks = cedargate::config::JwksSource::Uri {
+        uri: format!("https://localhost:{port}/jwks.json"),
+        fetch: cedargate::config::FetchOptions {
+            // Even with plain http allowed to loopback for the configured URI, a redirect
+            // must keep the origin.
+            insecure_allow_http: true,
+            ca_file: Some(ca_file),
+        },
+    };
+    let mut server = TestServer::with_config(config_for(issuer)).await;
+    let failed = async {
+        while metric_value(
+            &server.metrics().await,
+            "cedargate_jwks_fetches_total",
+            &[("issuer", TLS_ISS), ("result", "error")],
+        ) < 1.0
+        {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), failed)
+        .await
+        .expect("the redirected fetch fails");
+    assert_eq!(plain.fetches(), 0, "the plain-http server was never asked");
+    let token = attacker.sign(&claims(TLS_ISS, "orders", "alice"));
+    let reply = server
+        .check(check("GET", "/profiles/alice").bearer(&token).build())
+        .await;
+    assert_eq!(reply.http_status(), Some(401));
+    plain.stop().await;
 }
 
 #[tokio::test]

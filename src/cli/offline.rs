@@ -51,20 +51,18 @@ pub enum OfflineError {
     #[error("issuers: {0}")]
     Issuers(String),
     #[error(
-        "issuer `{issuer}`: principal_type `{principal_type}` is not an entity type of the schema; declare it or change principal_type"
+        "issuer `{issuer}`: `{entity_type}` (its principal_type or group_type) is not an entity type of the schema; declare it or change the issuer's setting"
     )]
-    PrincipalType {
-        issuer: String,
-        principal_type: String,
-    },
+    IssuerType { issuer: String, entity_type: String },
 }
 
 /// The issuer used when neither the test file nor `--config` names one: `iss`
 /// `https://issuer.test`, audience `cedargate-test`, principal type `User`, groups in `groups`.
 pub fn default_issuer() -> Result<IssuerConfig, OfflineError> {
-    let entry: serde_yaml::Value =
-        serde_yaml::from_str("{ issuer: \"https://issuer.test\", audiences: [cedargate-test] }")
-            .map_err(|err| OfflineError::Issuers(err.to_string()))?;
+    let entry: serde_yaml::Value = serde_yaml::from_str(
+        "{ issuer: \"https://issuer.test\", audiences: [cedargate-test], groups_claim: groups }",
+    )
+    .map_err(|err| OfflineError::Issuers(err.to_string()))?;
     crate::config::issuers_without_keys(vec![entry])
         .map_err(OfflineError::Issuers)?
         .pop()
@@ -160,15 +158,11 @@ impl Offline {
             _ if !settings.issuers.is_empty() => settings.issuers.clone(),
             _ => vec![default_issuer()?],
         };
-        let types: Vec<String> = issuers.iter().map(|i| i.principal_type.clone()).collect();
-        if let Some(missing) = crate::reload::missing_principal_type(&snapshot, &types) {
-            let issuer = issuers
-                .iter()
-                .find(|i| i.principal_type == missing)
-                .map_or_else(String::new, |i| i.issuer.clone());
-            return Err(OfflineError::PrincipalType {
-                issuer,
-                principal_type: missing.to_owned(),
+        if let Some((issuer, missing)) = crate::reload::IssuerTypes::of(&issuers).missing(&snapshot)
+        {
+            return Err(OfflineError::IssuerType {
+                issuer: issuer.to_owned(),
+                entity_type: missing.to_owned(),
             });
         }
         for issuer in &mut issuers {

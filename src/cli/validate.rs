@@ -130,25 +130,18 @@ fn config_problem(file: &Path, err: &crate::config::ConfigError) -> Problem {
     problem
 }
 
-/// The start-up check of `serve`: every issuer's principal type is an entity type of the schema.
+/// The start-up check of `serve`: every issuer's principal type (and group type, when it
+/// asserts groups) is an entity type of the schema.
 fn check_issuers(config: &Config, path: &Path, snapshot: &Snapshot, errors: &mut Vec<Problem>) {
-    let types: Vec<String> = config
-        .issuers
-        .iter()
-        .map(|i| i.principal_type.clone())
-        .collect();
-    if let Some(missing) = crate::reload::missing_principal_type(snapshot, &types) {
-        let issuer = config
-            .issuers
-            .iter()
-            .find(|i| i.principal_type == missing)
-            .map_or("?", |i| i.issuer.as_str());
+    if let Some((issuer, missing)) =
+        crate::reload::IssuerTypes::of(&config.issuers).missing(snapshot)
+    {
         errors.push(
             Problem::in_file(
                 path,
-                format!("issuer `{issuer}`: principal_type `{missing}` is not an entity type of the schema"),
+                format!("issuer `{issuer}`: `{missing}` (its principal_type or group_type) is not an entity type of the schema"),
             )
-            .hint("declare the entity type in the schema or change principal_type"),
+            .hint("declare the entity type in the schema or change the issuer's principal_type or group_type"),
         );
     }
 }

@@ -28,12 +28,22 @@ pub struct IssuerConfig {
     pub required_claims: Vec<String>,
     /// Entity type of the principal (`User`, `Service`, …).
     pub principal_type: String,
-    /// Claim whose strings become the principal's parent groups (`Group::"<name>"`).
+    /// Claim whose strings become the principal's parent groups (`<group_type>::"<name>"`);
+    /// off unless configured: a group claim is trusted only from an issuer named for it.
     pub groups_claim: Option<String>,
+    /// Entity type of the groups this issuer asserts (default `Group`). Issuers of different
+    /// user populations never share one, so a partner's `admins` is not the home `admins`.
+    pub group_type: String,
+    /// `iss` of another issuer whose subjects are the same users (an IdP migration, a second
+    /// region): this issuer then shares its `principal_type` and may share its `group_type`.
+    pub same_users_as: Option<String>,
     /// Claim holding the space-separated scopes (RFC 8693 `scope`).
     pub scope_claim: String,
     /// RFC 8705: the token's `cnf.x5t#S256` must be the peer certificate's thumbprint.
     pub require_cert_binding: bool,
+    /// RFC 8725 §3.11: accepted JOSE `typ` values (e.g. `at+jwt`, RFC 9068); empty accepts
+    /// any, including none.
+    pub token_types: Vec<String>,
 }
 
 /// Where an issuer's JSON Web Key Set comes from.
@@ -59,15 +69,31 @@ pub struct FetchOptions {
     pub ca_file: Option<PathBuf>,
 }
 
-/// True for `https://…`, or `http://` to 127.0.0.1, [::1] or localhost when allowed.
+/// True for an `https://` URL with a host, or `http://` to a loopback address (127.0.0.0/8,
+/// `[::1]`, `localhost`) when allowed; never with userinfo (`https://a@b/`), which hides the
+/// real host from a reader (`http://127.0.0.1:1@idp.example/` goes to `idp.example`). Parsed
+/// with the same URL parser the HTTP client uses, so the host checked is the host contacted.
 pub fn uri_allowed(uri: &str, insecure_allow_http: bool) -> bool {
-    let loopback = ["http://127.0.0.1", "http://[::1]", "http://localhost"]
-        .iter()
-        .any(|prefix| {
-            uri.strip_prefix(prefix)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
-        });
-    uri.starts_with("https://") || insecure_allow_http && loopback
+    let Ok(url) = url::Url::parse(uri) else {
+        return false;
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return false;
+    }
+    match url.scheme() {
+        "https" => url.host().is_some(),
+        "http" => insecure_allow_http && is_loopback(&url),
+        _ => false,
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
 }
 
 /// How tokens are found, fetched and cached.
@@ -148,9 +174,15 @@ pub(super) struct RawIssuer {
     #[serde(default)]
     groups_claim: Option<String>,
     #[serde(default)]
+    group_type: Option<String>,
+    #[serde(default)]
+    same_users_as: Option<String>,
+    #[serde(default)]
     scope_claim: Option<String>,
     #[serde(default)]
     require_cert_binding: bool,
+    #[serde(default)]
+    token_types: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,8 +314,11 @@ pub(super) fn build_issuer(
         required_claims,
         principal_type,
         groups_claim,
+        group_type,
+        same_users_as,
         scope_claim,
         require_cert_binding,
+        token_types,
     } = raw;
     if issuer.is_empty() {
         problems.push(problem(
@@ -328,6 +363,14 @@ pub(super) fn build_issuer(
             "write a Cedar entity type name such as User or Service",
         ));
     }
+    let group_type = group_type.unwrap_or_else(|| "Group".into());
+    if group_type.parse::<cedar_policy::EntityTypeName>().is_err() {
+        problems.push(problem(
+            "issuers[].group_type",
+            &group_type,
+            "write a Cedar entity type name such as Group or PartnerGroup",
+        ));
+    }
     IssuerConfig {
         issuer,
         audiences,
@@ -344,10 +387,12 @@ pub(super) fn build_issuer(
         }),
         required_claims,
         principal_type,
-        groups_claim: Some(groups_claim.unwrap_or_else(|| "groups".into()))
-            .filter(|c| !c.is_empty()),
+        groups_claim: groups_claim.filter(|c| !c.is_empty()),
+        group_type,
+        same_users_as,
         scope_claim: scope_claim.unwrap_or_else(|| "scope".into()),
         require_cert_binding,
+        token_types,
     }
 }
 
@@ -362,9 +407,19 @@ const RESERVED_TYPES: &[&str] = &[
     "TokenClaims",
 ];
 
-/// Two issuers must not share an `issuer` (which keys would verify?) nor a `principal_type`:
-/// `sub` is unique only within one issuer, so a subject of one could name a user of the other.
+/// Two issuers must not share an `issuer` (which keys would verify?), and issuers of different
+/// user populations must share neither a `principal_type` (`sub` is unique only within one
+/// issuer, so a subject of one could name a user of the other) nor a `group_type` (a partner
+/// issuer's `admins` would be the home `admins`). An issuer joins another's population only by
+/// naming it in `same_users_as`.
 pub(super) fn check_distinct(issuers: &[IssuerConfig], problems: &mut Vec<Problem>) {
+    // The issuer whose user population each issuer belongs to.
+    let population = |issuer: &IssuerConfig| -> String {
+        issuer
+            .same_users_as
+            .clone()
+            .unwrap_or_else(|| issuer.issuer.clone())
+    };
     for (index, issuer) in issuers.iter().enumerate() {
         if RESERVED_TYPES.contains(&issuer.principal_type.as_str()) {
             problems.push(problem(
@@ -373,7 +428,45 @@ pub(super) fn check_distinct(issuers: &[IssuerConfig], problems: &mut Vec<Proble
                 "is a type cedargate builds itself (workloads, anonymous callers, groups, request helpers); a token must not claim it: choose User, Service or a type of your own",
             ));
         }
+        if issuer.groups_claim.is_some()
+            && (issuer.group_type != "Group"
+                && RESERVED_TYPES.contains(&issuer.group_type.as_str())
+                || issuers
+                    .iter()
+                    .any(|i| i.principal_type == issuer.group_type))
+        {
+            problems.push(problem(
+                "issuers[].group_type",
+                &issuer.group_type,
+                "is a principal type or a type cedargate builds itself; name a group type of your own (declare it in the schema)",
+            ));
+        }
+        if let Some(home) = &issuer.same_users_as {
+            match issuers.iter().find(|i| &i.issuer == home) {
+                None => problems.push(problem(
+                    "issuers[].same_users_as",
+                    home,
+                    "names no configured issuer; write the exact `issuer` of the issuer whose users these are",
+                )),
+                Some(home) if home.issuer == issuer.issuer || home.same_users_as.is_some() => {
+                    problems.push(problem(
+                        "issuers[].same_users_as",
+                        &home.issuer,
+                        "must name another issuer that has no same_users_as itself (one home issuer per user population)",
+                    ));
+                }
+                Some(home) if home.principal_type != issuer.principal_type => {
+                    problems.push(problem(
+                        "issuers[].principal_type",
+                        &issuer.principal_type,
+                        "must be the principal_type of the issuer named in same_users_as: they are the same users",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
         let earlier = issuers.get(..index).unwrap_or_default();
+        let other_population = |e: &&IssuerConfig| population(e) != population(issuer);
         if earlier.iter().any(|e| e.issuer == issuer.issuer) {
             problems.push(problem(
                 "issuers[].issuer",
@@ -382,14 +475,35 @@ pub(super) fn check_distinct(issuers: &[IssuerConfig], problems: &mut Vec<Proble
             ));
         } else if earlier
             .iter()
+            .filter(other_population)
             .any(|e| e.principal_type == issuer.principal_type)
         {
             problems.push(problem(
                 "issuers[].principal_type",
                 &issuer.principal_type,
-                "is used by two issuers, whose subjects could collide; give each issuer its own principal_type (declare it in the schema)",
+                "is used by two issuers, whose subjects could collide; give each issuer its own principal_type (declare it in the schema), or say `same_users_as: <issuer>` when both issue tokens for the same users",
+            ));
+        } else if issuer.groups_claim.is_some()
+            && earlier
+                .iter()
+                .filter(other_population)
+                .any(|e| e.groups_claim.is_some() && e.group_type == issuer.group_type)
+        {
+            problems.push(problem(
+                "issuers[].group_type",
+                &issuer.group_type,
+                "is asserted by two issuers of different users, so one could grant the other's groups; give this issuer its own group_type (e.g. PartnerGroup, declared in the schema), or say `same_users_as: <issuer>` when both issue tokens for the same users",
             ));
         }
+    }
+}
+
+impl IssuerConfig {
+    /// The entity types this issuer's tokens become, which the schema must declare: its
+    /// principal type, and its group type when it asserts groups.
+    pub fn entity_types(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.principal_type.as_str())
+            .chain(self.groups_claim.as_ref().map(|_| self.group_type.as_str()))
     }
 }
 
@@ -419,7 +533,7 @@ fn jwks_source(raw: RawJwks, issuer: &str, base: &Path, problems: &mut Vec<Probl
                 problems.push(problem(
                     "issuers[].jwks.uri",
                     &uri,
-                    "use https://; plain http is accepted only to a loopback address with `insecure_allow_http: true`",
+                    "use https:// without user:password@; plain http is accepted only to a loopback address with `insecure_allow_http: true`",
                 ));
             }
             JwksSource::Uri { uri, fetch }
@@ -442,6 +556,33 @@ fn jwks_source(raw: RawJwks, issuer: &str, base: &Path, problems: &mut Vec<Probl
                 "give exactly one of `uri`, `file` or `discovery: true`",
             ));
             JwksSource::File(PathBuf::new())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uri_allowed;
+
+    #[test]
+    fn key_set_uris_are_parsed_not_prefix_matched() {
+        for (uri, insecure, allowed) in [
+            ("https://idp.example/jwks.json", false, true),
+            ("http://127.0.0.1:8080/jwks.json", true, true),
+            ("http://[::1]/jwks.json", true, true),
+            ("http://localhost", true, true),
+            ("http://127.0.0.1:8080/jwks.json", false, false),
+            ("http://idp.example/jwks.json", true, false),
+            // Userinfo hides the real host: this goes to otherhost.
+            ("http://127.0.0.1:1@otherhost/jwks.json", true, false),
+            ("http://localhost@otherhost/jwks.json", true, false),
+            ("https://user:pass@idp.example/jwks.json", false, false),
+            ("http://localhost.otherhost.example/", true, false),
+            ("http://127.0.0.1.nip.io/", true, false),
+            ("ftp://idp.example/jwks.json", true, false),
+            ("not a url", true, false),
+        ] {
+            assert_eq!(uri_allowed(uri, insecure), allowed, "{uri} ({insecure})");
         }
     }
 }

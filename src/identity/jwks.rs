@@ -7,7 +7,8 @@
 //!   with exponential backoff, and keeps serving the last good set meanwhile.
 //! - An unknown `kid` may ask for one early fetch per issuer per interval; every check that
 //!   asked waits on the same fetch (a generation counter), bounded by `fetch_wait`.
-//! - Fetches have a timeout, a body-size cap, and follow redirects only to the same host.
+//! - Fetches have a timeout, a body-size cap, and follow at most 3 redirects, each only to the
+//!   same origin (scheme, host, port) and never with userinfo.
 //!
 //! Keys of unsupported types, keys meant for encryption (`use: enc`) and keys without `kid` in a
 //! set of several are skipped; key material is never logged.
@@ -149,6 +150,49 @@ impl KeySet {
 
     pub fn kids(&self) -> impl Iterator<Item = &str> {
         self.by_kid.keys().map(String::as_str)
+    }
+
+    fn fingerprints(&self) -> std::collections::BTreeSet<[u8; 32]> {
+        self.by_kid
+            .values()
+            .chain(&self.anonymous)
+            .map(|k| k.fingerprint)
+            .collect()
+    }
+}
+
+/// Whether a freshly fetched key set may replace the one in force. A set without a usable key
+/// is a failed fetch (a `200 {"keys":[]}` must not log everyone out, nor a broken server
+/// empty the set). A set that shares no key with a non-empty set in force replaces every key
+/// at once, which a rotation never does (new keys are published before old ones go): it is
+/// taken only when the next fetch serves the same keys again, so one bad answer (a cache or a
+/// proxy serving another issuer's keys) is not enough.
+#[derive(Debug, Default)]
+struct Admission {
+    /// Fingerprints of a disjoint set seen once, waiting for a second sighting.
+    pending: Option<std::collections::BTreeSet<[u8; 32]>>,
+}
+
+impl Admission {
+    fn admit(&mut self, current: &KeySet, fetched: &KeySet) -> Result<(), JwksError> {
+        if fetched.is_empty() {
+            self.pending = None;
+            return Err(JwksError::Invalid("the key set has no usable key".into()));
+        }
+        let new = fetched.fingerprints();
+        let old = current.fingerprints();
+        if old.is_empty() || !new.is_disjoint(&old) {
+            self.pending = None;
+            return Ok(());
+        }
+        if self.pending.as_ref() == Some(&new) {
+            self.pending = None;
+            return Ok(());
+        }
+        self.pending = Some(new);
+        Err(JwksError::Invalid(
+            "the key set replaces every key in force at once; taken only if the next fetch serves it again".into(),
+        ))
     }
 }
 
@@ -346,7 +390,7 @@ pub fn load_body(keys: &IssuerKeys, body: &[u8]) -> Result<(), JwksError> {
 }
 
 /// The HTTP client for key-set fetches: rustls with aws-lc-rs, the system's roots, redirects
-/// only to the same host.
+/// only to the same origin.
 pub fn http_client(
     settings: &AuthSettings,
     ca_file: Option<&std::path::Path>,
@@ -379,12 +423,19 @@ pub fn http_client(
     .map_err(|e| JwksError::Fetch(e.to_string()))?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let same_host = reqwest::redirect::Policy::custom(|attempt| {
-        let original = attempt
-            .previous()
-            .first()
-            .and_then(|u| u.host_str().map(str::to_owned));
-        if attempt.previous().len() > 3 || attempt.url().host_str().map(str::to_owned) != original {
+    // A redirect is followed only to the same origin (scheme, host and port) without
+    // userinfo: the configured URI was checked (https, or http to loopback), and a redirect
+    // must not move the fetch to plain http or to another service on the same host.
+    let same_origin = reqwest::redirect::Policy::custom(|attempt| {
+        let next = attempt.url();
+        let allowed = attempt.previous().first().is_some_and(|first| {
+            next.scheme() == first.scheme()
+                && next.host() == first.host()
+                && next.port_or_known_default() == first.port_or_known_default()
+                && next.username().is_empty()
+                && next.password().is_none()
+        });
+        if attempt.previous().len() > 3 || !allowed {
             attempt.stop()
         } else {
             attempt.follow()
@@ -392,7 +443,7 @@ pub fn http_client(
     });
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
-        .redirect(same_host)
+        .redirect(same_origin)
         .timeout(settings.fetch_timeout)
         .connect_timeout(settings.fetch_timeout)
         .build()
@@ -458,6 +509,7 @@ pub async fn refresh(
 ) {
     let mut backoff = Duration::from_secs(1);
     let mut resolved: Option<String> = None;
+    let mut admission = Admission::default();
     loop {
         let uri = match (&target, &resolved) {
             (Target::Jwks(uri), _) | (Target::Discovery { .. }, Some(uri)) => Ok(uri.clone()),
@@ -481,7 +533,10 @@ pub async fn refresh(
             Ok(uri) => {
                 let fetched = fetch(&client, &uri, settings.max_jwks_bytes).await;
                 resolved = fetched.is_ok().then_some(uri);
-                fetched
+                fetched.and_then(|(set, max_age)| {
+                    admission.admit(&keys.current.load(), &set)?;
+                    Ok((set, max_age))
+                })
             }
             Err(err) => Err(err),
         };
@@ -610,5 +665,34 @@ mod tests {
         ));
         new.reuse(&old);
         assert!(new.contains(old.find(Some("a")).unwrap()));
+    }
+
+    #[test]
+    fn an_empty_or_wholly_replaced_set_is_a_failed_fetch() {
+        let in_force = jwks(&[("a", RFC8037_X)]);
+        let mut admission = Admission::default();
+        // Review round 2: `200 {"keys":[]}` replaced the last good keys.
+        assert!(admission.admit(&in_force, &jwks(&[])).is_err());
+        // A rotation keeps a key in common: taken at once.
+        let rotated = jwks(&[("a", RFC8037_X), ("b", OTHER_X)]);
+        assert!(admission.admit(&in_force, &rotated).is_ok());
+        // Every key replaced at once: refused once, taken when served again.
+        let replaced = jwks(&[("b", OTHER_X)]);
+        assert!(admission.admit(&in_force, &replaced).is_err());
+        assert!(admission.admit(&in_force, &replaced).is_ok());
+        // A different disjoint set in between starts the wait again.
+        let mut admission = Admission::default();
+        assert!(admission.admit(&in_force, &replaced).is_err());
+        assert!(
+            admission
+                .admit(&in_force, &jwks(&[("c", OTHER_X)]))
+                .is_err()
+        );
+        // The first set of all is taken as it is.
+        assert!(
+            Admission::default()
+                .admit(&KeySet::default(), &replaced)
+                .is_ok()
+        );
     }
 }

@@ -30,6 +30,8 @@ pub enum PeerError {
     SeveralUris,
     #[error("peer certificate's URI SAN is not a SPIFFE ID: {0}")]
     Spiffe(SpiffeError),
+    #[error("peer certificate is not a leaf X509-SVID: {0}")]
+    NotLeaf(&'static str),
     #[error("peer certificate has expired")]
     Expired,
     #[error("peer certificate is not valid yet")]
@@ -115,6 +117,33 @@ fn parse_uncached(url_encoded_pem: &str) -> Result<PeerCertificate, PeerError> {
     parse_der(&pem.contents)
 }
 
+/// A peer's certificate is an end entity: never a CA (`basicConstraints cA`). One that carries a
+/// SPIFFE ID is an X509-SVID (SPIFFE X509-SVID §4.3, §4.4): `keyUsage` present with
+/// `digitalSignature` and without `keyCertSign` or `cRLSign`.
+fn check_leaf(cert: &X509Certificate<'_>, svid: bool) -> Result<(), PeerError> {
+    let der = |e: x509_parser::error::X509Error| PeerError::Der(e.to_string());
+    if cert
+        .basic_constraints()
+        .map_err(der)?
+        .is_some_and(|bc| bc.value.ca)
+    {
+        return Err(PeerError::NotLeaf("it is a CA certificate"));
+    }
+    if svid {
+        let usage = cert
+            .key_usage()
+            .map_err(der)?
+            .ok_or(PeerError::NotLeaf("keyUsage is missing"))?;
+        if !usage.value.digital_signature() {
+            return Err(PeerError::NotLeaf("keyUsage lacks digitalSignature"));
+        }
+        if usage.value.key_cert_sign() || usage.value.crl_sign() {
+            return Err(PeerError::NotLeaf("keyUsage allows signing certificates"));
+        }
+    }
+    Ok(())
+}
+
 fn parse_der(der: &[u8]) -> Result<PeerCertificate, PeerError> {
     let (rest, cert) = X509Certificate::from_der(der).map_err(|e| PeerError::Der(e.to_string()))?;
     if !rest.is_empty() {
@@ -141,6 +170,7 @@ fn parse_der(der: &[u8]) -> Result<PeerCertificate, PeerError> {
         [_] => None,
         _ => return Err(PeerError::SeveralUris),
     };
+    check_leaf(&cert, spiffe_id.is_some())?;
     Ok(PeerCertificate {
         spiffe_id,
         dns_sans,
@@ -167,7 +197,10 @@ pub struct Xfcc {
 /// Exactly one element is accepted: cedargate trusts XFCC only behind a proxy that sets it with
 /// `SANITIZE_SET`. Envoy does not quote `URI=` values, so a client certificate whose URI SAN
 /// holds `,Hash=…;URI=spiffe://…` would otherwise forge an element of its own; with one element
-/// it can only repeat a key, and a repeated `Hash` or `URI` is refused.
+/// it can only repeat a key, and a repeated `Hash` or `URI` is refused. For the same reason a
+/// `DNS=` after the `URI=` (where Envoy puts them) is ignored: a URI SAN holding
+/// `;DNS=admin.example` would forge one. DNS SANs come from XFCC only for certificates without
+/// a URI SAN; forward the certificate itself (`include_peer_certificate`) for both.
 pub fn parse_xfcc(header: &str) -> Result<Xfcc, PeerError> {
     let elements = split_xfcc(header)?;
     let [element] = elements.as_slice() else {
@@ -180,6 +213,9 @@ pub fn parse_xfcc(header: &str) -> Result<Xfcc, PeerError> {
             "hash" => xfcc.sha256 = Some(parse_hex_sha256(value)?),
             "uri" if xfcc.uri.is_some() => return Err(PeerError::SeveralUris),
             "uri" => xfcc.uri = Some(value.clone()),
+            // After an unquoted URI, a `DNS=` may be part of the URI SAN itself
+            // (`URI=spiffe://td/x;DNS=admin.example` from one crafted SAN): not trusted.
+            "dns" if xfcc.uri.is_some() => {}
             "dns" => xfcc.dns.push(value.clone()),
             _ => {}
         }
@@ -271,7 +307,13 @@ mod tests {
         .unwrap();
         assert_eq!(x.uri.as_deref(), Some("spiffe://td/ns/x/sa/y"));
         assert_eq!(x.sha256, Some([0xaa; 32]));
-        assert_eq!(x.dns, ["y.td"]);
+        // After the URI, a DNS may be a forged part of the URI SAN: not trusted.
+        assert!(x.dns.is_empty());
+        let x = parse_xfcc(&format!("Hash={hash};DNS=y.td;DNS=z.td")).unwrap();
+        assert_eq!(x.dns, ["y.td", "z.td"]);
+        // Review round 2: one crafted URI SAN `spiffe://td/x;DNS=admin.example`.
+        let x = parse_xfcc(&format!("Hash={hash};URI=spiffe://td/x;DNS=admin.example")).unwrap();
+        assert!(x.dns.is_empty());
         assert_eq!(parse_xfcc("Hash=zz"), Err(PeerError::Xfcc));
         assert_eq!(parse_xfcc("garbage"), Err(PeerError::Xfcc));
         assert_eq!(parse_xfcc("URI=a;URI=b"), Err(PeerError::SeveralUris));

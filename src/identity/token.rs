@@ -62,6 +62,10 @@ pub enum TokenError {
     MissingClaim(String),
     #[error("the token is not bound to the peer's certificate")]
     CertBinding,
+    #[error("the token's `cnf` names a proof of possession cedargate cannot check")]
+    UnsupportedBinding,
+    #[error("the token's `typ` is not one the issuer's token_types accepts")]
+    Type,
 }
 
 impl TokenError {
@@ -87,6 +91,8 @@ impl TokenError {
             Self::Audience => "audience_mismatch",
             Self::MissingClaim(_) => "missing_claim",
             Self::CertBinding => "cert_binding_mismatch",
+            Self::UnsupportedBinding => "unsupported_binding",
+            Self::Type => "wrong_token_type",
         }
     }
 
@@ -105,6 +111,8 @@ pub struct VerifiedToken {
     pub issuer: String,
     pub subject: String,
     pub principal_type: String,
+    /// The entity type of `groups` (the issuer's `group_type`).
+    pub group_type: String,
     pub audience: Vec<String>,
     pub scopes: Vec<String>,
     pub groups: Vec<String>,
@@ -125,7 +133,9 @@ impl VerifiedToken {
     /// RFC 8705 §3: a bound token is only valid from the certificate it is bound to. Checked on
     /// every request (a cached token may be replayed from another workload).
     pub fn check_binding(&self, peer_sha256: Option<&[u8; 32]>) -> Result<(), TokenError> {
-        if !self.require_cert_binding {
+        // A token bound to a certificate is checked whether or not its issuer requires
+        // binding: accepting it as a plain bearer token would drop the sender constraint.
+        if !self.require_cert_binding && self.cnf_x5t_s256.is_none() {
             return Ok(());
         }
         let thumbprint = peer_sha256.map(|sha| URL_SAFE_NO_PAD.encode(sha));
@@ -216,6 +226,8 @@ struct JoseHeader {
     x5u: Option<Value>,
     #[serde(default)]
     x5c: Option<Value>,
+    #[serde(default)]
+    typ: Option<String>,
 }
 
 /// What the unverified token says about itself, checked before any key is looked up.
@@ -224,6 +236,8 @@ pub struct Inspected {
     pub alg: Algorithm,
     pub kid: Option<String>,
     pub issuer: String,
+    /// The JOSE `typ`, when the token names one (RFC 8725 §3.11 explicit typing).
+    pub typ: Option<String>,
 }
 
 const MAX_JSON_DEPTH: usize = 16;
@@ -251,15 +265,13 @@ pub fn inspect(token: &str, max_bytes: usize) -> Result<Inspected, TokenError> {
     let header: JoseHeader = json(&decode(header)?)?;
     let claims: serde_json::Map<String, Value> = json(&decode(payload)?)?;
 
+    let bad_alg = || TokenError::Algorithm(crate::text::clip(&header.alg));
     if header.alg.eq_ignore_ascii_case("none") {
-        return Err(TokenError::Algorithm(header.alg));
+        return Err(bad_alg());
     }
-    let alg: Algorithm = header
-        .alg
-        .parse()
-        .map_err(|_| TokenError::Algorithm(header.alg.clone()))?;
+    let alg: Algorithm = header.alg.parse().map_err(|_| bad_alg())?;
     if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-        return Err(TokenError::Algorithm(header.alg));
+        return Err(bad_alg());
     }
     for (name, present) in [
         ("jku", header.jku.is_some()),
@@ -282,7 +294,42 @@ pub fn inspect(token: &str, max_bytes: usize) -> Result<Inspected, TokenError> {
         alg,
         kid: header.kid,
         issuer,
+        typ: header.typ,
     })
+}
+
+/// A NumericDate claim (RFC 7519 §2) as whole seconds, rounded with `round`; not a number
+/// (or not finite) is a malformed token.
+fn numeric_date(value: &Value, round: fn(f64) -> f64) -> Result<i64, TokenError> {
+    if let Some(seconds) = value.as_i64() {
+        return Ok(seconds);
+    }
+    let seconds = value
+        .as_f64()
+        .filter(|f| f.is_finite())
+        .ok_or(TokenError::Malformed("a date claim is not a number"))?;
+    // Saturating: a date beyond i64 seconds is as good as never / forever.
+    #[allow(clippy::cast_possible_truncation)]
+    Ok(round(seconds) as i64)
+}
+
+/// RFC 8705 / RFC 7800 `cnf`: the certificate thumbprint a token is bound to. A confirmation
+/// method cedargate cannot check (`jkt` for DPoP, `jwk`, `jwe`, `kid`) makes the token
+/// unusable here rather than a plain bearer token.
+fn certificate_binding(cnf: Option<&Value>) -> Result<Option<String>, TokenError> {
+    let Some(cnf) = cnf else {
+        return Ok(None);
+    };
+    let Some(members) = cnf.as_object() else {
+        return Err(TokenError::UnsupportedBinding);
+    };
+    if members.keys().any(|k| k != "x5t#S256") {
+        return Err(TokenError::UnsupportedBinding);
+    }
+    match members.get("x5t#S256") {
+        Some(Value::String(thumbprint)) => Ok(Some(thumbprint.clone())),
+        _ => Err(TokenError::UnsupportedBinding),
+    }
 }
 
 /// Parses JSON after checking its nesting depth (serde_json's own limit is 128).
@@ -344,6 +391,21 @@ impl IssuerPolicy {
         }
     }
 
+    /// RFC 8725 §3.11: the token's `typ` is one of the issuer's `token_types` (compared
+    /// without case and without an `application/` prefix, RFC 7515 §4.1.9).
+    fn accepts_type(&self, typ: Option<&str>) -> bool {
+        let bare = |t: &str| {
+            let lower = t.to_ascii_lowercase();
+            lower
+                .strip_prefix("application/")
+                .map_or_else(|| lower.clone(), str::to_owned)
+        };
+        typ.is_some_and(|typ| {
+            let typ = bare(typ);
+            self.config.token_types.iter().any(|t| bare(t) == typ)
+        })
+    }
+
     /// Verifies a token whose issuer is this one, against `keys`; returns the key used.
     pub fn verify(
         &self,
@@ -377,13 +439,25 @@ impl IssuerPolicy {
                     _ => TokenError::Malformed("cannot be decoded"),
                 })?;
         let claims = data.claims;
+        if !self.config.token_types.is_empty() && !self.accepts_type(inspected.typ.as_deref()) {
+            return Err(TokenError::Type);
+        }
         let leeway = i64::try_from(self.config.leeway.as_secs()).unwrap_or(i64::MAX);
-        let number = |name: &str| claims.get(name).and_then(Value::as_i64);
-        let issued_at = number("iat");
+        // RFC 7519 NumericDate may have a fraction: an `iat` of 1.5e9 + 0.5 is a date, not
+        // a missing claim (which would skip the future check). `iat` is rounded up and `exp`
+        // down, the strict side of each; any other type is refused.
+        let iat_claim = claims.get("iat");
+        let issued_at = match iat_claim {
+            None => None,
+            Some(value) => Some(numeric_date(value, f64::ceil)?),
+        };
         if issued_at.is_some_and(|iat| iat > now.saturating_add(leeway)) {
             return Err(TokenError::IssuedInFuture);
         }
-        let expires_at = number("exp").ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
+        let expires_at = match claims.get("exp") {
+            Some(value) => numeric_date(value, f64::floor)?,
+            None => return Err(TokenError::MissingClaim("exp".into())),
+        };
         if let Some(max_age) = self.config.max_token_age {
             let iat = issued_at.ok_or_else(|| TokenError::MissingClaim("iat".into()))?;
             let max_age = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
@@ -418,6 +492,7 @@ impl IssuerPolicy {
             issuer: self.config.issuer.clone(),
             subject,
             principal_type: self.config.principal_type.clone(),
+            group_type: self.config.group_type.clone(),
             audience: strings(claims.get("aud")),
             scopes: strings(claims.get(&self.config.scope_claim)),
             groups: self
@@ -428,11 +503,7 @@ impl IssuerPolicy {
                 .unwrap_or_default(),
             expires_at,
             issued_at,
-            cnf_x5t_s256: claims
-                .get("cnf")
-                .and_then(|cnf| cnf.get("x5t#S256"))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            cnf_x5t_s256: certificate_binding(claims.get("cnf"))?,
             require_cert_binding: self.config.require_cert_binding,
             cedar: Default::default(),
             claims: claims

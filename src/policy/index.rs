@@ -35,8 +35,8 @@ pub struct SchemaIndex {
     applies: HashMap<EntityUid, (HashSet<EntityTypeName>, HashSet<EntityTypeName>)>,
     /// Every declared action, with or without `appliesTo`.
     actions: HashSet<EntityUid>,
-    /// Entity types that may have a `Group` ancestor.
-    group_members: HashSet<EntityTypeName>,
+    /// The types each entity type may have as ancestors (`User in [Group]`).
+    ancestors: HashMap<EntityTypeName, HashSet<EntityTypeName>>,
 }
 
 impl SchemaIndex {
@@ -51,22 +51,18 @@ impl SchemaIndex {
                 Some((action.clone(), (principals, resources)))
             })
             .collect();
-        let group = EntityTypeName::from_str("Group").ok();
-        let group_members = schema
+        let ancestors = schema
             .entity_types()
-            .filter(|t| {
-                group.as_ref().is_some_and(|group| {
-                    schema
-                        .ancestors(t)
-                        .is_some_and(|mut ancestors| ancestors.any(|a| a == group))
-                })
+            .map(|t| {
+                let of: HashSet<EntityTypeName> =
+                    schema.ancestors(t).into_iter().flatten().cloned().collect();
+                (t.clone(), of)
             })
-            .cloned()
             .collect();
         Self {
             applies,
             actions,
-            group_members,
+            ancestors,
         }
     }
 
@@ -86,9 +82,11 @@ impl SchemaIndex {
             .is_some_and(|(p, r)| p.contains(principal) && r.contains(resource))
     }
 
-    /// True when entities of this type may be members of `Group`.
-    pub fn may_join_groups(&self, entity_type: &EntityTypeName) -> bool {
-        self.group_members.contains(entity_type)
+    /// True when entities of type `member` may have a `group` ancestor.
+    pub fn may_join(&self, member: &EntityTypeName, group: &EntityTypeName) -> bool {
+        self.ancestors
+            .get(member)
+            .is_some_and(|ancestors| ancestors.contains(group))
     }
 }
 

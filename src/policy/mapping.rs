@@ -84,7 +84,6 @@ const HEADERS_TYPE: &str = "HttpHeaders";
 const QUERY_TYPE: &str = "HttpQuery";
 const PARAMS_TYPE: &str = "PathParams";
 const CLAIMS_TYPE: &str = "TokenClaims";
-const GROUP_TYPE: &str = "Group";
 /// The type of the fallback resource, a request path no route maps.
 pub const PATH_TYPE: &str = "Path";
 const HELPER_ID: &str = "request";
@@ -171,14 +170,15 @@ pub fn map(
             parts.resource.type_name()
         )));
     }
-    if !parts.principal.groups.is_empty()
+    if let Some(group) = parts.principal.groups.first()
         && !snapshot
             .index
-            .may_join_groups(parts.principal.uid.type_name())
+            .may_join(parts.principal.uid.type_name(), group.type_name())
     {
         return Err(MappingError::Invalid(format!(
-            "the token names groups, but the schema does not let a {} be in a Group",
-            parts.principal.uid.type_name()
+            "the token names groups, but the schema does not let a {} be in a {}",
+            parts.principal.uid.type_name(),
+            group.type_name()
         )));
     }
     let mut list = match &parts.principal.statics {
@@ -258,11 +258,13 @@ fn parts(
         None => match &route {
             Some(m) => m.action.clone(),
             None => action_uid(&http.method)
-                .ok_or_else(|| MappingError::UnknownAction(http.method.clone()))?,
+                .ok_or_else(|| MappingError::UnknownAction(crate::text::clip(&http.method)))?,
         },
     };
     if !snapshot.index.is_action(&action) {
-        return Err(MappingError::UnknownAction(action.to_string()));
+        return Err(MappingError::UnknownAction(crate::text::clip(
+            &action.to_string(),
+        )));
     }
 
     let resource = match extensions.get(EXTENSION_RESOURCE) {
@@ -275,7 +277,7 @@ fn parts(
             Some(uid) => uid,
             // A path that a `Path::` literal of the set names but for case is refused.
             None if snapshot.path_literals.near_miss(&http.path) => {
-                return Err(MappingError::NearMiss(http.path.clone()));
+                return Err(MappingError::NearMiss(crate::text::clip(&http.path)));
             }
             None => EntityUid::from_type_name_and_id(names.path.clone(), EntityId::new(&http.path)),
         },
@@ -439,6 +441,7 @@ pub fn check_schema(schema: &Schema) -> Vec<(EntityUid, String)> {
             issuer: "https://issuer.example".into(),
             subject: "sample".into(),
             principal_type: "User".into(),
+            group_type: "Group".into(),
             audience: vec!["api".into()],
             scopes: vec!["read".into()],
             groups: Vec::new(),
@@ -493,7 +496,6 @@ struct Names {
     query: EntityUid,
     params: EntityUid,
     claims: EntityUid,
-    group: EntityTypeName,
     workload: EntityTypeName,
     path: EntityTypeName,
     anonymous: EntityUid,
@@ -509,7 +511,6 @@ fn names() -> Result<&'static Names, MappingError> {
                 query: uid(QUERY_TYPE, HELPER_ID)?,
                 params: uid(PARAMS_TYPE, HELPER_ID)?,
                 claims: uid(CLAIMS_TYPE, HELPER_ID)?,
-                group: type_name(GROUP_TYPE)?,
                 workload: type_name("Workload")?,
                 path: type_name(PATH_TYPE)?,
                 anonymous: uid("Anonymous", "anonymous")?,
@@ -527,10 +528,11 @@ fn principal(
     match identity.principal() {
         Principal::Token(token) => {
             let subject = uid(&token.principal_type, &token.subject)?;
+            let group_type = EntityTypeName::from_str(&token.group_type).map_err(invalid)?;
             let groups: Vec<EntityUid> = token
                 .groups
                 .iter()
-                .map(|g| EntityUid::from_type_name_and_id(names.group.clone(), EntityId::new(g)))
+                .map(|g| EntityUid::from_type_name_and_id(group_type.clone(), EntityId::new(g)))
                 .collect();
             let entity = Entity::new_with_tags(subject.clone(), [], groups.iter().cloned(), [])
                 .map_err(invalid)?;

@@ -56,7 +56,7 @@ fn next_id() -> u64 {
 }
 
 /// One file of a policy set, read into memory.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceFile {
     pub path: PathBuf,
     pub text: String,
@@ -134,6 +134,14 @@ fn version_of(files: &[SourceFile]) -> std::sync::Arc<str> {
 
 /// Reads the policy files directly in `dir` (not below it) and loads them.
 pub fn load_dir(dir: &Path) -> Result<Snapshot, PolicyLoadError> {
+    load_files(read_dir(dir)?)
+}
+
+/// Reads the policy files directly in `dir` (not below it), sorted by path. A directory
+/// without policy files, or with an empty one, is refused: an empty file is what an editor
+/// or a copy leaves while it writes (a truncated forbid must not be a policy change), so a
+/// file's policies are removed by deleting the file, never by emptying it.
+pub fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, PolicyLoadError> {
     let read_err = |path: &Path| {
         let path = path.to_owned();
         move |source| PolicyLoadError::Read { path, source }
@@ -155,7 +163,19 @@ pub fn load_dir(dir: &Path) -> Result<Snapshot, PolicyLoadError> {
             ],
         });
     }
-    load_files(files)
+    let empty: Vec<Problem> = files
+        .iter()
+        .filter(|f| f.text.trim().is_empty())
+        .map(|f| {
+            Problem::in_file(&f.path, "the file is empty").hint(
+                "an empty file is taken for one being written, not for a change; delete the file to remove what it held",
+            )
+        })
+        .collect();
+    if !empty.is_empty() {
+        return Err(PolicyLoadError::Invalid { problems: empty });
+    }
+    Ok(files)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

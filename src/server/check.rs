@@ -47,8 +47,14 @@ pub struct Shared {
     pub ready: AtomicBool,
     pub options: CheckOptions,
     inflight: Semaphore,
+    /// Explain's own places: the API must not take Check's (an Explain flood would otherwise
+    /// shed Envoy's checks).
+    explain_inflight: Semaphore,
     sampler: telemetry::Sampler,
 }
+
+/// Explain calls evaluated at once (the API is an operator's tool, not a data path).
+const EXPLAIN_INFLIGHT: usize = 4;
 
 /// How decisions are enforced and logged.
 #[derive(Debug, Clone, Default)]
@@ -84,6 +90,11 @@ impl Shared {
         self.inflight.try_acquire().ok()
     }
 
+    /// A place among the Explain calls in flight, apart from Check's.
+    pub fn admit_explain(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.explain_inflight.try_acquire().ok()
+    }
+
     pub fn new(
         snapshot: Snapshot,
         authn: Authenticator,
@@ -98,6 +109,7 @@ impl Shared {
             peer_settings,
             ready: AtomicBool::new(false),
             inflight: Semaphore::new(limits.max_inflight),
+            explain_inflight: Semaphore::new(EXPLAIN_INFLIGHT),
             sampler: telemetry::Sampler::new(options.decision_log.sample_allow),
             options,
         }
@@ -127,11 +139,13 @@ impl Authorization for CheckService {
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        // Shed load at once rather than queue. UNAVAILABLE (not a deny) lets Envoy retry
-        // another replica; with `failure_mode_allow: false` it is a deny at Envoy.
+        // Shed load at once rather than queue, with a denied answer (503 `overloaded`): a gRPC
+        // error would be an allow at an Envoy configured with `failure_mode_allow: true`.
         let Some(_permit) = self.shared.admit() else {
             telemetry::rejected("overload");
-            return Err(Status::unavailable("cedargate is over its in-flight limit"));
+            let id = envoy::request_id_hint(request.get_ref());
+            let decision = finish(&self.shared, Decision::early(id, DenyReason::Overloaded));
+            return Ok(Response::new(envoy::response(decision.answer())));
         };
         let _in_flight = telemetry::InFlight::enter();
         let started = Instant::now();
@@ -181,10 +195,12 @@ async fn guarded(
     keep_call: bool,
 ) -> (Decision, Option<CedarCall>, tracing::Span) {
     let now = unix_now();
+    // The id a panic or timeout answer carries (the normalised request may not exist then).
+    let request_id = envoy::request_id_hint(&input);
     let guard = |what: &str| {
         telemetry::panicked();
         Decision::early(
-            String::new(),
+            request_id.clone(),
             DenyReason::Internal(format!("{what} panicked")),
         )
     };
@@ -220,7 +236,7 @@ async fn guarded(
             Ok(Ok(decided)) => decided,
             Ok(Err(_panic)) => (guard("a check"), None),
             Err(_elapsed) => (
-                Decision::early(String::new(), DenyReason::Timeout(budget)),
+                Decision::early(request_id.clone(), DenyReason::Timeout(budget)),
                 None,
             ),
         };
@@ -275,7 +291,8 @@ async fn decide(
 }
 
 /// What is answered and logged around an evaluation: the request id, identity headers the
-/// client sent (removed on allow), the token's headers (removed on allow unless forwarded),
+/// client sent (removed on an OK answer), the token's headers (removed on an OK answer
+/// unless forwarded),
 /// the log attributes, the trace id, and whether the outcome is enforced.
 fn envelope(
     shared: &Shared,
@@ -296,7 +313,9 @@ fn envelope(
             .filter(|name| name.replace('_', "-").starts_with(IDENTITY_HEADER_PREFIX))
             .cloned()
             .collect(),
-        strip_headers: if had_token && evaluation.is_allow() {
+        // Used on every OK answer, a dry-run pass included: a token not forwarded on an
+        // allow is not forwarded on a would-be deny either.
+        strip_headers: if had_token {
             shared.authn.token_headers_to_strip()
         } else {
             Vec::new()

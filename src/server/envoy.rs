@@ -88,6 +88,48 @@ pub fn input(request: CheckRequest) -> CheckInput {
     }
 }
 
+/// Envoy without `encode_raw_headers: true` joins a repeated header with `,` before cedargate
+/// sees it, so `x-env: prod` sent twice arrives as `prod,prod` and cannot be refused as
+/// repeated: said once per process, at the first such check.
+fn warn_joined_headers() {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!("Envoy sends request headers without `encode_raw_headers: true`: a repeated header arrives joined with `,` and cannot be refused, so a policy comparing a header with `==` could be dodged by sending it twice; set encode_raw_headers: true in the ext_authz filter");
+    });
+}
+
+/// The request id an early answer (overload, a panic, a timeout) carries, read without
+/// normalising the request: `x-request-id`, else Envoy's `http.id`, when either is short
+/// printable ASCII (as [`crate::request::normalise`] would choose); else a fresh UUID.
+pub fn request_id_hint(request: &CheckRequest) -> String {
+    let http = request
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref());
+    let Some(http) = http else {
+        return uuid::Uuid::new_v4().to_string();
+    };
+    let from_map = http.header_map.as_ref().and_then(|map| {
+        map.headers
+            .iter()
+            .find(|h| h.key.eq_ignore_ascii_case("x-request-id"))
+            .map(|h| {
+                if h.raw_value.is_empty() {
+                    h.value.clone()
+                } else {
+                    String::from_utf8_lossy(&h.raw_value).into_owned()
+                }
+            })
+    });
+    let from_headers = http.headers.get("x-request-id").cloned();
+    [from_map.or(from_headers), Some(http.id.clone())]
+        .into_iter()
+        .flatten()
+        .find(|id| crate::request::is_request_id(id))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
 fn peer(source: PbPeer) -> PeerSource {
     let PbPeer {
         address,
@@ -153,13 +195,18 @@ fn http(http: PbHttp) -> RawHttp {
                 },
             )
             .collect(),
-        None => headers
-            .into_iter()
-            .map(|(name, value)| RawHeader {
-                name,
-                value: value.into_bytes(),
-            })
-            .collect(),
+        None => {
+            if !headers.is_empty() {
+                warn_joined_headers();
+            }
+            headers
+                .into_iter()
+                .map(|(name, value)| RawHeader {
+                    name,
+                    value: value.into_bytes(),
+                })
+                .collect()
+        }
     };
     RawHttp {
         method,

@@ -30,6 +30,10 @@ pub enum TlsError {
     File { path: PathBuf, message: String },
     #[error("TLS configuration: {0}")]
     Rustls(String),
+    #[error(
+        "tls: client certificates are required but no client_ca names who may present them; set tls.client_ca, or tls.require_client_cert: false to accept any client"
+    )]
+    NoClientCa,
 }
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -141,6 +145,8 @@ fn build(settings: &TlsSettings) -> Result<ServerConfig, TlsError> {
             .map_err(|e| TlsError::Rustls(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
+        // Required certificates without a CA would accept any client: refused.
+        None if settings.require_client_cert => return Err(TlsError::NoClientCa),
         None => builder.with_no_client_auth(),
     };
     let mut config = builder

@@ -5,7 +5,7 @@
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{SamplingDecision, SamplingResult, SdkTracerProvider, ShouldSample};
 
 use crate::config::OtelSettings;
 
@@ -40,9 +40,9 @@ impl Tracing {
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(resource)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                settings.sample_ratio,
-            ))))
+            .with_sampler(OwnDice {
+                ratio: settings.sample_ratio,
+            })
             .build();
         Ok(Self { provider })
     }
@@ -62,6 +62,41 @@ impl Tracing {
 
     pub fn shutdown(&self) {
         let _ = self.provider.shutdown();
+    }
+}
+
+/// Samples `ratio` of the checks with cedargate's own randomness. Neither the caller's
+/// `sampled` flag nor its trace id decides (a parent-based or trace-id-ratio sampler would let
+/// a client that sends `traceparent` choose to have every one of its checks exported); the span
+/// still joins the caller's trace when sampled.
+#[derive(Debug, Clone)]
+struct OwnDice {
+    ratio: f64,
+}
+
+impl ShouldSample for OwnDice {
+    fn should_sample(
+        &self,
+        parent_context: Option<&opentelemetry::Context>,
+        _trace_id: opentelemetry::trace::TraceId,
+        _name: &str,
+        _span_kind: &opentelemetry::trace::SpanKind,
+        _attributes: &[opentelemetry::KeyValue],
+        _links: &[opentelemetry::trace::Link],
+    ) -> SamplingResult {
+        use opentelemetry::trace::TraceContextExt;
+        let decision = if self.ratio >= 1.0 || fastrand::f64() < self.ratio {
+            SamplingDecision::RecordAndSample
+        } else {
+            SamplingDecision::Drop
+        };
+        SamplingResult {
+            decision,
+            attributes: Vec::new(),
+            trace_state: parent_context
+                .map(|ctx| ctx.span().span_context().trace_state().clone())
+                .unwrap_or_default(),
+        }
     }
 }
 
@@ -91,4 +126,41 @@ pub fn check_span(parent: Option<&super::TraceParent>) -> tracing::Span {
         let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
     }
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+
+    use super::OwnDice;
+
+    #[test]
+    fn a_sampled_parent_does_not_force_sampling() {
+        let parent = opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from(1),
+            SpanId::from(1),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        ));
+        let decide = |ratio: f64| {
+            OwnDice { ratio }
+                .should_sample(
+                    Some(&parent),
+                    TraceId::from(1),
+                    "x",
+                    &SpanKind::Server,
+                    &[],
+                    &[],
+                )
+                .decision
+        };
+        for _ in 0..100 {
+            assert_eq!(decide(0.0), SamplingDecision::Drop);
+            assert_eq!(decide(1.0), SamplingDecision::RecordAndSample);
+        }
+    }
 }

@@ -46,7 +46,29 @@ impl TestCa {
     }
 
     fn issue_valid(&self, uris: &[&str], dns: &[&str], (from, to): (i32, i32)) -> TestCert {
+        self.issue_with(uris, dns, (from, to), |_| {})
+    }
+
+    /// A certificate for `uris` whose parameters `tweak` changes first (a CA flag, another
+    /// key usage), for tests of what a leaf must be.
+    pub fn issue_tweaked(
+        &self,
+        uris: &[&str],
+        tweak: impl FnOnce(&mut CertificateParams),
+    ) -> TestCert {
+        self.issue_with(uris, &[], (2020, 2090), tweak)
+    }
+
+    fn issue_with(
+        &self,
+        uris: &[&str],
+        dns: &[&str],
+        (from, to): (i32, i32),
+        tweak: impl FnOnce(&mut CertificateParams),
+    ) -> TestCert {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        // An X509-SVID leaf (SPIFFE X509-SVID §4.3): signature use only.
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
         params
             .distinguished_name
             .push(DnType::CommonName, "workload");
@@ -60,6 +82,7 @@ impl TestCa {
                     .map(|d| SanType::DnsName((*d).try_into().unwrap())),
             )
             .collect();
+        tweak(&mut params);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         TestCert {
