@@ -81,6 +81,7 @@ fn bench(c: &mut Criterion) {
         .unwrap();
         let presented = Presented {
             peer: Arc::new(prepared.peer.clone()),
+            peer_refused: prepared.peer_refused.clone(),
             token: Ok(Some(token())),
             token_required_by_default: true,
         };
@@ -111,6 +112,7 @@ fn bench(c: &mut Criterion) {
                 prepare(&limits, &Default::default(), envoy::input(request), now).unwrap();
             let presented = Presented {
                 peer: Arc::new(prepared.peer),
+                peer_refused: prepared.peer_refused.clone(),
                 token: Ok(Some(token.clone())),
                 token_required_by_default: true,
             };

@@ -5,9 +5,10 @@
 //! stages keeping the Cedar request), so a shadow policy set or a replayed record is one more
 //! call, not another pipeline.
 //!
-//! Stages, each owned by its module: route semantics ([`crate::policy::routes`]: the route,
-//! or a refusal for a near miss) → identity rules ([`crate::identity::Presented::establish`]:
-//! a present token must be valid, certificate binding, a required token) → the Cedar request
+//! Stages, each owned by its module: identity rules ([`crate::identity::Presented::establish`]:
+//! a present token must be valid, certificate binding, a token the route requires, then the
+//! peer: every 401 before any 403) → route semantics ([`crate::policy::routes`]: the route,
+//! or a refusal for a near miss) → the Cedar request
 //! ([`crate::policy::mapping`], from parts built once per snapshot and per token) → Cedar on
 //! the slice of policies that can apply ([`crate::policy::engine`]; an evaluation error is a
 //! deny).
@@ -19,7 +20,7 @@
 use std::sync::Arc;
 
 use crate::decision::{DenyReason, Evaluation, Outcome};
-use crate::identity::Presented;
+use crate::identity::{Presented, Refused};
 use crate::policy::Snapshot;
 use crate::policy::engine::{self, Verdict};
 use crate::policy::mapping::{self, Build, CedarCall, MappingError};
@@ -78,7 +79,23 @@ fn run(
         (evaluation, None)
     };
 
-    let route = match snapshot.routes.resolve(&http.method, &http.path) {
+    // Authentication before authorization: the token (401) and the peer are judged before a
+    // near miss of a route (403); the route is looked up first only for its token requirement.
+    let route = snapshot.routes.resolve(&http.method, &http.path);
+    let requirement = route
+        .as_ref()
+        .ok()
+        .and_then(|r| r.as_ref())
+        .and_then(|r| r.token);
+    evaluation.route_dry_run = route
+        .as_ref()
+        .is_ok_and(|r| r.as_ref().is_some_and(|r| r.dry_run));
+    let identity = match presented.establish(requirement) {
+        Ok(identity) => identity,
+        Err(Refused::Token(err)) => return deny(evaluation, DenyReason::Unauthenticated(err)),
+        Err(Refused::Peer(err)) => return deny(evaluation, DenyReason::Peer(err)),
+    };
+    let route = match route {
         Ok(route) => route,
         Err(near) => {
             return deny(
@@ -86,11 +103,6 @@ fn run(
                 DenyReason::NoRoute(MappingError::NearMiss(crate::text::clip(&near.0))),
             );
         }
-    };
-    evaluation.route_dry_run = route.as_ref().is_some_and(|r| r.dry_run);
-    let identity = match presented.establish(route.as_ref().and_then(|r| r.token)) {
-        Ok(identity) => identity,
-        Err(err) => return deny(evaluation, DenyReason::Unauthenticated(err)),
     };
     let mapped = match mode {
         Mode::Fast => mapping::map(snapshot, request, route, &identity, now, Build::Read),

@@ -145,11 +145,21 @@ pub enum TokenRequirement {
     Optional,
 }
 
+/// Why [`Presented::establish`] refused a caller: its token (401) or its peer (403).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    Token(TokenError),
+    Peer(peer::PeerError),
+}
+
 /// What a check presented: the resolved peer and the outcome of authenticating its bearer
 /// token, before the rules that depend on the route are applied ([`Presented::establish`]).
 #[derive(Debug, Clone)]
 pub struct Presented {
+    /// The peer as resolved (only its address when it was refused).
     pub peer: Arc<Peer>,
+    /// Why the peer was refused ([`Peer::resolve`]), if it was: decided after the token.
+    pub peer_refused: Option<peer::PeerError>,
     /// The verified token, `None` without one, or why the one sent was refused.
     pub token: Result<Option<Arc<VerifiedToken>>, TokenError>,
     /// `authentication.require_token` with at least one issuer: the requirement of a route
@@ -162,26 +172,35 @@ impl Presented {
     pub fn peer_only(peer: Peer) -> Self {
         Self {
             peer: Arc::new(peer),
+            peer_refused: None,
             token: Ok(None),
             token_required_by_default: false,
         }
     }
 
-    /// The identity rules, in order:
+    /// The identity rules, in order (authentication before authorization: every 401 before
+    /// any 403, so a caller with a bad or missing token is told to authenticate, and learns
+    /// nothing about routes or peers first):
     /// - a token that is present must be valid, on every route, whatever the route requires;
     /// - RFC 8705 §3: a certificate-bound token is valid only from the certificate it is bound
     ///   to, checked on every request (a cached token may be replayed from another workload);
-    /// - a missing token is refused where the route (else the default) requires one.
-    pub fn establish(&self, route: Option<TokenRequirement>) -> Result<Identity, TokenError> {
-        let token = self.token.clone()?;
+    /// - a missing token is refused where the route (else the default) requires one;
+    /// - then a refused peer (a bad certificate, a foreign trust domain) is a 403.
+    pub fn establish(&self, route: Option<TokenRequirement>) -> Result<Identity, Refused> {
+        let token = self.token.clone().map_err(Refused::Token)?;
         if let Some(token) = &token {
-            token.check_binding(self.peer.cert_sha256.as_ref())?;
+            token
+                .check_binding(self.peer.cert_sha256.as_ref())
+                .map_err(Refused::Token)?;
         }
         let required = route.map_or(self.token_required_by_default, |r| {
             r == TokenRequirement::Required
         });
         if token.is_none() && required {
-            return Err(TokenError::Missing);
+            return Err(Refused::Token(TokenError::Missing));
+        }
+        if let Some(err) = &self.peer_refused {
+            return Err(Refused::Peer(err.clone()));
         }
         Ok(Identity {
             peer: self.peer.clone(),

@@ -467,11 +467,40 @@ fn check_explains_a_decision_offline() {
     );
     assert!(out.contains("  principal: User::\"bob\""), "{out}");
 
-    // Refused before a Cedar request exists.
+    // Without a configuration, decided as `serve` without one decides (review round 2: the
+    // stand-in issuer made it a 401 where serve says 403), and the difference is said.
     let output = cedargate(&["check", "--path", "/orders"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stdout(&output).starts_with("decision: deny (policy_denied, HTTP 403)"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(
+        stderr(&output).contains("note: no issuer is configured"),
+        "{}",
+        stderr(&output)
+    );
+
+    // With the configuration's issuer, as serve: refused before a Cedar request exists.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cedargate.yaml");
+    std::fs::write(
+        &config,
+        "issuers:\n  - { issuer: https://idp.example, audiences: [orders], jwks: { file: jwks.json } }\n",
+    )
+    .unwrap();
+    let output = cedargate(&[
+        "check",
+        "--config",
+        config.to_str().unwrap(),
+        "--path",
+        "/orders",
+    ]);
     assert_eq!(output.status.code(), Some(1));
     assert!(stdout(&output).contains("decision: unauthenticated (missing_token, HTTP 401)"));
     assert!(stdout(&output).contains("cedar request: none"));
+    assert!(!stderr(&output).contains("note:"), "{}", stderr(&output));
 
     // Bad input: exit 2 with a message.
     let output = cedargate(&["check", "--path", "/x", "--claims", "{not json"]);

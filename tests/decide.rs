@@ -132,6 +132,7 @@ fn decide_both(
     .unwrap();
     let presented = Presented {
         peer: Arc::new(prepared.peer.clone()),
+        peer_refused: prepared.peer_refused.clone(),
         token: Ok(match caller {
             Caller::Token(token) => Some(Arc::clone(token)),
             _ => None,
@@ -307,6 +308,7 @@ fn evaluate(snapshot: &Snapshot, path: &str, token: &Arc<VerifiedToken>) -> Eval
     .unwrap();
     let presented = Presented {
         peer: Arc::new(prepared.peer),
+        peer_refused: prepared.peer_refused.clone(),
         token: Ok(Some(Arc::clone(token))),
         token_required_by_default: true,
     };

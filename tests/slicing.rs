@@ -217,6 +217,7 @@ fn both(snapshot: &Snapshot, case: &Case) -> (Evaluation, Evaluation) {
     .unwrap();
     let presented = Presented {
         peer: Arc::new(prepared.peer.clone()),
+        peer_refused: prepared.peer_refused.clone(),
         token: Ok(token.map(Arc::new)),
         token_required_by_default: false,
     };

@@ -88,12 +88,13 @@ async fn check_over_tls(
     Ok(())
 }
 
+/// Failed handshakes with reason `error` (a refused or missing client certificate).
 fn handshake_failures(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with("cedargate_tls_handshake_failures_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0.0, |v| v.parse().unwrap())
+    cedargate::testutil::metric_value(
+        metrics,
+        "cedargate_tls_handshake_failures_total",
+        &[("reason", "error")],
+    )
 }
 
 #[tokio::test]
@@ -211,4 +212,52 @@ async fn required_client_certificates_need_a_client_ca() {
     check_over_tls(&server, &pki.server_ca.pem(), None)
         .await
         .expect("any TLS client, as configured");
+}
+
+#[tokio::test]
+async fn handshakes_in_progress_are_bounded() {
+    // Review round 2: TLS handshakes were unbounded in number; idle connections that never
+    // finish a handshake could pile up for the whole handshake timeout each.
+    cedargate::app::install_crypto_provider();
+    let pki = Pki::new();
+    let mut config = test_config(PolicySource::Embedded);
+    config.tls = Some(pki.settings(true));
+    let server = TestServer::with_config_no_client(config).await;
+    let busy = |m: &str| {
+        cedargate::testutil::metric_value(
+            m,
+            "cedargate_tls_handshake_failures_total",
+            &[("reason", "busy")],
+        )
+    };
+    // Idle connections that never send a ClientHello, past the bound.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(
+            tokio::net::TcpStream::connect(server.grpc_addr())
+                .await
+                .unwrap(),
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while busy(&server.metrics().await) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no connection was turned away"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Closing them frees the places: a real client is served again.
+    drop(idle);
+    let envoy = pki
+        .client_ca
+        .issue(&["spiffe://shop.example/ns/mesh/sa/envoy"], &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while check_over_tls(&server, &pki.server_ca.pem(), Some(&envoy))
+        .await
+        .is_err()
+    {
+        assert!(std::time::Instant::now() < deadline, "never served again");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

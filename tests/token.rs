@@ -137,6 +137,65 @@ async fn a_foreign_workload_is_refused_whoever_the_principal_is() {
 }
 
 #[tokio::test]
+async fn every_401_comes_before_any_403() {
+    // Review round 2: a foreign trust domain and a case-only near miss of a route answered
+    // 403 before the token was looked at. Authentication comes first, whatever else is wrong.
+    let key = TestKey::generate(Algorithm::ES256, "k");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut config = config_for(test_issuer(ISS, &jwks.uri()));
+    config.peer.trust_domains = vec!["shop.example".into()];
+    let mut server = ready_server(config).await;
+    let foreign = "spiffe://partner.example/ns/x/sa/y";
+    let expired = {
+        let mut c = claims(ISS, "orders", "alice");
+        c["exp"] = json!(now() - 600);
+        key.sign(&c)
+    };
+    for (name, request, reason) in [
+        (
+            "foreign peer, no token",
+            check("GET", "/orders").peer(foreign).build(),
+            "missing_token",
+        ),
+        (
+            "foreign peer, expired token",
+            check("GET", "/orders")
+                .peer(foreign)
+                .bearer(&expired)
+                .build(),
+            "token_expired",
+        ),
+        (
+            "near miss, no token",
+            check("GET", "/ORDERS/1001").build(),
+            "missing_token",
+        ),
+        (
+            "near miss, bad token",
+            check("GET", "/Orders").bearer("not.a.jwt").build(),
+            "malformed_token",
+        ),
+    ] {
+        let reply = server.check(request).await;
+        assert_eq!(reply.http_status(), Some(401), "{name}");
+        assert_eq!(reply.body()["error"], reason, "{name}");
+    }
+    // With a valid token, the same problems are the 403s they are.
+    let token = key.sign(&claims(ISS, "orders", "alice"));
+    let reply = server
+        .check(check("GET", "/orders").peer(foreign).bearer(&token).build())
+        .await;
+    assert_eq!(reply.http_status(), Some(403));
+    assert_eq!(reply.body()["error"], "untrusted_trust_domain");
+    let reply = server
+        .check(check("GET", "/ORDERS/1001").bearer(&token).build())
+        .await;
+    assert_eq!(reply.http_status(), Some(403));
+    assert_eq!(reply.body()["error"], "no_route");
+    jwks.stop().await;
+}
+
+#[tokio::test]
 async fn missing_token_is_401_without_error_code() {
     let mut f = fixture().await;
     let reply = f
@@ -453,6 +512,44 @@ async fn a_flood_of_unknown_kids_causes_a_bounded_number_of_fetches() {
         "{} fetches",
         jwks.fetches() - before
     );
+    jwks.stop().await;
+}
+
+#[tokio::test]
+async fn every_check_of_a_new_key_waits_for_the_same_early_fetch() {
+    // Review round 2: only the check that asked for the early fetch waited for it; the
+    // others arriving meanwhile were refused with 401 although the fetch brought their key.
+    let old = TestKey::generate(Algorithm::ES256, "old");
+    let new = TestKey::generate(Algorithm::ES256, "new");
+    let jwks = JwksServer::start(&[&old]).await;
+    let mut config = config_for(test_issuer(ISS, &jwks.uri()));
+    config.auth.fetch_wait = std::time::Duration::from_secs(10);
+    let server = ready_server(config).await;
+    jwks.set_keys(&[&old, &new]);
+    let fetched = jwks.fetches();
+    let held = jwks.hold().await;
+    let mut waiting = Vec::new();
+    for sub in ["alice", "bob", "carol"] {
+        let mut client = server.client.clone();
+        let token = new.sign(&claims(ISS, "orders", sub));
+        let request = check("GET", &format!("/profiles/{sub}"))
+            .bearer(&token)
+            .build();
+        waiting.push(tokio::spawn(async move {
+            Reply(client.check(request).await.unwrap().into_inner()).code()
+        }));
+    }
+    // The first check's fetch reaches the held key server; the others wait for it too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while jwks.fetches() <= fetched {
+        assert!(std::time::Instant::now() < deadline, "no early fetch");
+        tokio::task::yield_now().await;
+    }
+    drop(held);
+    for task in waiting {
+        assert_eq!(task.await.unwrap(), Code::Ok);
+    }
+    assert_eq!(jwks.fetches(), fetched + 1, "one fetch for all three");
     jwks.stop().await;
 }
 

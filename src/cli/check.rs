@@ -185,6 +185,9 @@ async fn decide(args: CheckArgs) -> Result<pb::ExplainResponse, CheckCliError> {
         .or_else(|| settings.policies.clone())
         .unwrap_or_else(|| PolicySource::Dir(PathBuf::from("policies")));
     let offline = Offline::new(&source, &settings, None)?;
+    for difference in offline.differences() {
+        eprintln!("note: {difference}");
+    }
     let request = case.build(&base, Some(&offline))?;
     let explained = offline.explain(request).await;
     Ok(crate::api::explain_response(

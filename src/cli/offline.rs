@@ -56,6 +56,9 @@ pub enum OfflineError {
     IssuerType { issuer: String, entity_type: String },
 }
 
+/// The `iss` of [`default_issuer`].
+pub const STAND_IN_ISSUER: &str = "https://issuer.test";
+
 /// The issuer used when neither the test file nor `--config` names one: `iss`
 /// `https://issuer.test`, audience `cedargate-test`, principal type `User`, groups in `groups`.
 pub fn default_issuer() -> Result<IssuerConfig, OfflineError> {
@@ -132,6 +135,9 @@ pub struct Offline {
     pub shared: Arc<Shared>,
     signer: Signer,
     issuers: Vec<IssuerConfig>,
+    /// No issuer came from a test file or the configuration: tokens are signed by the
+    /// stand-in issuer, which `serve` would not trust ([`Offline::differences`]).
+    stand_in: bool,
 }
 
 impl std::fmt::Debug for Offline {
@@ -153,11 +159,20 @@ impl Offline {
     ) -> Result<Self, OfflineError> {
         let snapshot = crate::app::load_policies(policies)?;
         let signer = Signer::generate()?;
+        let mut auth = settings.auth.clone();
         let mut issuers: Vec<IssuerConfig> = match test_issuers {
             Some(issuers) if !issuers.is_empty() => issuers,
             _ if !settings.issuers.is_empty() => settings.issuers.clone(),
-            _ => vec![default_issuer()?],
+            _ => {
+                // `serve` with no issuer requires no token: the stand-in issuer only signs
+                // the tokens a case asks for, and must not make a tokenless request a 401.
+                auth.require_token = false;
+                vec![default_issuer()?]
+            }
         };
+        let stand_in = issuers.len() == 1
+            && settings.issuers.is_empty()
+            && issuers.first().is_some_and(|i| i.issuer == STAND_IN_ISSUER);
         if let Some((issuer, missing)) = crate::reload::IssuerTypes::of(&issuers).missing(&snapshot)
         {
             return Err(OfflineError::IssuerType {
@@ -169,7 +184,7 @@ impl Offline {
             issuer.jwks = JwksSource::Inline(signer.jwks.clone());
             issuer.algorithms = vec![Algorithm::ES256];
         }
-        let authn = Authenticator::start(issuers.clone(), settings.auth.clone())?;
+        let authn = Authenticator::start(issuers.clone(), auth)?;
         let options = CheckOptions {
             dry_run: settings.dry_run,
             ..CheckOptions::with_secrets(&settings.auth.token_source)
@@ -188,7 +203,20 @@ impl Offline {
             shared: Arc::new(shared),
             signer,
             issuers,
+            stand_in,
         })
+    }
+
+    /// What this run decides differently from `serve` with the same configuration, to be
+    /// shown to the user (empty when nothing differs).
+    pub fn differences(&self) -> Vec<String> {
+        if self.stand_in {
+            vec![format!(
+                "no issuer is configured (give --config, or issuers: in the test file): tokens are signed by the stand-in issuer {STAND_IN_ISSUER}, which serve would not trust; requests without a token are decided as serve without issuers decides them (no token required)"
+            )]
+        } else {
+            Vec::new()
+        }
     }
 
     /// Signs `claims` for the issuer named by `issuer`, else by the claims' `iss`, else the

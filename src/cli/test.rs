@@ -326,6 +326,9 @@ async fn run_file(
             return result;
         }
     };
+    for difference in offline.differences() {
+        eprintln!("note: {}: {difference}", path.display());
+    }
     let snapshot = offline.shared.snapshot.load();
     result.policy_set = Some((
         describe_source(&source),

@@ -283,7 +283,8 @@ pub struct IssuerKeys {
     /// Bumped after every fetch attempt, good or bad.
     generation: watch::Sender<u64>,
     refetch: Notify,
-    last_early_fetch: Mutex<Option<Instant>>,
+    /// When the last early fetch was asked for, and the fetch generation at that moment.
+    last_early_fetch: Mutex<Option<(Instant, u64)>>,
     loaded: AtomicBool,
     /// When the key set in force was stored (Unix seconds; 0 before the first).
     stored_at: std::sync::atomic::AtomicI64,
@@ -346,27 +347,39 @@ impl IssuerKeys {
     }
 
     /// On an unknown `kid`: asks for an early fetch unless one was asked for within `interval`,
-    /// then waits at most `wait` for the next fetch to finish. True when a fetch finished.
+    /// then waits at most `wait` for the next fetch to finish. A check that arrives while the
+    /// fetch asked for by another is still running waits for that same fetch (bounded by
+    /// `wait` too), so every check of a newly rotated key benefits, not only the first. True
+    /// when a fetch finished (the caller then looks up the key again).
     pub async fn refetch_and_wait(&self, interval: Duration, wait: Duration) -> bool {
         if !self.remote {
             return false;
         }
         let mut generation = self.generation.subscribe();
         let seen = *generation.borrow_and_update();
-        let asked = {
+        let ask = {
             let Ok(mut last) = self.last_early_fetch.lock() else {
                 return false;
             };
-            let due = last.is_none_or(|at| at.elapsed() >= interval);
-            if due {
-                *last = Some(Instant::now());
+            match *last {
+                // Asked for recently: when that fetch has finished, the caller looks at the
+                // keys it brought (its first look may have come just before); otherwise it
+                // waits for it.
+                Some((at, asked_at)) if at.elapsed() < interval => {
+                    if asked_at != seen {
+                        return true;
+                    }
+                    false
+                }
+                _ => {
+                    *last = Some((Instant::now(), seen));
+                    true
+                }
             }
-            due
         };
-        if !asked {
-            return false;
+        if ask {
+            self.refetch.notify_one();
         }
-        self.refetch.notify_one();
         tokio::time::timeout(wait, generation.wait_for(|g| *g > seen))
             .await
             .is_ok_and(|r| r.is_ok())

@@ -24,6 +24,7 @@ use super::envoy::{self, CheckInput};
 use crate::config::{DecisionLogSettings, Limits, NEVER_LOGGED};
 use crate::decision::{Decision, DenyReason, Envelope, Evaluation, IDENTITY_HEADER_PREFIX};
 use crate::identity::authn::Authenticator;
+use crate::identity::peer::PeerError;
 use crate::identity::{Peer, PeerSettings, Presented};
 use crate::policy::Snapshot;
 use crate::policy::mapping::CedarCall;
@@ -264,10 +265,12 @@ async fn decide(
     let Prepared {
         request,
         peer,
+        peer_refused,
         trace,
     } = prepared;
     let presented = Presented {
         peer: Arc::new(peer),
+        peer_refused,
         token: shared.authn.authenticate(&request.http, now).await,
         token_required_by_default: shared.authn.requires_token(),
     };
@@ -402,12 +405,15 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 #[derive(Debug)]
 pub struct Prepared {
     pub request: Request,
+    /// The peer as resolved; only its address when it was refused.
     pub peer: Peer,
+    /// Why the peer was refused: a deny, but after the token is looked at (401 before 403).
+    pub peer_refused: Option<PeerError>,
     pub trace: Option<TraceParent>,
 }
 
 /// Normalises the request and checks the peer (certificate validity at `now`); a malformed
-/// one is already a decision.
+/// request is already a decision, a refused peer is decided by the core after the token.
 pub fn prepare(
     limits: &Limits,
     peer_settings: &PeerSettings,
@@ -434,12 +440,11 @@ pub fn prepare(
         .headers
         .get("x-forwarded-client-cert")
         .map(String::as_str);
-    let peer = Peer::resolve(peer, xfcc, peer_settings, now).map_err(|err| {
-        Box::new(Decision::early(
-            http.request_id.clone(),
-            DenyReason::Peer(err),
-        ))
-    })?;
+    let address = peer.address.clone();
+    let (peer, peer_refused) = match Peer::resolve(peer, xfcc, peer_settings, now) {
+        Ok(peer) => (peer, None),
+        Err(err) => (Peer::from_envoy(String::new(), address), Some(err)),
+    };
     let trace = http
         .headers
         .get("traceparent")
@@ -447,6 +452,7 @@ pub fn prepare(
     Ok(Prepared {
         request: Request { http, extensions },
         peer,
+        peer_refused,
         trace,
     })
 }

@@ -156,24 +156,36 @@ fn build(settings: &TlsSettings) -> Result<ServerConfig, TlsError> {
     Ok(config)
 }
 
+/// TLS handshakes in progress at once; a connection beyond it is closed at once (counted
+/// with reason `busy`), so slow or idle handshakes cannot pile up without bound.
+const MAX_HANDSHAKES: usize = 256;
+
 /// Accepts TCP connections and yields those whose TLS handshake succeeded.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ReloadingConfig>,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
     let (sender, receiver) = mpsc::channel(64);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         while let Some((tcp, _)) = super::next_connection(&sender, || listener.accept()).await {
+            let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+                failed(Failure::Busy, "too many handshakes in progress");
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(config.current());
             let tx = sender.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(permit);
+                match accepted {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
                     }
-                    Ok(Err(err)) => failed(&err.to_string()),
-                    Err(_) => failed("timeout"),
+                    Ok(Err(err)) => failed(Failure::Error, &err.to_string()),
+                    Err(_) => failed(Failure::Timeout, "timeout"),
                 }
             });
         }
@@ -181,7 +193,24 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(receiver)
 }
 
-fn failed(reason: &str) {
-    metrics::counter!("cedargate_tls_handshake_failures_total").increment(1);
-    tracing::debug!(reason, "TLS handshake failed");
+/// Why a TLS connection was not accepted: the `reason` label of
+/// `cedargate_tls_handshake_failures_total`.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    /// The handshake failed (no or an untrusted client certificate, a protocol error).
+    Error,
+    /// It did not finish within the handshake timeout.
+    Timeout,
+    /// Too many handshakes were in progress.
+    Busy,
+}
+
+fn failed(failure: Failure, detail: &str) {
+    let reason = match failure {
+        Failure::Error => "error",
+        Failure::Timeout => "timeout",
+        Failure::Busy => "busy",
+    };
+    metrics::counter!("cedargate_tls_handshake_failures_total", "reason" => reason).increment(1);
+    tracing::debug!(reason, detail, "TLS handshake failed");
 }
