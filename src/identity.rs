@@ -58,6 +58,10 @@ impl Peer {
             address,
             certificate,
         } = source;
+        // `SPIFFE://other.td/x` must not pass as a name of no trust domain.
+        if SpiffeId::claims_to_be(&principal) {
+            SpiffeId::parse(&principal).map_err(peer::PeerError::Spiffe)?;
+        }
         let mut resolved = Self::from_envoy(principal, address);
         let (spiffe_from_cert, present) = if !certificate.is_empty() {
             let cert = peer::parse_certificate(&certificate, now)?;
@@ -71,7 +75,7 @@ impl Peer {
             resolved.cert_sha256 = xfcc.sha256;
             let id = xfcc
                 .uri
-                .filter(|u| u.starts_with("spiffe://"))
+                .filter(|u| SpiffeId::claims_to_be(u))
                 .map(|u| SpiffeId::parse(&u).map_err(peer::PeerError::Spiffe))
                 .transpose()?;
             (id, true)

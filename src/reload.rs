@@ -42,8 +42,6 @@ pub struct ReloadError {
 #[derive(Debug)]
 pub struct Reloader {
     task: JoinHandle<()>,
-    /// `None` with `policies.watch: false`: SIGHUP only.
-    _watcher: Option<notify::RecommendedWatcher>,
     /// Keeps the request channel open when no watcher holds a sender.
     _ask: mpsc::Sender<()>,
 }
@@ -58,17 +56,13 @@ impl Reloader {
         watch: bool,
     ) -> Result<Self, ReloadError> {
         let (ask, asked) = mpsc::channel::<()>(1);
-        let watcher = if watch {
-            Some(watch_dir(&dir, ask.clone())?)
+        let watch = if watch {
+            Some(Watch::arm(&dir, ask.clone())?)
         } else {
             None
         };
-        let task = tokio::spawn(run(dir, shared, issuer_types, asked));
-        Ok(Self {
-            task,
-            _watcher: watcher,
-            _ask: ask,
-        })
+        let task = tokio::spawn(run(dir, shared, issuer_types, asked, watch));
+        Ok(Self { task, _ask: ask })
     }
 
     pub fn stop(&self) {
@@ -76,34 +70,103 @@ impl Reloader {
     }
 }
 
-/// A watcher that asks for a reload on every change in `dir`.
-fn watch_dir(
-    dir: &std::path::Path,
-    ask: mpsc::Sender<()>,
-) -> Result<notify::RecommendedWatcher, ReloadError> {
-    let on_event = ask;
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
-            // Full means a reload is already pending: nothing is lost.
-            let _ = on_event.try_send(());
-        }
-    })
-    .map_err(|source| ReloadError {
-        dir: dir.to_owned(),
-        source,
-    })?;
-    watcher
-        .watch(dir, RecursiveMode::NonRecursive)
-        .map_err(|source| ReloadError {
-            dir: dir.to_owned(),
-            source,
-        })?;
-    Ok(watcher)
+/// What a directory path names right now: its resolved path and (on Unix) its inode, so that
+/// a symlink swapped to another directory, or a directory renamed over it, is noticed.
+fn identity(dir: &std::path::Path) -> Option<(PathBuf, u64)> {
+    let resolved = std::fs::canonicalize(dir).ok()?;
+    #[cfg(unix)]
+    let inode = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&resolved).ok()?.ino()
+    };
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some((resolved, inode))
 }
 
-impl Drop for Reloader {
-    fn drop(&mut self) {
-        self.task.abort();
+/// A watch on the policy directory and on its parent (for the directory's own name: a symlink
+/// swapped to a new directory, or a directory renamed over the old one), re-armed on the
+/// directory the path names whenever that changes. inotify follows an inode, not a name:
+/// without this, a swapped directory would never be reloaded again.
+struct Watch {
+    _watcher: notify::RecommendedWatcher,
+    dir: PathBuf,
+    ask: mpsc::Sender<()>,
+    watching: Option<(PathBuf, u64)>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("dir", &self.dir)
+            .field("watching", &self.watching)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Watch {
+    fn arm(dir: &std::path::Path, ask: mpsc::Sender<()>) -> Result<Self, ReloadError> {
+        let err = |source| ReloadError {
+            dir: dir.to_owned(),
+            source,
+        };
+        let name = dir.file_name().map(ToOwned::to_owned);
+        let on_event = ask.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                if event.kind.is_access() {
+                    return;
+                }
+                // Events in the parent count only when they name the directory itself.
+                let relevant = event.paths.iter().any(|p| {
+                    p.file_name().map(ToOwned::to_owned) == name
+                        || p.parent()
+                            .and_then(|d| d.file_name())
+                            .map(ToOwned::to_owned)
+                            == name
+                });
+                if relevant {
+                    // Full means a reload is already pending: nothing is lost.
+                    let _ = on_event.try_send(());
+                }
+            })
+            .map_err(err)?;
+        watcher
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(err)?;
+        if let Some(parent) = dir.parent() {
+            let parent = if parent.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                parent
+            };
+            // Best effort: without it only the directory's content is followed.
+            let _ = watcher.watch(parent, RecursiveMode::NonRecursive);
+        }
+        Ok(Self {
+            _watcher: watcher,
+            dir: dir.to_owned(),
+            ask,
+            watching: identity(dir),
+        })
+    }
+
+    /// Re-arms the watch when the path now names another directory.
+    fn follow(&mut self) {
+        let now = identity(&self.dir);
+        if now.is_none() || now == self.watching {
+            return;
+        }
+        match Self::arm(&self.dir, self.ask.clone()) {
+            Ok(fresh) => {
+                tracing::info!(dir = %self.dir.display(), "the policy directory was replaced; watching the new one");
+                *self = fresh;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch the replaced policy directory; SIGHUP still reloads")
+            }
+        }
     }
 }
 
@@ -112,6 +175,7 @@ async fn run(
     shared: Arc<Shared>,
     issuer_types: IssuerTypes,
     mut asked: mpsc::Receiver<()>,
+    mut watch: Option<Watch>,
 ) {
     let mut hangup = hangup_signal();
     loop {
@@ -123,6 +187,9 @@ async fn run(
             .await
             .is_ok_and(|e| e.is_some())
         {}
+        if let Some(watch) = &mut watch {
+            watch.follow();
+        }
         reload(&dir, &shared, &issuer_types).await;
     }
 }

@@ -67,6 +67,10 @@ pub enum RequestError {
     PathParameter,
     #[error("query parameter `{0}` is repeated")]
     RepeatedQuery(String),
+    #[error("the query contains a `;` (some upstreams split parameters on it)")]
+    QuerySemicolon,
+    #[error("host `{0}` is not a host name")]
+    BadHost(String),
     #[error("value of header `{0}` is not UTF-8")]
     HeaderNotUtf8(String),
     #[error("header `{0}` is repeated, and it is not a list")]
@@ -203,6 +207,16 @@ pub fn normalise(raw: RawHttp, max_path_bytes: usize) -> Result<HttpRequest, Req
             continue;
         }
         let name = name.to_ascii_lowercase();
+        // `x_env` is `x-env` to CGI, WSGI, Rack and PHP: both spellings at once are the same
+        // header sent twice.
+        let other_spelling = if name.contains('_') {
+            name.replace('_', "-")
+        } else {
+            name.replace('-', "_")
+        };
+        if other_spelling != name && headers.contains_key(&other_spelling) {
+            return Err(RequestError::RepeatedHeader(crate::text::clip(&name)));
+        }
         let Ok(value) = String::from_utf8(value) else {
             return Err(RequestError::HeaderNotUtf8(crate::text::clip(&name)));
         };
@@ -227,7 +241,7 @@ pub fn normalise(raw: RawHttp, max_path_bytes: usize) -> Result<HttpRequest, Req
     .find(|id| is_request_id(id))
     .map_or_else(|| uuid::Uuid::new_v4().to_string(), ToOwned::to_owned);
     Ok(HttpRequest {
-        host: canonical_host(&host, &scheme),
+        host: canonical_host(&host, &scheme)?,
         method,
         path,
         scheme,
@@ -238,25 +252,74 @@ pub fn normalise(raw: RawHttp, max_path_bytes: usize) -> Result<HttpRequest, Req
     })
 }
 
-/// The host as a policy compares it: lowercased, without the scheme's default port and
-/// without the trailing `.` of a fully qualified name (both reach the same upstream, so a
-/// policy on `admin.shop.example` must not be dodged by `admin.shop.example.:443`).
-fn canonical_host(host: &str, scheme: &str) -> String {
+/// The host as a policy compares it: lowercased, without the scheme's default port (also
+/// written `:0443` or as an empty `:`) and without the trailing `.` of a fully qualified name
+/// (all reach the same upstream, so a policy on `admin.shop.example` must not be dodged by
+/// `admin.shop.example.:443`). A name with an empty label (`a..b`, `.a`, `a..`) or a character
+/// outside letters, digits, `.`, `-` and `_` (or an IPv6 literal in brackets) is refused.
+fn canonical_host(host: &str, scheme: &str) -> Result<String, RequestError> {
     let host = host.to_ascii_lowercase();
+    let bad = || RequestError::BadHost(crate::text::clip(&host));
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']').ok_or_else(bad)?;
+        if inside.is_empty()
+            || !inside
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b".:".contains(&b))
+        {
+            return Err(bad());
+        }
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or_else(bad)?),
+        };
+        (format!("[{inside}]"), port)
+    } else {
+        let (name, port) = match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host.as_str(), None),
+        };
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let labels_ok = name.is_empty()
+            || name.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            });
+        if !labels_ok {
+            return Err(bad());
+        }
+        (name.to_owned(), port)
+    };
     let default_port = match scheme {
-        "https" => Some(":443"),
-        "http" => Some(":80"),
+        "https" => Some(443),
+        "http" => Some(80),
         _ => None,
     };
-    let without_port = default_port
-        .and_then(|port| host.strip_suffix(port))
-        .filter(|name| !name.is_empty())
-        .unwrap_or(&host);
-    let without_dot = match without_port.strip_suffix('.') {
-        Some(name) if !name.is_empty() && !name.ends_with('.') => name,
-        _ => without_port,
+    let port = match port {
+        None | Some("") => None,
+        Some(digits) if digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            let number: u32 = digits.parse().map_err(|_| bad())?;
+            if number > u32::from(u16::MAX) {
+                return Err(bad());
+            }
+            (Some(number) != default_port).then_some(number)
+        }
+        Some(_) => return Err(bad()),
     };
-    without_dot.to_owned()
+    Ok(match port {
+        Some(port) => format!("{name}:{port}"),
+        None => name,
+    })
+}
+
+/// The name of a query parameter as the most lenient upstreams read it: case folded, leading
+/// spaces and a trailing `[]` dropped, `.` and ` ` as `_` (PHP).
+fn query_name_key(name: &str) -> String {
+    let name = name.trim_start_matches(' ');
+    let name = name.strip_suffix("[]").unwrap_or(name);
+    crate::text::fold_case(name).replace(['.', ' '], "_")
 }
 
 /// RFC 9110 §5.6.2 `tchar`.
@@ -295,10 +358,20 @@ pub fn is_request_id(id: &str) -> bool {
 
 const MAX_REQUEST_ID_BYTES: usize = 128;
 
-/// The query's parameters, decoded; a name given twice is refused.
+/// The query's parameters, decoded. A name given twice is refused, and so are two names that
+/// upstreams read as one (`debug`, `Debug`, `debug[]`, ` debug`, `de.bug` and `de_bug` to
+/// PHP, ASP.NET and others: [`query_name_key`]), and a raw `;`, which Rack, older Go and
+/// Python split parameters on.
 fn unique_query(raw: &str) -> Result<BTreeMap<String, String>, RequestError> {
+    if raw.contains(';') {
+        return Err(RequestError::QuerySemicolon);
+    }
     let mut map = BTreeMap::<String, String>::new();
+    let mut keys = std::collections::HashSet::new();
     for (name, value) in form_urlencoded::parse(raw.as_bytes()) {
+        if !keys.insert(query_name_key(&name)) {
+            return Err(RequestError::RepeatedQuery(crate::text::clip(&name)));
+        }
         match map.entry(name.into_owned()) {
             std::collections::btree_map::Entry::Occupied(entry) => {
                 return Err(RequestError::RepeatedQuery(crate::text::clip(entry.key())));
@@ -447,14 +520,28 @@ mod tests {
         assert_eq!(r.query.get("q").map(String::as_str), Some("a b"));
         assert_eq!(r.query.get("tag").map(String::as_str), Some("x"));
         assert_eq!(r.query.get("e").map(String::as_str), Some(""));
-        // `debug=true` twice must not slip past `debug == "true"` as `true,true`.
-        for target in ["/s?debug=true&debug=true", "/s?debug=true&de%62ug=1"] {
-            assert_eq!(
-                normalise(raw("GET", target), 64).unwrap_err(),
-                RequestError::RepeatedQuery("debug".into()),
+        // `debug=true` twice must not slip past `debug == "true"` as `true,true`; nor may
+        // two spellings upstreams read as one name.
+        for target in [
+            "/s?debug=true&debug=true",
+            "/s?debug=true&de%62ug=1",
+            "/s?debug=1&Debug=1",
+            "/s?debug=1&debug[]=1",
+            "/s?debug=1&%20debug=1",
+            "/s?de_bug=1&de.bug=1",
+        ] {
+            assert!(
+                matches!(
+                    normalise(raw("GET", target), 64),
+                    Err(RequestError::RepeatedQuery(_))
+                ),
                 "{target}"
             );
         }
+        assert_eq!(
+            normalise(raw("GET", "/s?a=1;debug=1"), 64).unwrap_err(),
+            RequestError::QuerySemicolon
+        );
     }
 
     #[test]
@@ -517,6 +604,17 @@ mod tests {
             normalise(twice, 64).unwrap_err(),
             RequestError::RepeatedHeader("x-env".into())
         );
+        let mut spellings = r.clone();
+        for name in ["x-env", "x_env"] {
+            spellings.headers.push(RawHeader {
+                name: name.into(),
+                value: b"prod".to_vec(),
+            });
+        }
+        assert_eq!(
+            normalise(spellings, 64).unwrap_err(),
+            RequestError::RepeatedHeader("x_env".into())
+        );
 
         r.headers.push(RawHeader {
             name: "X-Bin".into(),
@@ -556,8 +654,35 @@ mod tests {
             "admin.shop.example:8443"
         );
         assert_eq!(host("[::1]:443", "https"), "[::1]");
-        assert_eq!(host(".", "https"), ".");
         assert_eq!(host("", "https"), "");
+        // Outside review: an empty port, a padded port.
+        assert_eq!(host("admin.shop.example:", "https"), "admin.shop.example");
+        assert_eq!(
+            host("admin.shop.example:0443", "https"),
+            "admin.shop.example"
+        );
+        assert_eq!(
+            host("admin.shop.example:08443", "https"),
+            "admin.shop.example:8443"
+        );
+        for bad in [
+            "admin.shop.example..",
+            ".admin",
+            "a..b",
+            "a b",
+            "a/b",
+            "[::1",
+            "x:99999",
+            "x:1a",
+        ] {
+            let mut r = raw("GET", "/");
+            r.host = bad.into();
+            r.scheme = "https".into();
+            assert!(
+                matches!(normalise(r, 64), Err(RequestError::BadHost(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

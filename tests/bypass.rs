@@ -120,9 +120,13 @@ async fn path_variants_do_not_dodge_a_path_forbid() {
         "/internal/metrics;x=1",
         "/internal;x/metrics",
         "/internal/metrics%3Bx=1",
-        // Refused: the policies name this path but for case.
+        // Refused: the policies name this path but for case, also as upstreams fold
+        // Unicode (the outside review: long s, dotless and dotted capital i).
         "/Internal/metrics",
         "/INTERNAL/METRICS/",
+        "/%C4%B1nternal/metrics",
+        "/%C4%B0NTERNAL/metrics",
+        "/internal/metric%C5%BF",
     ] {
         let (status, reason) = status(&mut server, "GET", target).await;
         assert!(
@@ -143,6 +147,7 @@ async fn a_routed_path_cannot_escape_its_route_or_its_resource() {
         "/orders;x=1/1001",
         "/orders/1001/",
         "/Orders/1001",
+        "/order%C5%BF/1001",
     ] {
         let (status, reason) = status(&mut server, "GET", target).await;
         assert!(
@@ -168,8 +173,50 @@ async fn a_repeated_query_parameter_is_refused() {
         "/elsewhere?debug=true&debug=true",
         "/elsewhere?debug=false&debug=true",
         "/elsewhere?debug=true&%64ebug=true",
+        // Names that lenient upstreams read as `debug`, and `;` as a separator.
+        "/elsewhere?debug=false&Debug=true",
+        "/elsewhere?debug=false&debug[]=true",
+        "/elsewhere?debug=false&%20debug=true",
+        "/elsewhere?a=1;debug=true",
     ] {
         let (status, reason) = status(&mut server, "GET", target).await;
         assert_eq!(status, 400, "{target}: {reason}");
+    }
+}
+
+#[tokio::test]
+async fn host_variants_do_not_dodge_a_host_forbid() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("schema.cedarschema", SCHEMA);
+    write("routes.yaml", ROUTES);
+    write(
+        "main.cedar",
+        r#"
+@id("everything")
+permit (principal, action, resource);
+@id("no-admin-host")
+forbid (principal, action, resource) when { context.request.host == "admin.shop.example" };
+"#,
+    );
+    let mut config = test_config(PolicySource::Dir(dir.path().to_owned()));
+    config.auth.require_token = false;
+    let mut server = TestServer::with_config(config).await;
+    let reply = server
+        .check(check("GET", "/x").host("shop.example").build())
+        .await;
+    assert_eq!(reply.code(), Code::Ok);
+    for host in [
+        "admin.shop.example",
+        "Admin.Shop.Example",
+        "admin.shop.example.",
+        "admin.shop.example:443",
+        "admin.shop.example.:443",
+        "admin.shop.example:",
+        "admin.shop.example:0443",
+        "admin.shop.example..",
+    ] {
+        let reply = server.check(check("GET", "/x").host(host).build()).await;
+        assert_ne!(reply.code(), Code::Ok, "{host}");
     }
 }

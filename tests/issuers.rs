@@ -90,6 +90,19 @@ async fn issuers_of_different_users_may_not_share_a_group_type() {
     assert!(err.contains("`issuers[].group_type` = `Group`"), "{err}");
     assert!(err.contains("same_users_as"), "{err}");
 
+    // The outside review: the home issuer asserts no groups (its admins are in entities.json),
+    // and a partner asserting `Group` alone was accepted, making its users home admins.
+    let text = format!(
+        "issuers:\n{}{}",
+        issuer_yaml(HOME, "User", ""),
+        issuer_yaml(PARTNER, "Service", "groups_claim: groups")
+    );
+    let err = Config::from_yaml(std::path::Path::new("cedargate.yaml"), &text)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`issuers[].group_type` = `Group`"), "{err}");
+    assert!(err.contains("home users"), "{err}");
+
     // Its own group type is accepted by the configuration, and then must be in the schema:
     // the example schema has no `PartnerGroup`, so start-up names the issuer and the type.
     let text = format!(

@@ -77,6 +77,9 @@ async fn bad_certificates_are_refused_with_a_reason() {
     let as_ca = ca.issue_tweaked(&[CHECKOUT], |p| {
         p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     });
+    // Outside review: a URI SAN `SPIFFE://…` (scheme in another case) was read as no SPIFFE
+    // ID at all, skipping the trust-domain allowlist and the SVID checks.
+    let upper_scheme = ca.issue(&["SPIFFE://evil.example/x"], &[]);
     let no_key_usage = ca.issue_tweaked(&[CHECKOUT], |p| p.key_usages.clear());
     let signs_certificates = ca.issue_tweaked(&[CHECKOUT], |p| {
         p.key_usages = vec![
@@ -116,6 +119,11 @@ async fn bad_certificates_are_refused_with_a_reason() {
         (
             "a CA certificate",
             as_ca.url_encoded(),
+            "invalid_peer_certificate",
+        ),
+        (
+            "a SPIFFE URI with the scheme in capitals",
+            upper_scheme.url_encoded(),
             "invalid_peer_certificate",
         ),
         (
@@ -165,6 +173,22 @@ async fn trust_domains_are_allow_listed() {
         .check(check("GET", "/healthz").peer(CHECKOUT).build())
         .await;
     assert_eq!(reply.code(), Code::Ok);
+    // A principal that claims the spiffe scheme in another spelling is not a name of no
+    // trust domain: refused.
+    for principal in [
+        "SPIFFE://partner.example/ns/x/sa/y",
+        "spiffe:/partner.example/x",
+    ] {
+        let reply = server
+            .check(check("GET", "/healthz").peer(principal).build())
+            .await;
+        assert_eq!(reply.http_status(), Some(403), "{principal}");
+        assert_eq!(
+            reply.body()["error"],
+            "invalid_peer_certificate",
+            "{principal}"
+        );
+    }
 }
 
 #[tokio::test]

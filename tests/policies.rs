@@ -231,3 +231,16 @@ async fn principal_in_entities_file_is_merged_not_a_duplicate() {
     let reply = server.check(stranger).await;
     assert_eq!(reply.http_status(), Some(403));
 }
+
+#[tokio::test]
+async fn two_routes_files_are_refused() {
+    // Outside review: `routes.yml` beside `routes.yaml` was silently ignored.
+    let dir = policy_dir("permit (principal, action, resource);");
+    std::fs::write(
+        dir.path().join("routes.yml"),
+        "routes:\n  - { method: GET, path: \"/x/{id}\", action: \"orders:read\", resource: 'Order::\"{id}\"' }\n",
+    )
+    .unwrap();
+    let err = start_error(dir.path()).await;
+    assert!(err.contains("a second routes file"), "{err}");
+}

@@ -217,3 +217,35 @@ async fn a_truncated_forbid_is_never_in_force() {
     version_changes_from(&server, &v1).await;
     assert_eq!(server.check(list()).await.code(), Code::Ok);
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_swapped_policy_directory_is_followed() {
+    // Outside review: the watch followed the directory's inode, so a symlink swapped to a
+    // new directory (the multi-file update the README recommends) was never reloaded, and
+    // edits in the new directory were ignored too.
+    let root = tempfile::tempdir().unwrap();
+    let a = policy_dir(BASE);
+    let lists = format!(
+        "{BASE}\n@id(\"anyone-lists\")\npermit (principal, action == Action::\"orders:list\", resource);\n"
+    );
+    let b = policy_dir(&lists);
+    let current = root.path().join("current");
+    std::os::unix::fs::symlink(a.path(), &current).unwrap();
+    let mut server = TestServer::with_config(test_config(PolicySource::Dir(current.clone()))).await;
+    let list = || check("GET", "/orders").build();
+    assert_eq!(server.check(list()).await.http_status(), Some(403));
+    let v1 = version(&server);
+
+    // Swap the symlink atomically to the new directory.
+    let tmp = root.path().join("current.tmp");
+    std::os::unix::fs::symlink(b.path(), &tmp).unwrap();
+    std::fs::rename(&tmp, &current).unwrap();
+    let v2 = version_changes_from(&server, &v1).await;
+    assert_eq!(server.check(list()).await.code(), Code::Ok);
+
+    // An edit in the new directory is seen too.
+    replace(b.path(), "main.cedar", BASE);
+    version_changes_from(&server, &v2).await;
+    assert_eq!(server.check(list()).await.http_status(), Some(403));
+}

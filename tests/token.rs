@@ -137,6 +137,55 @@ async fn a_foreign_workload_is_refused_whoever_the_principal_is() {
 }
 
 #[tokio::test]
+async fn a_dry_run_pass_never_forwards_a_token_kept_from_the_upstream() {
+    // Outside review: with `forward_token: false` under dry-run, an expired or forged token
+    // (or any token on a malformed request) passed to the upstream.
+    let key = TestKey::generate(Algorithm::ES256, "k");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut config = config_for(test_issuer(ISS, &jwks.uri()));
+    config.dry_run = true;
+    config.auth.forward_token = false;
+    let mut server = ready_server(config).await;
+    let expired = {
+        let mut c = claims(ISS, "orders", "alice");
+        c["exp"] = json!(now() - 600);
+        key.sign(&c)
+    };
+    let valid = key.sign(&claims(ISS, "orders", "alice"));
+    for (name, request) in [
+        (
+            "expired",
+            check("GET", "/profiles/alice").bearer(&expired).build(),
+        ),
+        (
+            "forged",
+            check("GET", "/profiles/alice").bearer("a.b.c").build(),
+        ),
+        (
+            "malformed path",
+            check("GET", "/a/../b").bearer(&valid).build(),
+        ),
+        (
+            "policy deny",
+            check("GET", "/profiles/bob").bearer(&valid).build(),
+        ),
+        (
+            "allow",
+            check("GET", "/profiles/alice").bearer(&valid).build(),
+        ),
+    ] {
+        let reply = server.check(request).await;
+        assert_eq!(reply.code(), Code::Ok, "{name}: dry-run passes");
+        assert!(
+            reply.removed().contains(&"authorization".to_owned()),
+            "{name}: {:?}",
+            reply.removed()
+        );
+    }
+    jwks.stop().await;
+}
+
+#[tokio::test]
 async fn every_401_comes_before_any_403() {
     // Review round 2: a foreign trust domain and a case-only near miss of a route answered
     // 403 before the token was looked at. Authentication comes first, whatever else is wrong.

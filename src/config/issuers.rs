@@ -363,7 +363,7 @@ pub(super) fn build_issuer(
             "write a Cedar entity type name such as User or Service",
         ));
     }
-    let group_type = group_type.unwrap_or_else(|| "Group".into());
+    let group_type = group_type.unwrap_or_else(|| DEFAULT_GROUP_TYPE.into());
     if group_type.parse::<cedar_policy::EntityTypeName>().is_err() {
         problems.push(problem(
             "issuers[].group_type",
@@ -395,6 +395,9 @@ pub(super) fn build_issuer(
         token_types,
     }
 }
+
+/// The group type of an issuer that does not name one: the home users' (the first issuer's).
+const DEFAULT_GROUP_TYPE: &str = "Group";
 
 /// Entity types cedargate creates from other sources than a token.
 const RESERVED_TYPES: &[&str] = &[
@@ -429,7 +432,7 @@ pub(super) fn check_distinct(issuers: &[IssuerConfig], problems: &mut Vec<Proble
             ));
         }
         if issuer.groups_claim.is_some()
-            && (issuer.group_type != "Group"
+            && (issuer.group_type != DEFAULT_GROUP_TYPE
                 && RESERVED_TYPES.contains(&issuer.group_type.as_str())
                 || issuers
                     .iter()
@@ -482,6 +485,20 @@ pub(super) fn check_distinct(issuers: &[IssuerConfig], problems: &mut Vec<Proble
                 "issuers[].principal_type",
                 &issuer.principal_type,
                 "is used by two issuers, whose subjects could collide; give each issuer its own principal_type (declare it in the schema), or say `same_users_as: <issuer>` when both issue tokens for the same users",
+            ));
+        } else if issuer.groups_claim.is_some()
+            && issuer.group_type == DEFAULT_GROUP_TYPE
+            && issuers
+                .first()
+                .is_some_and(|home| population(home) != population(issuer))
+        {
+            // `Group` belongs to the home users (the first issuer's population): entities.json
+            // and the policies put them in `Group::"admins"` whether or not their issuer
+            // asserts groups, so another population asserting `Group` would join them.
+            problems.push(problem(
+                "issuers[].group_type",
+                &issuer.group_type,
+                "is the home users' group type (the first issuer's, also used by entities.json and the policies); an issuer of other users that asserts groups needs its own group_type (e.g. PartnerGroup, declared in the schema), or `same_users_as: <issuer>` when both issue tokens for the same users",
             ));
         } else if issuer.groups_claim.is_some()
             && earlier

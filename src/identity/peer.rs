@@ -164,7 +164,7 @@ fn parse_der(der: &[u8]) -> Result<PeerCertificate, PeerError> {
     }
     let spiffe_id = match uris.as_slice() {
         [] => None,
-        [uri] if uri.starts_with("spiffe://") => {
+        [uri] if SpiffeId::claims_to_be(uri) => {
             Some(SpiffeId::parse(uri).map_err(PeerError::Spiffe)?)
         }
         [_] => None,

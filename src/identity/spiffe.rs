@@ -57,6 +57,14 @@ impl SpiffeId {
         })
     }
 
+    /// True when `uri`'s scheme is `spiffe` in any case (`SPIFFE://…`, `spiffe:/…`): such a
+    /// URI claims to be a SPIFFE ID and must be a valid one, never be read as another kind of
+    /// name (which would skip the trust-domain checks).
+    pub fn claims_to_be(uri: &str) -> bool {
+        uri.split_once(':')
+            .is_some_and(|(scheme, _)| scheme.trim().eq_ignore_ascii_case("spiffe"))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.id
     }

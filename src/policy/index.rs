@@ -232,7 +232,7 @@ fn fold(path: &str) -> String {
         Some(rest) if !rest.is_empty() => rest,
         _ => path,
     };
-    trimmed.to_lowercase()
+    crate::text::fold_case(trimmed)
 }
 
 /// The expressions of a policy's `when` and `unless` clauses, in Cedar's JSON policy form.

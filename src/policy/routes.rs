@@ -144,7 +144,7 @@ impl Routes {
             .folded
             .entry(method.clone())
             .or_default()
-            .insert(path.to_lowercase(), ());
+            .insert(crate::text::fold_case(&path), ());
         self.routers
             .entry(method)
             .or_default()
@@ -201,12 +201,13 @@ impl Routes {
         self.routes.iter().map(|r| &r.action)
     }
 
-    /// True when a path no route matches would match one if case were ignored (`/Orders/7`):
+    /// True when a path no route matches would match one if case were ignored (`/Orders/7`,
+    /// `/orderſ/7`: case folded as [`crate::text::fold_case`] does):
     /// upstreams that ignore case would serve the route's resource under the fallback action,
     /// so such a request is refused instead of guessed at. (`;` path parameters and empty
     /// segments never get here: [`crate::request`] refuses them.)
     pub fn near_miss(&self, method: &str, path: &str) -> bool {
-        let folded = without_trailing_slash(path).to_lowercase();
+        let folded = crate::text::fold_case(without_trailing_slash(path));
         [method, ANY_METHOD]
             .iter()
             .filter_map(|m| self.folded.get(*m))

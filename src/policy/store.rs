@@ -262,7 +262,15 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
         Entities::empty()
     });
 
-    let routes = match of_kind(Kind::Routes).next() {
+    // `routes.yaml` and `routes.yml` together: which one is meant? Refused, not guessed.
+    let route_files: Vec<&SourceFile> = of_kind(Kind::Routes).collect();
+    if let [_, second, ..] = route_files.as_slice() {
+        problems.push(
+            Problem::in_file(&second.path, "a second routes file")
+                .hint("keep one of routes.yaml and routes.yml"),
+        );
+    }
+    let routes = match route_files.first() {
         Some(file) => Routes::parse(&file.path, &file.text, &schema).unwrap_or_else(|mut p| {
             problems.append(&mut p);
             Routes::default()

@@ -252,6 +252,11 @@ fn finish(shared: &Shared, mut decision: Decision) -> Decision {
     if shared.options.dry_run {
         decision.envelope.enforced = false;
     }
+    // A pass that is not enforced (a request refused before it was even read, say) must not
+    // carry a token `forward_token: false` keeps from the upstream.
+    if !decision.envelope.enforced && decision.envelope.strip_headers.is_empty() {
+        decision.envelope.strip_headers = shared.authn.token_headers_to_strip();
+    }
     decision
 }
 
@@ -316,8 +321,8 @@ fn envelope(
             .filter(|name| name.replace('_', "-").starts_with(IDENTITY_HEADER_PREFIX))
             .cloned()
             .collect(),
-        // Used on every OK answer, a dry-run pass included: a token not forwarded on an
-        // allow is not forwarded on a would-be deny either.
+        // A verified token's headers; a pass that is not enforced gets them whatever the
+        // token was ([`finish`]).
         strip_headers: if had_token {
             shared.authn.token_headers_to_strip()
         } else {
