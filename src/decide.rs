@@ -90,6 +90,16 @@ fn run(
     evaluation.route_dry_run = route
         .as_ref()
         .is_ok_and(|r| r.as_ref().is_some_and(|r| r.dry_run));
+    // A parameter or header the policies read under another spelling (`?Debug=`, `x_env`).
+    if let Some((kind, name)) = snapshot.lenient_names.near_miss(http) {
+        return deny(
+            evaluation,
+            DenyReason::BadRequest(crate::request::RequestError::LenientName {
+                kind,
+                name: crate::text::clip(name),
+            }),
+        );
+    }
     let identity = match presented.establish(requirement) {
         Ok(identity) => identity,
         Err(Refused::Token(err)) => return deny(evaluation, DenyReason::Unauthenticated(err)),

@@ -71,6 +71,10 @@ pub enum RequestError {
     QuerySemicolon,
     #[error("host `{0}` is not a host name")]
     BadHost(String),
+    #[error(
+        "{kind} `{name}` is read by lenient upstreams as one the policies read under another spelling"
+    )]
+    LenientName { kind: &'static str, name: String },
     #[error("value of header `{0}` is not UTF-8")]
     HeaderNotUtf8(String),
     #[error("header `{0}` is repeated, and it is not a list")]
@@ -316,7 +320,7 @@ fn canonical_host(host: &str, scheme: &str) -> Result<String, RequestError> {
 
 /// The name of a query parameter as the most lenient upstreams read it: case folded, leading
 /// spaces and a trailing `[]` dropped, `.` and ` ` as `_` (PHP).
-fn query_name_key(name: &str) -> String {
+pub fn query_name_key(name: &str) -> String {
     let name = name.trim_start_matches(' ');
     let name = name.strip_suffix("[]").unwrap_or(name);
     crate::text::fold_case(name).replace(['.', ' '], "_")

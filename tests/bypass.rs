@@ -220,3 +220,55 @@ forbid (principal, action, resource) when { context.request.host == "admin.shop.
         assert_ne!(reply.code(), Code::Ok, "{host}");
     }
 }
+
+#[tokio::test]
+async fn a_name_the_policies_read_cannot_be_spelled_another_way() {
+    // Outside review: `?Debug=1` is `debug` to ASP.NET, `?debug[]=1` to PHP, `x_env` is `x-env`
+    // to CGI-style upstreams; a forbid reading `debug` (or `x-env`) was dodged by them.
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("schema.cedarschema", SCHEMA);
+    write("routes.yaml", ROUTES);
+    write(
+        "main.cedar",
+        r#"
+@id("everything")
+permit (principal, action, resource);
+@id("no-debug")
+forbid (principal, action, resource)
+when { context.request.query.hasTag("debug") };
+@id("no-prod")
+forbid (principal, action, resource)
+when { context.request.headers.hasTag("x-env") && context.request.headers.getTag("x-env") == "prod" };
+"#,
+    );
+    let mut config = test_config(PolicySource::Dir(dir.path().to_owned()));
+    config.auth.require_token = false;
+    let mut server = TestServer::with_config(config).await;
+    assert_eq!(
+        server
+            .check(check("GET", "/x?other=1").build())
+            .await
+            .code(),
+        Code::Ok
+    );
+    assert_eq!(
+        server
+            .check(check("GET", "/x?debug=1").build())
+            .await
+            .http_status(),
+        Some(403)
+    );
+    for target in ["/x?Debug=1", "/x?debug[]=1", "/x?%20debug=1", "/x?DEBUG=1"] {
+        let (status, reason) = status(&mut server, "GET", target).await;
+        assert_eq!(status, 400, "{target}: {reason}");
+    }
+    let reply = server
+        .check(check("GET", "/x").raw_header("x_env", b"prod").build())
+        .await;
+    assert_eq!(reply.http_status(), Some(400));
+    let reply = server
+        .check(check("GET", "/x").raw_header("x-env", b"prod").build())
+        .await;
+    assert_eq!(reply.http_status(), Some(403));
+}

@@ -108,6 +108,11 @@ impl Reads {
         self.tags.as_ref().is_none_or(|tags| tags.contains(name))
     }
 
+    /// The tag names conditions read with a literal key; `None` when a key is computed.
+    pub fn tag_names(&self) -> Option<&HashSet<String>> {
+        self.tags.as_ref()
+    }
+
     /// True when a condition may read a context attribute whose value differs between two
     /// requests of the same token: a request field other than the helper entities (which are
     /// the same uids every time), the peer, or the time. When false, a token's context is the
@@ -325,4 +330,75 @@ mod tests {
         assert!(!r.helper(&["request", "headers"], "HttpHeaders"));
         assert!(r.helper(&["token", "claims"], "TokenClaims"));
     }
+}
+
+/// The tag names the policies read, keyed as lenient upstreams read a name, to refuse a query
+/// parameter or header that is not one of them but would be read as one: `?Debug=1` is
+/// `debug` to ASP.NET, `?debug[]=1` to PHP, `x_env` is `x-env` to CGI, WSGI, Rack and PHP. A
+/// `forbid` reading `debug` must not be dodged by a spelling it does not read. Nothing is
+/// refused when a policy computes a tag key (every name may be read then).
+#[derive(Debug, Default)]
+pub struct LenientNames {
+    query: std::collections::HashMap<String, Vec<String>>,
+    headers: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl LenientNames {
+    pub fn of(reads: &Reads) -> Self {
+        let mut names = Self::default();
+        for name in reads.tag_names().into_iter().flatten() {
+            names
+                .query
+                .entry(crate::request::query_name_key(name))
+                .or_default()
+                .push(name.clone());
+            names
+                .headers
+                .entry(header_key(name))
+                .or_default()
+                .push(name.clone());
+        }
+        names
+    }
+
+    /// The first query parameter or header of `http` that is not a name the policies read
+    /// but is one of them to a lenient upstream, with what it is.
+    pub fn near_miss<'h>(
+        &self,
+        http: &'h crate::request::HttpRequest,
+    ) -> Option<(&'static str, &'h str)> {
+        let missed =
+            |map: &std::collections::HashMap<String, Vec<String>>, name: &str, key: String| {
+                map.get(&key)
+                    .is_some_and(|read| !read.iter().any(|r| r == name))
+            };
+        if !self.query.is_empty() {
+            // A plain lower-case name is its own key: no work for the common case.
+            let plain = |n: &str| {
+                n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            };
+            if let Some(name) = http
+                .query
+                .keys()
+                .find(|n| !plain(n) && missed(&self.query, n, crate::request::query_name_key(n)))
+            {
+                return Some(("query parameter", name));
+            }
+        }
+        if !self.headers.is_empty()
+            && let Some(name) = http
+                .headers
+                .keys()
+                .find(|n| n.contains('_') && missed(&self.headers, n, header_key(n)))
+        {
+            return Some(("header", name));
+        }
+        None
+    }
+}
+
+/// A header name as CGI-style upstreams read it: lower case, `_` as `-`.
+fn header_key(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
 }

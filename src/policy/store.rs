@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub reads: super::reads::Reads,
     /// The `Path::` ids the set names, to refuse a fallback path that differs only by case.
     pub path_literals: super::index::PathLiterals,
+    /// The tag names the policies read, as lenient upstreams read names.
+    pub lenient_names: super::reads::LenientNames,
     /// Unique per snapshot in this process: the key of parts cached for it elsewhere (a
     /// token's principal entities), so that a reload is never served the previous set's.
     pub id: u64,
@@ -340,6 +342,7 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
             applies_to.contains(helper) || static_entities.contains(helper)
         });
         Ok(Snapshot {
+            lenient_names: super::reads::LenientNames::of(&reads),
             reads,
             path_literals,
             id: next_id(),
