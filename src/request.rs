@@ -211,16 +211,6 @@ pub fn normalise(raw: RawHttp, max_path_bytes: usize) -> Result<HttpRequest, Req
             continue;
         }
         let name = name.to_ascii_lowercase();
-        // `x_env` is `x-env` to CGI, WSGI, Rack and PHP: both spellings at once are the same
-        // header sent twice.
-        let other_spelling = if name.contains('_') {
-            name.replace('_', "-")
-        } else {
-            name.replace('-', "_")
-        };
-        if other_spelling != name && headers.contains_key(&other_spelling) {
-            return Err(RequestError::RepeatedHeader(crate::text::clip(&name)));
-        }
         let Ok(value) = String::from_utf8(value) else {
             return Err(RequestError::HeaderNotUtf8(crate::text::clip(&name)));
         };
@@ -235,6 +225,16 @@ pub fn normalise(raw: RawHttp, max_path_bytes: usize) -> Result<HttpRequest, Req
             // `x-env: prod` twice must not become `prod,prod` and slip past `== "prod"`.
             Some(_) => return Err(RequestError::RepeatedHeader(crate::text::clip(&name))),
         }
+    }
+    // `x_env` is `x-env` to CGI, WSGI, Rack and PHP: two spellings at once are the same header
+    // sent twice. Only names with a `_` (rare) cost anything here.
+    let mut spelled: Vec<String> = Vec::new();
+    for name in headers.keys().filter(|name| name.contains('_')) {
+        let key = name.replace('_', "-");
+        if headers.contains_key(&key) || spelled.contains(&key) {
+            return Err(RequestError::RepeatedHeader(crate::text::clip(name)));
+        }
+        spelled.push(key);
     }
     let request_id = [
         headers.get("x-request-id").map(String::as_str),
@@ -371,11 +371,7 @@ fn unique_query(raw: &str) -> Result<BTreeMap<String, String>, RequestError> {
         return Err(RequestError::QuerySemicolon);
     }
     let mut map = BTreeMap::<String, String>::new();
-    let mut keys = std::collections::HashSet::new();
     for (name, value) in form_urlencoded::parse(raw.as_bytes()) {
-        if !keys.insert(query_name_key(&name)) {
-            return Err(RequestError::RepeatedQuery(crate::text::clip(&name)));
-        }
         match map.entry(name.into_owned()) {
             std::collections::btree_map::Entry::Occupied(entry) => {
                 return Err(RequestError::RepeatedQuery(crate::text::clip(entry.key())));
@@ -385,7 +381,23 @@ fn unique_query(raw: &str) -> Result<BTreeMap<String, String>, RequestError> {
             }
         }
     }
+    // A plain name (lower-case ASCII letters, digits, `-`, `_`) is its own key, so only the
+    // others (rare) are keyed, and compared with every name and with each other.
+    let mut keys: Vec<String> = Vec::new();
+    for name in map.keys().filter(|name| !is_plain_name(name)) {
+        let key = query_name_key(name);
+        if map.contains_key(&key) || keys.contains(&key) {
+            return Err(RequestError::RepeatedQuery(crate::text::clip(name)));
+        }
+        keys.push(key);
+    }
     Ok(map)
+}
+
+/// A name every upstream reads the same way: [`query_name_key`] leaves it as it is.
+pub fn is_plain_name(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn decode_path(raw: &str) -> Result<String, RequestError> {

@@ -373,16 +373,11 @@ impl LenientNames {
                     .is_some_and(|read| !read.iter().any(|r| r == name))
             };
         if !self.query.is_empty() {
-            // A plain lower-case name is its own key: no work for the common case.
-            let plain = |n: &str| {
-                n.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            };
-            if let Some(name) = http
-                .query
-                .keys()
-                .find(|n| !plain(n) && missed(&self.query, n, crate::request::query_name_key(n)))
-            {
+            // A plain name is its own key: no work for the common case.
+            if let Some(name) = http.query.keys().find(|n| {
+                !crate::request::is_plain_name(n)
+                    && missed(&self.query, n, crate::request::query_name_key(n))
+            }) {
                 return Some(("query parameter", name));
             }
         }
