@@ -60,11 +60,16 @@ when { context.request.query.hasTag("debug") && context.request.query.getTag("de
 "#;
 
 async fn server() -> (TestServer, tempfile::TempDir) {
+    server_with(POLICIES).await
+}
+
+/// A server on the schema and routes above with `policies`.
+async fn server_with(policies: &str) -> (TestServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
     write("schema.cedarschema", SCHEMA);
     write("routes.yaml", ROUTES);
-    write("main.cedar", POLICIES);
+    write("main.cedar", policies);
     let mut config = test_config(PolicySource::Dir(dir.path().to_owned()));
     // Anonymous requests reach the policies: every answer below is the policies' (or the
     // normaliser's), never a missing token.
@@ -186,22 +191,15 @@ async fn a_repeated_query_parameter_is_refused() {
 
 #[tokio::test]
 async fn host_variants_do_not_dodge_a_host_forbid() {
-    let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
-    write("schema.cedarschema", SCHEMA);
-    write("routes.yaml", ROUTES);
-    write(
-        "main.cedar",
+    let (mut server, _dir) = server_with(
         r#"
 @id("everything")
 permit (principal, action, resource);
 @id("no-admin-host")
 forbid (principal, action, resource) when { context.request.host == "admin.shop.example" };
 "#,
-    );
-    let mut config = test_config(PolicySource::Dir(dir.path().to_owned()));
-    config.auth.require_token = false;
-    let mut server = TestServer::with_config(config).await;
+    )
+    .await;
     let reply = server
         .check(check("GET", "/x").host("shop.example").build())
         .await;
@@ -225,12 +223,7 @@ forbid (principal, action, resource) when { context.request.host == "admin.shop.
 async fn a_name_the_policies_read_cannot_be_spelled_another_way() {
     // Outside review: `?Debug=1` is `debug` to ASP.NET, `?debug[]=1` to PHP, `x_env` is `x-env`
     // to CGI-style upstreams; a forbid reading `debug` (or `x-env`) was dodged by them.
-    let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
-    write("schema.cedarschema", SCHEMA);
-    write("routes.yaml", ROUTES);
-    write(
-        "main.cedar",
+    let (mut server, _dir) = server_with(
         r#"
 @id("everything")
 permit (principal, action, resource);
@@ -241,10 +234,8 @@ when { context.request.query.hasTag("debug") };
 forbid (principal, action, resource)
 when { context.request.headers.hasTag("x-env") && context.request.headers.getTag("x-env") == "prod" };
 "#,
-    );
-    let mut config = test_config(PolicySource::Dir(dir.path().to_owned()));
-    config.auth.require_token = false;
-    let mut server = TestServer::with_config(config).await;
+    )
+    .await;
     assert_eq!(
         server
             .check(check("GET", "/x?other=1").build())
