@@ -53,6 +53,23 @@ async fn ready_server(config: Config) -> TestServer {
     server
 }
 
+/// Waits, bounded, until a key-set fetch of `issuer` has failed; `what` names the fetch.
+async fn a_fetch_fails(server: &TestServer, issuer: &str, what: &str) {
+    let failed = async {
+        while metric_value(
+            &server.metrics().await,
+            "cedargate_jwks_fetches_total",
+            &[("issuer", issuer), ("result", "error")],
+        ) < 1.0
+        {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), failed)
+        .await
+        .unwrap_or_else(|_| panic!("{what}"));
+}
+
 fn assert_401(reply: &Reply, reason: &str, token: &str) {
     assert_eq!(reply.code(), Code::Unauthenticated, "{reason}");
     assert_eq!(reply.http_status(), Some(401), "{reason}");
@@ -919,19 +936,7 @@ async fn a_redirect_to_another_host_is_not_followed() {
     jwks.redirect_to(&other.uri().replace("127.0.0.1", "localhost"));
     let config = config_for(test_issuer(REDIRECTED, &jwks.uri()));
     let server = TestServer::with_config(config).await;
-    let first_fetch_failed = async {
-        while metric_value(
-            &server.metrics().await,
-            "cedargate_jwks_fetches_total",
-            &[("issuer", REDIRECTED), ("result", "error")],
-        ) < 1.0
-        {
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(10), first_fetch_failed)
-        .await
-        .expect("the redirected fetch fails");
+    a_fetch_fails(&server, REDIRECTED, "the redirected fetch fails").await;
     assert_eq!(other.fetches(), 0, "the other host was never asked");
     assert!(!server.app.shared.authn.is_ready());
     jwks.stop().await;
@@ -1034,19 +1039,7 @@ async fn https_key_sets_trust_the_issuer_ca_bundle() {
 
     // With the system's roots only, the private CA is not trusted: the fetch fails.
     let server = TestServer::with_config(config_for(issuer(None))).await;
-    let failed = async {
-        while metric_value(
-            &server.metrics().await,
-            "cedargate_jwks_fetches_total",
-            &[("issuer", TLS_ISS), ("result", "error")],
-        ) < 1.0
-        {
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(10), failed)
-        .await
-        .expect("the untrusted fetch fails");
+    a_fetch_fails(&server, TLS_ISS, "the untrusted fetch fails").await;
     assert!(!server.app.shared.authn.is_ready());
 }
 
@@ -1080,19 +1073,7 @@ async fn an_https_key_set_is_not_redirected_to_plain_http() {
         },
     };
     let mut server = TestServer::with_config(config_for(issuer)).await;
-    let failed = async {
-        while metric_value(
-            &server.metrics().await,
-            "cedargate_jwks_fetches_total",
-            &[("issuer", TLS_ISS), ("result", "error")],
-        ) < 1.0
-        {
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(10), failed)
-        .await
-        .expect("the redirected fetch fails");
+    a_fetch_fails(&server, TLS_ISS, "the redirected fetch fails").await;
     assert_eq!(plain.fetches(), 0, "the plain-http server was never asked");
     let token = attacker.sign(&claims(TLS_ISS, "orders", "alice"));
     let reply = server
