@@ -453,3 +453,70 @@ forbid (principal, action, resource) when { Tenant::"t".c.hasTag("dept") };
         "{seen:?}"
     );
 }
+
+#[test]
+fn a_tokens_cached_store_meets_the_resources_side() {
+    // A token's side is cached as one Cedar store with its closure computed; each check adds
+    // the resource's static entities to it. Here the resource side reaches owners through an
+    // attribute, an owner who is the caller (already in the cached store, merged with the
+    // token's groups), and the caller itself as the resource (`/profiles/alice`).
+    let snapshot = load(
+        r#"
+@id("owner-in-ops")
+permit (principal, action == Action::"orders:read", resource)
+when { resource has owner && resource.owner in Group::"ops" };
+@id("staff-reads-staff")
+permit (principal in Group::"staff", action, resource)
+when { resource has owner && resource.owner in Group::"staff" };
+@id("self")
+permit (principal in Group::"staff", action == Action::"profile:read", resource)
+when { resource == principal && resource in Group::"admins" };
+"#,
+        r#"[
+  { "uid": { "type": "Group", "id": "ops" }, "attrs": {}, "parents": [] },
+  { "uid": { "type": "Group", "id": "staff" }, "attrs": {}, "parents": [] },
+  { "uid": { "type": "User", "id": "bob" }, "attrs": {}, "parents": [{ "type": "Group", "id": "ops" }] },
+  { "uid": { "type": "User", "id": "alice" }, "attrs": {}, "parents": [{ "type": "Group", "id": "staff" }] },
+  { "uid": { "type": "Order", "id": "1001" }, "attrs": { "owner": { "__entity": { "type": "User", "id": "bob" } } }, "parents": [] },
+  { "uid": { "type": "Order", "id": "1002" }, "attrs": { "owner": { "__entity": { "type": "User", "id": "alice" } } }, "parents": [] }
+]"#,
+    );
+    compare_and_expect(&snapshot, &["allow", "policy_denied", "no_route"]);
+    // The caller reading their own profile is allowed only through the merged entity.
+    let alice = token("alice", &["admins"], &[]);
+    assert!(evaluate(&snapshot, "/profiles/alice", &alice).is_allow());
+    assert!(!evaluate(&snapshot, "/profiles/bob", &alice).is_allow());
+}
+
+#[test]
+fn a_resource_that_reaches_the_tokens_own_entities_sees_the_tokens() {
+    // A static entity reached only from the resource's side names `TokenClaims::"request"`,
+    // which `entities.json` also defines and the token's cached store already holds (built
+    // from the token's claims). The check must see the token's claims, as the reference does,
+    // not the static copy and not a duplicate-entity failure.
+    let snapshot = load_with(
+        r#"
+entity Ticket { claims?: TokenClaims };
+action "tickets:read" appliesTo { principal: [User], resource: Ticket, context: CheckContext };
+"#,
+        "  - { method: GET, path: \"/tickets/{id}\", action: \"tickets:read\", resource: 'Ticket::\"{id}\"' }\n",
+        r#"
+@id("dept-ops")
+permit (principal, action == Action::"tickets:read", resource)
+when { resource has claims && resource.claims.hasTag("dept") && resource.claims.getTag("dept") == "ops" };
+@id("claims-read")
+forbid (principal, action, resource)
+when { context has token && context.token.claims.hasTag("block") };
+"#,
+        r#"[{ "uid": { "type": "Ticket", "id": "7" }, "attrs": {
+              "claims": { "__entity": { "type": "TokenClaims", "id": "request" } } }, "parents": [] },
+            { "uid": { "type": "TokenClaims", "id": "request" }, "attrs": {}, "parents": [],
+              "tags": { "dept": "static" } }]"#,
+    );
+    let bob = Caller::Token(token("bob", &[], &[("dept", "ops")]));
+    for _ in 0..2 {
+        let (core, reference) = decide_both(&snapshot, "GET", "/tickets/7", &[], &bob);
+        assert_eq!(said(&core), said(&reference));
+        assert!(core.is_allow(), "{:?}", core.outcome);
+    }
+}

@@ -15,10 +15,11 @@
 //! The context's shape and the shapes of the entities built per request are checked against
 //! the schema when the policy set loads, so nothing is validated per check. With
 //! [`Build::Read`] (the hot path) only what the policies can read is built
-//! ([`super::reads`]), and a token's principal, groups, claims, reachable static entities and
-//! (when nothing in it varies per request) context are built once per policy snapshot and
-//! cached with the token. Request text only ever becomes entity ids, strings or tags: it is
-//! never parsed as Cedar.
+//! ([`super::reads`]), and a token's principal, groups, claims, reachable static entities (as
+//! one Cedar store, its ancestor closure computed) and (when nothing in it varies per request)
+//! context are built once per policy snapshot and cached with the token; a check adds only
+//! the resource's side and the request helpers to that store. Request text only ever becomes
+//! entity ids, strings or tags: it is never parsed as Cedar.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -76,7 +77,8 @@ pub struct CedarCall {
     pub action: EntityUid,
     pub resource: EntityUid,
     pub request: CedarRequest,
-    pub entities: Entities,
+    /// Shared with the token's cache when the request adds no entity to its principal's side.
+    pub entities: std::sync::Arc<Entities>,
 }
 
 /// Helper entity types whose tags carry request maps.
@@ -113,7 +115,7 @@ impl Parts {
     /// The Cedar request (validated against `schema` when given) with its entity store.
     fn into_call(
         self,
-        entities: Entities,
+        entities: std::sync::Arc<Entities>,
         schema: Option<&Schema>,
     ) -> Result<CedarCall, MappingError> {
         let principal = self.principal.uid.clone();
@@ -157,7 +159,7 @@ pub fn map(
     now: i64,
     build: Build,
 ) -> Result<CedarCall, MappingError> {
-    let parts = parts(snapshot, request, route, identity, now, build)?;
+    let mut parts = parts(snapshot, request, route, identity, now, build)?;
     if !snapshot.index.applies(
         &parts.action,
         parts.principal.uid.type_name(),
@@ -181,19 +183,36 @@ pub fn map(
             group.type_name()
         )));
     }
-    let mut list = match &parts.principal.statics {
-        // The principal's side is cached with its token: only the action's and the
-        // resource's are looked up.
-        Some(statics) => {
-            let mut list = statics.clone();
-            list.extend(snapshot.graph.subset_beyond(
-                &snapshot.entities,
-                vec![parts.action.clone(), parts.resource.clone()],
-                statics,
-            ));
-            list
+    let entities = match (&parts.principal.store, &parts.principal.statics) {
+        // The principal's side is cached with its token as a store whose closure is already
+        // computed: only the action's and the resource's statics and the helpers are added,
+        // and Cedar repairs the closure of what was added, not of the whole store.
+        (Some(store), Some(statics)) => {
+            let mut extra: Vec<Entity> = snapshot
+                .graph
+                .subset_beyond(
+                    &snapshot.entities,
+                    vec![parts.action.clone(), parts.resource.clone()],
+                    statics,
+                )
+                .into_iter()
+                .filter(|e| {
+                    store.get(&e.uid()).is_none()
+                        && !parts.helpers.iter().any(|h| h.uid() == e.uid())
+                })
+                .collect();
+            extra.append(&mut parts.helpers);
+            if extra.is_empty() {
+                std::sync::Arc::clone(store)
+            } else {
+                std::sync::Arc::new(
+                    Entities::clone(store)
+                        .add_entities(extra, None)
+                        .map_err(invalid)?,
+                )
+            }
         }
-        None => {
+        _ => {
             let mut seeds = Vec::with_capacity(3 + parts.principal.groups.len());
             seeds.extend([
                 parts.principal.uid.clone(),
@@ -201,15 +220,15 @@ pub fn map(
                 parts.resource.clone(),
             ]);
             seeds.extend(parts.principal.groups.iter().cloned());
-            snapshot.graph.subset(&snapshot.entities, seeds)
+            let mut list = snapshot.graph.subset(&snapshot.entities, seeds);
+            // The request's own entities replace static ones of the same uid (the principal
+            // is already merged with its static entry).
+            let own = parts.own_entities();
+            list.retain(|e| !own.iter().any(|p| p.uid() == e.uid()));
+            list.extend(own);
+            std::sync::Arc::new(Entities::from_entities(list, None).map_err(invalid)?)
         }
     };
-    // The request's own entities replace static ones of the same uid (the principal is
-    // already merged with its static entry).
-    let own = parts.own_entities();
-    list.retain(|e| !own.iter().any(|p| p.uid() == e.uid()));
-    list.extend(own);
-    let entities = Entities::from_entities(list, None).map_err(invalid)?;
     // Checked above against the index: appliesTo here, the context's shape at load time.
     parts.into_call(entities, None)
 }
@@ -231,7 +250,7 @@ pub fn map_with_whole_store(
         .clone()
         .upsert_entities(parts.own_entities(), Some(&snapshot.schema))
         .map_err(invalid)?;
-    parts.into_call(entities, Some(&snapshot.schema))
+    parts.into_call(std::sync::Arc::new(entities), Some(&snapshot.schema))
 }
 
 fn parts(
@@ -291,14 +310,14 @@ fn parts(
     };
     // The helper entities whose tags carry request maps, when a policy can read their tags.
     let mut helpers = Vec::new();
-    let wanted = |field: &str, helper: &str| reads.helper(&["request", field], helper);
-    if wanted("headers", HEADERS_TYPE) {
+    let built = Helpers::built(reads);
+    if built.headers {
         helpers.push(tagged(&names.headers, &http.headers, reads)?);
     }
-    if wanted("query", QUERY_TYPE) {
+    if built.query {
         helpers.push(tagged(&names.query, &http.query, reads)?);
     }
-    if wanted("params", PARAMS_TYPE) {
+    if built.params {
         helpers.push(tagged(
             &names.params,
             params.iter().map(|(k, v)| (k, v)),
@@ -314,6 +333,36 @@ fn parts(
     })
 }
 
+/// Which request helper entities a check builds: those whose tags a policy can read. The same
+/// for every check of a snapshot.
+struct Helpers {
+    headers: bool,
+    query: bool,
+    params: bool,
+}
+
+impl Helpers {
+    fn built(reads: &Reads) -> Self {
+        let wanted = |field: &str, helper: &str| reads.helper(&["request", field], helper);
+        Self {
+            headers: wanted("headers", HEADERS_TYPE),
+            query: wanted("query", QUERY_TYPE),
+            params: wanted("params", PARAMS_TYPE),
+        }
+    }
+
+    /// The uids of the helpers built, which replace static entities of the same uid.
+    fn uids<'a>(&self, names: &'a Names) -> impl Iterator<Item = &'a EntityUid> + use<'a> {
+        [
+            (self.headers, &names.headers),
+            (self.query, &names.query),
+            (self.params, &names.params),
+        ]
+        .into_iter()
+        .filter_map(|(built, uid)| built.then_some(uid))
+    }
+}
+
 /// A request's principal with the entities that come with it: the principal merged with its
 /// static entry, and for a token the claims entity; its groups seed the reachable store. For
 /// a token with [`Build::Read`], built once per snapshot and cached with the token, together
@@ -326,6 +375,9 @@ struct PrincipalParts {
     groups: Vec<EntityUid>,
     /// The static entities the principal, its groups and the policies' literals reach.
     statics: Option<Vec<Entity>>,
+    /// `entities` and `statics` (less those a check's own entities replace) as one Cedar
+    /// store, its closure computed once; cached with `statics`.
+    store: Option<std::sync::Arc<Entities>>,
     /// The whole context, when it is the same for every request of this token.
     context: Option<Context>,
 }
@@ -349,24 +401,39 @@ fn principal_parts(
         {
             entities.push(tagged(&names.claims, &token.claims, reads)?);
         }
-        let (statics, context) = match (cached, &identity.token) {
+        let (statics, store, context) = match (cached, &identity.token) {
             (true, Some(_)) => {
                 let mut seeds = Vec::with_capacity(1 + groups.len());
                 seeds.push(uid.clone());
                 seeds.extend(groups.iter().cloned());
                 let statics = snapshot.graph.subset(&snapshot.entities, seeds);
+                // What `map` would assemble per check from this side: the statics that no
+                // entity of the check replaces (the principal, the claims, the helpers the
+                // snapshot builds), then the principal's own.
+                let helpers: Vec<&EntityUid> = Helpers::built(reads).uids(names).collect();
+                let mut list: Vec<Entity> = statics
+                    .iter()
+                    .filter(|e| {
+                        let uid = e.uid();
+                        !entities.iter().any(|p| p.uid() == uid) && !helpers.contains(&&uid)
+                    })
+                    .cloned()
+                    .collect();
+                list.extend(entities.iter().cloned());
+                let store = Entities::from_entities(list, None).map_err(invalid)?;
                 let context = (!reads.context_varies())
                     .then(|| context(&HttpRequest::default(), identity, 0, reads, names))
                     .transpose()?;
-                (Some(statics), context)
+                (Some(statics), Some(std::sync::Arc::new(store)), context)
             }
-            _ => (None, None),
+            _ => (None, None, None),
         };
         Ok(PrincipalParts {
             uid,
             entities,
             groups,
             statics,
+            store,
             context,
         })
     };
