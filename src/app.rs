@@ -77,6 +77,9 @@ pub struct App {
     admin_shutdown: watch::Sender<bool>,
     /// Reloads the policy directory on SIGHUP and, with `policies.watch`, on file changes.
     reloader: Option<crate::reload::Reloader>,
+    /// gRPC health, which follows readiness (`server::health`).
+    health: tonic_health::server::HealthReporter,
+    health_follower: Option<JoinHandle<()>>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<std::io::Result<()>>,
     api: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
@@ -98,6 +101,8 @@ pub fn load_policies(source: &PolicySource) -> Result<Snapshot, PolicyLoadError>
 
 /// Loads policies, binds the listeners and starts serving.
 pub async fn build(config: Config) -> Result<App, AppError> {
+    // The recorder first: metrics set while loading (the policy version) must reach it.
+    crate::telemetry::prometheus();
     let snapshot = load_policies(&config.policies)?;
     // A token's principal and groups must be types the schema knows, or no policy could ever
     // match them.
@@ -131,8 +136,6 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         config.peer.clone(),
         options,
     ));
-    // Touch the recorder so /metrics works before the first check.
-    crate::telemetry::prometheus();
 
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -171,10 +174,9 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         let _ = signal.wait_for(|stop| *stop).await;
     };
 
+    // Not serving until ready (`/readyz`): see `server::health`.
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<AuthorizationServer<CheckService>>()
-        .await;
+    crate::server::health::report(&health, false).await;
     let limits = config.limits;
     let check = AuthorizationServer::new(CheckService::new(shared.clone()))
         .max_decoding_message_size(limits.max_request_bytes);
@@ -239,11 +241,28 @@ pub async fn build(config: Config) -> Result<App, AppError> {
     let admin = tokio::spawn(async move { admin.await });
 
     shared.ready.store(true, Ordering::Release);
+    // Ready now (no issuer, or keys from files): SERVING before `build` returns; else once
+    // every issuer's keys are in.
+    let health_follower = if shared.is_ready() {
+        crate::server::health::report(&health, true).await;
+        None
+    } else {
+        Some(tokio::spawn(crate::server::health::follow(
+            shared.clone(),
+            health.clone(),
+        )))
+    };
     if let Some(addr) = exposed {
         tracing::warn!(grpc_addr = %addr, "the Check port is plaintext beyond loopback: anyone who can reach it can ask for decisions on any request and identity they claim; use tls with client_ca, a Unix socket, or a mesh sidecar's mTLS in front of it");
     }
     let grpc_shown = grpc_addr.map_or_else(|| config.listen.grpc.to_string(), |a| a.to_string());
-    tracing::info!(grpc_addr = %grpc_shown, %admin_addr, api_addr = ?api_addr, "cedargate serving");
+    // Typed fields only: no `Some(…)` in the JSON line when there is no API listener.
+    match api_addr {
+        Some(api_addr) => {
+            tracing::info!(grpc_addr = %grpc_shown, %admin_addr, %api_addr, "cedargate serving");
+        }
+        None => tracing::info!(grpc_addr = %grpc_shown, %admin_addr, "cedargate serving"),
+    }
     Ok(App {
         grpc_addr,
         grpc_socket,
@@ -253,6 +272,8 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         shutdown,
         admin_shutdown,
         reloader,
+        health,
+        health_follower,
         grpc,
         admin,
         api,
@@ -273,9 +294,17 @@ impl App {
             api,
             grpc_socket,
             reloader,
+            health,
+            health_follower,
             ..
         } = self;
         shared.ready.store(false, Ordering::Release);
+        // gRPC health says what `/readyz` says; the follower must not report after this.
+        if let Some(follower) = health_follower {
+            follower.abort();
+            let _ = follower.await;
+        }
+        crate::server::health::report(&health, false).await;
         if let Some(reloader) = &reloader {
             reloader.stop();
         }

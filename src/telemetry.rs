@@ -7,7 +7,10 @@
 //! `cedargate_rejected_total{reason}`, `cedargate_auth_failures_total{reason}`,
 //! `cedargate_check_panics_total`, `cedargate_checks_in_flight`, `cedargate_policy_info{version}`,
 //! `cedargate_policy_reloads_total{result}`, `cedargate_build_info{version}`,
-//! `cedargate_log_lines_dropped_total`.
+//! `cedargate_log_lines_dropped_total`, the staleness gauges
+//! `cedargate_policy_last_load_timestamp_seconds`, `cedargate_policy_age_seconds` and
+//! `cedargate_jwks_last_success_timestamp_seconds{issuer}`, the key, token and TLS metrics
+//! named below, and the standard `process_*` metrics. Each has `# HELP` text ([`HELP`]).
 
 pub mod decision_log;
 pub mod log_writer;
@@ -31,6 +34,147 @@ pub const POLICY_INFO: &str = "cedargate_policy_info";
 pub const POLICY_RELOADS_TOTAL: &str = "cedargate_policy_reloads_total";
 pub const BUILD_INFO: &str = "cedargate_build_info";
 pub const LOG_DROPPED_TOTAL: &str = "cedargate_log_lines_dropped_total";
+pub const POLICY_LOADED_AT: &str = "cedargate_policy_last_load_timestamp_seconds";
+pub const POLICY_AGE: &str = "cedargate_policy_age_seconds";
+pub const JWKS_FETCHES_TOTAL: &str = "cedargate_jwks_fetches_total";
+pub const JWKS_KEYS: &str = "cedargate_jwks_keys";
+pub const JWKS_LOADED_AT: &str = "cedargate_jwks_last_success_timestamp_seconds";
+pub const TOKEN_CACHE_TOTAL: &str = "cedargate_token_cache_total";
+pub const TOKEN_VERIFICATIONS_TOTAL: &str = "cedargate_token_verifications_total";
+pub const TLS_RELOADS_TOTAL: &str = "cedargate_tls_reloads_total";
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "cedargate_tls_handshake_failures_total";
+
+/// The `# HELP` text of every cedargate metric (README, "Operations", has the same table).
+const HELP: &[(&str, Kind, &str)] = &[
+    (
+        DECISIONS_TOTAL,
+        Kind::Counter,
+        "Check decisions by decision (allow, deny), reason code and whether the decision was enforced (false in dry-run).",
+    ),
+    (
+        CHECK_DURATION,
+        Kind::Histogram,
+        "Time to answer a Check, from receipt to the response, in seconds.",
+    ),
+    (
+        REJECTED_TOTAL,
+        Kind::Counter,
+        "Checks and connections refused before any decision, by reason (overload, peer_uid).",
+    ),
+    (
+        PANICS_TOTAL,
+        Kind::Counter,
+        "Checks whose handler panicked; each was answered with a deny.",
+    ),
+    (
+        AUTH_FAILURES_TOTAL,
+        Kind::Counter,
+        "Bearer tokens refused, by reason (expired, bad_signature, unknown_kid, ...).",
+    ),
+    (IN_FLIGHT, Kind::Gauge, "Checks being decided now."),
+    (
+        POLICY_INFO,
+        Kind::Gauge,
+        "1 for the policy set version in force, 0 for versions it replaced.",
+    ),
+    (
+        POLICY_RELOADS_TOTAL,
+        Kind::Counter,
+        "Policy reloads by result (success, unchanged, error).",
+    ),
+    (
+        POLICY_LOADED_AT,
+        Kind::Gauge,
+        "Unix time of the last successful policy load or reload (alert when it is old and a change was expected).",
+    ),
+    (
+        POLICY_AGE,
+        Kind::Gauge,
+        "Seconds since the policy set in force was loaded.",
+    ),
+    (
+        BUILD_INFO,
+        Kind::Gauge,
+        "1, labelled with the cedargate version.",
+    ),
+    (
+        LOG_DROPPED_TOTAL,
+        Kind::Counter,
+        "Log lines dropped because stderr could not keep up.",
+    ),
+    (
+        JWKS_FETCHES_TOTAL,
+        Kind::Counter,
+        "Key set fetches by issuer and result (ok, error).",
+    ),
+    (
+        JWKS_KEYS,
+        Kind::Gauge,
+        "Keys in the key set in force, by issuer.",
+    ),
+    (
+        JWKS_LOADED_AT,
+        Kind::Gauge,
+        "Unix time of the last successful key set load, by issuer (alert when older than a few refresh intervals).",
+    ),
+    (
+        TOKEN_CACHE_TOTAL,
+        Kind::Counter,
+        "Verified-token cache lookups by result (hit, miss).",
+    ),
+    (
+        TOKEN_VERIFICATIONS_TOTAL,
+        Kind::Counter,
+        "Token signature verifications (cache misses) by result.",
+    ),
+    (
+        TLS_RELOADS_TOTAL,
+        Kind::Counter,
+        "Reloads of the Check listener's certificate and key by result (ok, error).",
+    ),
+    (
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        Kind::Counter,
+        "TLS handshakes on the Check listener that failed, by reason (error, timeout, busy).",
+    ),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+fn describe() {
+    for &(name, kind, help) in HELP {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => {
+                metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
+            }
+        }
+    }
+    process().describe();
+}
+
+/// The `process_*` metrics (CPU seconds, resident memory, open and maximum file descriptors,
+/// threads, start time), read from `/proc` when `/metrics` is rendered.
+fn process() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Unix time of the last successful policy load, for [`POLICY_AGE`] (0: none yet).
+static POLICY_LOADED_SECS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
@@ -51,6 +195,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
         }
+        describe();
         build_info();
         handle
     })
@@ -60,6 +205,11 @@ pub fn prometheus() -> &'static PrometheusHandle {
 pub fn render() -> String {
     let handle = prometheus();
     metrics::counter!(LOG_DROPPED_TOTAL).absolute(log_writer::dropped_lines());
+    let loaded = POLICY_LOADED_SECS.load(std::sync::atomic::Ordering::Acquire);
+    if loaded > 0 {
+        metrics::gauge!(POLICY_AGE).set(unix_now().saturating_sub(loaded) as f64);
+    }
+    process().collect();
     handle.run_upkeep();
     handle.render()
 }
@@ -81,7 +231,11 @@ pub fn init_logging(format: LogFormat, tracing: Option<&otel::Tracing>) -> log_w
             decision_log::write_json_to(writer.clone());
             fmt.json().flatten_event(true).boxed()
         }
-        LogFormat::Text => fmt.boxed(),
+        // Colours only on a terminal: a file, a pipe or a container log gets plain text.
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            fmt.with_ansi(std::io::stderr().is_terminal()).boxed()
+        }
     };
     let installed = tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
@@ -226,6 +380,9 @@ pub fn policy_loaded(previous: Option<&str>, version: &str) {
         metrics::gauge!(POLICY_INFO, "version" => previous.to_owned()).set(0.0);
     }
     metrics::gauge!(POLICY_INFO, "version" => version.to_owned()).set(1.0);
+    let now = unix_now();
+    POLICY_LOADED_SECS.store(now, std::sync::atomic::Ordering::Release);
+    metrics::gauge!(POLICY_LOADED_AT).set(now as f64);
 }
 
 /// Counts a policy reload: `success`, `unchanged` or `error`.

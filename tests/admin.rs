@@ -6,7 +6,11 @@
     clippy::indexing_slicing
 )]
 
-use cedargate::testutil::{CHECKOUT, TestServer, check};
+use std::time::Duration;
+
+use cedargate::config::PolicySource;
+use cedargate::testutil::jwt::{JwksServer, TestKey};
+use cedargate::testutil::{CHECKOUT, TestServer, check, test_config, test_issuer};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -101,4 +105,85 @@ async fn reflection_lists_check_and_health() {
             "grpc.reflection.v1.ServerReflection"
         ]
     );
+}
+
+const AUTHORIZATION: &str = "envoy.service.auth.v3.Authorization";
+
+async fn status(health: &mut HealthClient<tonic::transport::Channel>, service: &str) -> i32 {
+    health
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+/// The next status a health watch reports (bounded, so a bug fails instead of hanging).
+async fn next(watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>) -> i32 {
+    tokio::time::timeout(Duration::from_secs(30), watch.message())
+        .await
+        .expect("a status change within 30 s")
+        .unwrap()
+        .expect("the watch stream stays open")
+        .status
+}
+
+#[tokio::test]
+async fn grpc_health_follows_readiness() {
+    // An issuer whose key set cannot be fetched yet: `/readyz` is 503, and gRPC health (what
+    // Envoy's `grpc_health_check` and Kubernetes `grpc:` probes read) must say the same.
+    let key = TestKey::generate(jsonwebtoken::Algorithm::ES256, "k");
+    let jwks = JwksServer::start(&[&key]).await;
+    jwks.fail_with(Some((500, "down")));
+    let mut config = test_config(PolicySource::Embedded);
+    config.issuers = vec![test_issuer(&jwks.issuer(), &jwks.uri())];
+    config.limits.shutdown_delay = Duration::from_secs(1);
+    let server = TestServer::with_config(config).await;
+    let readyz = server.admin_url("/readyz");
+    assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 503);
+    let mut health = HealthClient::new(server.channel().await);
+    for service in ["", AUTHORIZATION] {
+        assert_eq!(
+            status(&mut health, service).await,
+            ServingStatus::NotServing as i32,
+            "{service:?}"
+        );
+    }
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next(&mut watch).await, ServingStatus::NotServing as i32);
+
+    // The key set comes back: the fetcher's retry loads it and health turns SERVING.
+    jwks.fail_with(None);
+    assert_eq!(next(&mut watch).await, ServingStatus::Serving as i32);
+    assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 200);
+    assert_eq!(
+        status(&mut health, AUTHORIZATION).await,
+        ServingStatus::Serving as i32
+    );
+    // The staleness gauge an operator alerts on records when this issuer's keys came in.
+    let loaded = cedargate::testutil::metric_value(
+        &server.metrics().await,
+        "cedargate_jwks_last_success_timestamp_seconds",
+        &[("issuer", &jwks.issuer())],
+    );
+    assert!(loaded > 1.7e9, "{loaded}");
+
+    // Draining: NOT_SERVING while the listener still answers (`shutdown_delay`).
+    let shared = server.app.shared.clone();
+    let stopping = tokio::spawn(server.app.shutdown());
+    assert_eq!(next(&mut watch).await, ServingStatus::NotServing as i32);
+    assert!(!shared.is_ready());
+    assert_eq!(
+        status(&mut health, AUTHORIZATION).await,
+        ServingStatus::NotServing as i32
+    );
+    stopping.await.unwrap().unwrap();
 }

@@ -1,5 +1,6 @@
 //! The `cedargate` binary itself: `serve` without a config file runs the embedded example set,
-//! answers a Check, and exits 0 on SIGTERM after draining; a bad config exits 2 naming the file.
+//! answers a Check, survives SIGHUP (nothing to reload), and exits 0 on SIGTERM after
+//! draining; a bad config exits 2 naming the file.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,18 +11,34 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use cedargate::testutil::{CHECKOUT, Reply, check};
+use cedargate::testutil::{CHECKOUT, Reply, check, metric_value};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cedargate");
 
+/// Kills the server if the test fails before it exits, so a failure never leaves it running
+/// (holding the test's output open).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}
+
 #[tokio::test]
 async fn serve_without_config_runs_the_embedded_example() {
+    cedargate::app::install_crypto_provider();
     let mut child = Command::new(BIN)
         .args(["serve", "--grpc", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _guard = KillOnDrop(child.id());
     // Readiness: the JSON log line that reports the bound addresses.
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let serving: serde_json::Value = loop {
@@ -32,9 +49,85 @@ async fn serve_without_config_runs_the_embedded_example() {
         }
     };
     let grpc = serving["grpc_addr"].as_str().unwrap().to_owned();
+    let metrics_url = format!("http://{}/metrics", serving["admin_addr"].as_str().unwrap());
+    // No `Some(…)` or other Rust debug text in the JSON line: no API listener, no field.
+    assert!(serving.get("api_addr").is_none(), "{serving}");
+
+    // Before any check or reload: the policy version and the staleness gauges are there.
+    let metrics = reqwest::get(&metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric_value(&metrics, "cedargate_policy_info", &[]),
+        1.0,
+        "{metrics}"
+    );
+    let loaded = metric_value(
+        &metrics,
+        "cedargate_policy_last_load_timestamp_seconds",
+        &[],
+    );
+    assert!(loaded > 1.7e9, "{metrics}");
+    assert!(
+        metrics.contains("\ncedargate_policy_age_seconds "),
+        "{metrics}"
+    );
+    assert!(
+        metric_value(&metrics, "process_resident_memory_bytes", &[]) > 0.0,
+        "{metrics}"
+    );
     let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
         .await
         .unwrap();
+    let reply = client
+        .check(check("POST", "/orders").peer(CHECKOUT).build())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(Reply(reply).code(), tonic::Code::Ok);
+
+    // Every metric family rendered has HELP text.
+    let metrics = reqwest::get(&metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let families: std::collections::BTreeSet<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap())
+        .map(|name| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|base| metrics.contains(&format!("# TYPE {base} histogram")))
+                .unwrap_or(name)
+        })
+        .collect();
+    assert!(families.contains("cedargate_decisions_total"), "{metrics}");
+    for family in families {
+        assert!(
+            metrics.contains(&format!("# HELP {family} ")),
+            "no HELP for {family}:\n{metrics}"
+        );
+    }
+
+    // SIGHUP has nothing to reload without a policy directory: a log line, not an exit.
+    let hangup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    loop {
+        let line = lines.next().expect("server logs after SIGHUP").unwrap();
+        if line.contains("SIGHUP: nothing to reload") {
+            break;
+        }
+    }
     let reply = client
         .check(check("POST", "/orders").peer(CHECKOUT).build())
         .await

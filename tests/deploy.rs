@@ -331,3 +331,172 @@ fn dockerfile_is_multi_stage_and_runs_as_non_root() {
         "builds from Cargo.lock"
     );
 }
+
+/// The newest file in `dir` whose name starts with `prefix` and ends with `suffix` and whose
+/// text satisfies `wanted`.
+fn newest(dir: &Path, prefix: &str, suffix: &str, wanted: impl Fn(&str) -> bool) -> String {
+    let mut found: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(prefix) && name.ends_with(suffix)
+        })
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            let modified = e.metadata().ok()?.modified().ok()?;
+            wanted(&text).then_some((modified, text))
+        })
+        .collect();
+    found.sort_by_key(|(modified, _)| *modified);
+    found
+        .pop()
+        .unwrap_or_else(|| panic!("no {prefix}*{suffix} in {}", dir.display()))
+        .1
+}
+
+/// `a/b/../../c` → `c`; `None` for a path outside the repository (the build's own `OUT_DIR`).
+fn in_repo(path: &str) -> Option<String> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let relative = match path.strip_prefix(root) {
+        Some(rest) => rest.trim_start_matches('/'),
+        None if Path::new(path).is_absolute() => return None,
+        None => path,
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for part in relative.split('/') {
+        match part {
+            ".." => {
+                parts.pop()?;
+            }
+            "." | "" => {}
+            part => parts.push(part),
+        }
+    }
+    let joined = parts.join("/");
+    (!joined.starts_with("target/")).then_some(joined)
+}
+
+/// The files `cargo build --release --bin cedargate` reads from the repository, as cargo itself
+/// recorded them for this test run's build: rustc's dep-info of the library and the binary
+/// (every source file and every `include_str!`/`include_bytes!`), the build script and what it
+/// declares with `rerun-if-changed`, the manifest and lock file, and the files of targets the
+/// manifest declares (cargo refuses a manifest whose `[[bench]]` file is missing).
+fn files_the_build_reads() -> std::collections::BTreeSet<String> {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let profile = deps.parent().unwrap();
+    let mut files = std::collections::BTreeSet::new();
+    let first_line = |text: &str| text.lines().next().unwrap_or_default().to_owned();
+    let lib = newest(deps, "cedargate-", ".d", |t| {
+        first_line(t).contains("libcedargate-") || first_line(t).contains("src/lib.rs")
+    });
+    let bin = newest(deps, "cedargate-", ".d", |t| {
+        first_line(t).ends_with(" src/main.rs") || first_line(t).contains(" src/main.rs ")
+    });
+    for dep_info in [&lib, &bin] {
+        let line = first_line(dep_info);
+        let (_, inputs) = line.split_once(": ").unwrap();
+        files.extend(inputs.split(' ').filter_map(in_repo));
+    }
+    // Only clippy reads it; cargo build does not.
+    files.remove("clippy.toml");
+    // Cargo runs `build.rs` as the build script whenever it exists.
+    if repo("build.rs").exists() {
+        files.insert("build.rs".to_owned());
+    }
+    for entry in std::fs::read_dir(profile.join("build")).unwrap().flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("cedargate-")
+        {
+            continue;
+        }
+        if let Ok(output) = std::fs::read_to_string(entry.path().join("output")) {
+            files.extend(
+                output
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("cargo:rerun-if-changed="))
+                    .filter_map(in_repo),
+            );
+        }
+    }
+    files.insert("Cargo.toml".to_owned());
+    files.insert("Cargo.lock".to_owned());
+    let manifest = std::fs::read_to_string(repo("Cargo.toml")).unwrap();
+    let mut section = "";
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+        } else if let Some(name) = line.strip_prefix("name = ") {
+            let name = name.trim_matches('"');
+            let dir = match section {
+                "[[bench]]" => "benches",
+                "[[test]]" => "tests",
+                "[[example]]" => "examples",
+                _ => continue,
+            };
+            files.insert(format!("{dir}/{name}.rs"));
+        }
+    }
+    files
+}
+
+#[test]
+fn the_docker_build_context_holds_every_file_the_build_reads() {
+    // No Docker engine here: instead of building the image, compare what the Dockerfile's build
+    // stage copies with what cargo recorded reading for this very build. Sound because rustc's
+    // dep-info lists every file a crate reads (modules and `include_*!`), and cargo reads
+    // nothing else from the tree but the manifest, the lock file, the build script with its
+    // declared inputs, and declared target files.
+    let text = std::fs::read_to_string(repo("deploy/Dockerfile")).unwrap();
+    let build_stage: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !l.starts_with("FROM "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("FROM "))
+        .collect();
+    let copied: Vec<String> = build_stage
+        .iter()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .flat_map(|l| {
+            let mut words: Vec<&str> = l.split_whitespace().collect();
+            words.pop(); // the destination
+            words
+                .into_iter()
+                .map(|w| w.trim_end_matches('/').to_owned())
+        })
+        .collect();
+    let needed = files_the_build_reads();
+    for must in [
+        "build.rs",
+        "src/main.rs",
+        "src/lib.rs",
+        "policies/schema.cedarschema",
+        "proto/cedargate/v1/authorizer.proto",
+    ] {
+        assert!(needed.contains(must), "{must} not found in {needed:?}");
+    }
+    let missing: Vec<&String> = needed
+        .iter()
+        .filter(|file| {
+            !copied
+                .iter()
+                .any(|c| *file == c || file.starts_with(&format!("{c}/")))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/Dockerfile's build stage does not copy {missing:?}, which the build reads: add a COPY line for each"
+    );
+    // A stripped binary: no debug line tables or symbols in the image.
+    assert!(
+        build_stage
+            .iter()
+            .any(|l| l.contains("CARGO_PROFILE_RELEASE_STRIP=symbols")),
+        "the image's binary must be stripped"
+    );
+}

@@ -109,6 +109,19 @@ pub fn run(args: ServeArgs) -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), crate::app::AppError> {
+    // Without a policy directory there is no reloader to take SIGHUP, and its default action
+    // would end the process: answer it with a log line instead (registered before serving).
+    #[cfg(unix)]
+    let _hangup = matches!(config.policies, PolicySource::Embedded)
+        .then(|| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok())
+        .flatten()
+        .map(|mut hangup| {
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::warn!("SIGHUP: nothing to reload: the built-in example policy set is in force (name a directory in policies.dir to reload from it)");
+                }
+            })
+        });
     let app = crate::app::build(config).await?;
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight checks");

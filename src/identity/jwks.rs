@@ -37,6 +37,8 @@ pub enum JwksError {
     },
     #[error("fetch failed: {0}")]
     Fetch(String),
+    #[error("the fetch timed out")]
+    Timeout,
     #[error("the key set answered HTTP {0}")]
     Status(u16),
     #[error("the key set is larger than {0} bytes")]
@@ -327,12 +329,12 @@ impl IssuerKeys {
 
     fn store(&self, mut set: KeySet) {
         set.reuse(&self.current.load());
-        metrics::gauge!("cedargate_jwks_keys", "issuer" => self.issuer.clone())
+        metrics::gauge!(crate::telemetry::JWKS_KEYS, "issuer" => self.issuer.clone())
             .set(set.len() as f64);
         self.current.store(Arc::new(set));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let now = crate::telemetry::unix_now();
+        metrics::gauge!(crate::telemetry::JWKS_LOADED_AT, "issuer" => self.issuer.clone())
+            .set(now as f64);
         self.stored_at.store(now, Ordering::Release);
         self.loaded.store(true, Ordering::Release);
     }
@@ -479,7 +481,7 @@ async fn get_bounded(
     uri: &str,
     max_bytes: usize,
 ) -> Result<(Vec<u8>, Option<Duration>), JwksError> {
-    let fetch_err = |e: reqwest::Error| JwksError::Fetch(e.without_url().to_string());
+    let fetch_err = fetch_error;
     let mut response = client.get(uri).send().await.map_err(fetch_err)?;
     if !response.status().is_success() {
         return Err(JwksError::Status(response.status().as_u16()));
@@ -503,6 +505,27 @@ async fn get_bounded(
         body.extend_from_slice(&chunk);
     }
     Ok((body, max_age))
+}
+
+/// A failed request as an operator can act on it: a timeout says so, and other failures
+/// carry their causes ("error sending request" alone names none). The URL is left out: it is
+/// in the configuration, and a redirect target is not ours to log.
+fn fetch_error(err: reqwest::Error) -> JwksError {
+    if err.is_timeout() {
+        return JwksError::Timeout;
+    }
+    let err = err.without_url();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    JwksError::Fetch(text)
 }
 
 fn max_age(cache_control: &str) -> Option<Duration> {
@@ -555,7 +578,7 @@ pub async fn refresh(
         };
         let next = match fetched {
             Ok((set, max_age)) => {
-                metrics::counter!("cedargate_jwks_fetches_total", "issuer" => keys.issuer.clone(), "result" => "ok").increment(1);
+                metrics::counter!(crate::telemetry::JWKS_FETCHES_TOTAL, "issuer" => keys.issuer.clone(), "result" => "ok").increment(1);
                 tracing::info!(issuer = %keys.issuer, keys = set.len(), "key set fetched");
                 keys.store(set);
                 backoff = Duration::from_secs(1);
@@ -564,8 +587,12 @@ pub async fn refresh(
                     .clamp(settings.refresh_min, settings.refresh_max)
             }
             Err(err) => {
-                metrics::counter!("cedargate_jwks_fetches_total", "issuer" => keys.issuer.clone(), "result" => "error").increment(1);
-                tracing::warn!(issuer = %keys.issuer, error = %err, retry_in = ?backoff, "key set fetch failed; serving the last good keys");
+                metrics::counter!(crate::telemetry::JWKS_FETCHES_TOTAL, "issuer" => keys.issuer.clone(), "result" => "error").increment(1);
+                if keys.is_loaded() {
+                    tracing::warn!(issuer = %keys.issuer, error = %err, retry_in_seconds = backoff.as_secs(), "key set fetch failed; serving the last good keys");
+                } else {
+                    tracing::warn!(issuer = %keys.issuer, error = %err, retry_in_seconds = backoff.as_secs(), "key set fetch failed; no key set yet: this issuer's tokens are refused (401) and /readyz is 503");
+                }
                 let wait = backoff;
                 backoff = (backoff * 2).min(settings.refresh_min.max(Duration::from_secs(1)));
                 wait

@@ -149,7 +149,13 @@ pub fn incoming(
                 let uid = stream.peer_cred().map(|c| c.uid()).ok();
                 if !uid.is_some_and(|uid| allowed_uids.contains(&uid)) {
                     telemetry::rejected("peer_uid");
-                    tracing::warn!(uid = ?uid, "unix socket peer refused: UID not in listen.unix_allowed_uids");
+                    match uid {
+                        Some(uid) => tracing::warn!(
+                            uid,
+                            "unix socket peer refused: UID not in listen.unix_allowed_uids"
+                        ),
+                        None => tracing::warn!("unix socket peer refused: its UID cannot be read"),
+                    }
                     continue;
                 }
             }
