@@ -121,7 +121,7 @@ pub fn explain_response(
                 })
                 .collect(),
         ),
-        Outcome::Deny(reason) => (reason.to_string(), Vec::new()),
+        Outcome::Deny(_) => (decision.deny_message().unwrap_or_default(), Vec::new()),
     };
     let cedar_request = call.as_ref().map(|call| pb::CedarRequest {
         principal: call.principal.to_string(),

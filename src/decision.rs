@@ -228,6 +228,24 @@ impl Decision {
         &self.evaluation.outcome
     }
 
+    /// Why the request was denied, in words (`None` for an allow). A policy deny says which
+    /// `forbid` decided it, or that no `permit` matched: two different things to fix.
+    pub fn deny_message(&self) -> Option<String> {
+        match &self.evaluation.outcome {
+            Outcome::Allow => None,
+            Outcome::Deny(DenyReason::PolicyDenied) if !self.evaluation.policy_ids.is_empty() => {
+                let ids: Vec<String> = self
+                    .evaluation
+                    .policy_ids
+                    .iter()
+                    .map(|id| format!("`{id}`"))
+                    .collect();
+                Some(format!("forbidden by policy {}", ids.join(", ")))
+            }
+            Outcome::Deny(reason) => Some(reason.to_string()),
+        }
+    }
+
     /// `allow`, or the deny reason code.
     pub fn reason_code(&self) -> &'static str {
         match &self.evaluation.outcome {

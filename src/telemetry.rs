@@ -260,14 +260,12 @@ pub fn decided(decision: &Decision, elapsed: Duration, sampler: &Sampler) {
     metrics::counter!(DECISIONS_TOTAL, "decision" => verdict, "reason" => reason, "enforced" => enforced)
         .increment(1);
     metrics::histogram!(CHECK_DURATION).record(elapsed.as_secs_f64());
-    let detail = match decision.outcome() {
-        Outcome::Allow => None,
-        Outcome::Deny(reason @ (DenyReason::Unauthenticated(_) | DenyReason::Peer(_))) => {
-            metrics::counter!(AUTH_FAILURES_TOTAL, "reason" => reason.code()).increment(1);
-            Some(reason.to_string())
-        }
-        Outcome::Deny(reason) => Some(reason.to_string()),
-    };
+    if let Outcome::Deny(reason @ (DenyReason::Unauthenticated(_) | DenyReason::Peer(_))) =
+        decision.outcome()
+    {
+        metrics::counter!(AUTH_FAILURES_TOTAL, "reason" => reason.code()).increment(1);
+    }
+    let detail = decision.deny_message();
     if decision.is_allow() && !sampler.sample() {
         return;
     }

@@ -78,8 +78,26 @@ async fn explain_agrees_with_check_and_shows_the_cedar_request() {
         } else {
             assert!(explained.determining_policies.is_empty());
             assert_eq!(explained.http_status, 403);
+            assert_eq!(explained.message, "no policy permits this request");
         }
     }
+
+    // A deny by a `forbid` names it, rather than claiming that nothing permits the request.
+    let token = key.sign(&claims(ISS, "orders", "alice"));
+    let foreign = check("GET", "/orders/1002")
+        .bearer(&token)
+        .peer("spiffe://partner.example/ns/x/sa/y")
+        .build();
+    let explained = api
+        .explain(ExplainRequest {
+            check_request: foreign.encode_to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(explained.reason, "policy_denied");
+    assert_eq!(explained.determining_policies, ["foreign-workloads"]);
+    assert_eq!(explained.message, "forbidden by policy `foreign-workloads`");
 
     // An explanation is not a decision: neither counted nor logged as one.
     let metrics = server.metrics().await;

@@ -391,6 +391,12 @@ async fn attacks_are_refused_with_their_reason() {
             "missing_claim",
         ),
         (
+            // A date of the wrong type is malformed, not missing.
+            "exp as a string",
+            with(&|c| c["exp"] = json!(now().to_string())),
+            "malformed_token",
+        ),
+        (
             "another issuer's key, same kid",
             attacker.sign(&good),
             "bad_signature",

@@ -378,7 +378,9 @@ impl IssuerPolicy {
                 v.set_audience(&config.audiences);
                 v.set_issuer(&[&config.issuer]);
                 v.sub = None;
-                v.required_spec_claims = ["exp", "iss", "aud", "sub"]
+                // `exp` is required below, after its type is checked: jsonwebtoken reports an
+                // `exp` of the wrong type as a missing claim, which misleads whoever debugs it.
+                v.required_spec_claims = ["iss", "aud", "sub"]
                     .iter()
                     .map(|c| (*c).to_owned())
                     .collect();
@@ -433,6 +435,9 @@ impl IssuerPolicy {
                     ErrorKind::InvalidAudience => TokenError::Audience,
                     ErrorKind::InvalidIssuer => TokenError::UnknownIssuer,
                     ErrorKind::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
+                    ErrorKind::InvalidClaimFormat(_) => {
+                        TokenError::Malformed("a date claim is not a number")
+                    }
                     ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                         TokenError::KeyMismatch
                     }
