@@ -48,7 +48,8 @@ pub enum ConfigError {
 /// One invalid field: where, what, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    pub field: &'static str,
+    /// The field's path, such as `listen.grpc` or `issuers[1].audiences`.
+    pub field: std::borrow::Cow<'static, str>,
     pub value: String,
     pub fix: &'static str,
 }
@@ -430,7 +431,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         None => defaults.listen.grpc.clone(),
         Some(text) => GrpcListen::parse(&text).unwrap_or_else(|| {
             problems.push(Problem {
-                field: "listen.grpc",
+                field: "listen.grpc".into(),
                 value: text,
                 fix: "write an IP address and port (127.0.0.1:9191, [::1]:9191) or unix:/absolute/path.sock",
             });
@@ -444,28 +445,28 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         && (api == admin || grpc == GrpcListen::Tcp(api))
     {
         problems.push(Problem {
-            field: "listen.api",
+            field: "listen.api".into(),
             value: api.to_string(),
             fix: "the API listener needs an address of its own; use another port than listen.grpc and listen.admin",
         });
     }
     if unix_allowed_uids.is_some() && !matches!(grpc, GrpcListen::Unix(_)) {
         problems.push(Problem {
-            field: "listen.unix_allowed_uids",
+            field: "listen.unix_allowed_uids".into(),
             value: String::new(),
             fix: "peer UIDs can only be checked on a Unix socket: set listen.grpc to unix:/path or remove this",
         });
     }
     if matches!(grpc, GrpcListen::Unix(_)) && tls.is_some() {
         problems.push(Problem {
-            field: "tls",
+            field: "tls".into(),
             value: String::new(),
             fix: "TLS is for the TCP listener; a Unix socket is protected by its file permissions and listen.unix_allowed_uids",
         });
     }
     if grpc == GrpcListen::Tcp(admin) && admin.port() != 0 {
         problems.push(Problem {
-            field: "listen.admin",
+            field: "listen.admin".into(),
             value: admin.to_string(),
             fix: "the admin listener needs an address of its own; use another port than listen.grpc",
         });
@@ -475,7 +476,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
     let policies = match policies {
         Some(RawPolicies { dir, .. }) if dir.as_os_str().is_empty() => {
             problems.push(Problem {
-                field: "policies.dir",
+                field: "policies.dir".into(),
                 value: String::new(),
                 fix: "name the directory that holds the *.cedar files and the schema",
             });
@@ -590,7 +591,18 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         issuers: {
             let built: Vec<IssuerConfig> = issuers
                 .into_iter()
-                .map(|raw| issuers::build_issuer(raw, base, &mut problems))
+                .enumerate()
+                .map(|(index, raw)| {
+                    let first = problems.len();
+                    let built = issuers::build_issuer(raw, base, &mut problems);
+                    // Say which issuer: `issuers[1].audiences`, not `issuers[].audiences`.
+                    for problem in problems.iter_mut().skip(first) {
+                        if let Some(rest) = problem.field.strip_prefix("issuers[]") {
+                            problem.field = format!("issuers[{index}]{rest}").into();
+                        }
+                    }
+                    built
+                })
                 .collect();
             issuers::check_distinct(&built, &mut problems);
             built
@@ -617,7 +629,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
                 // against, that default would silently accept any client.
                 if client_ca.is_none() && require_client_cert != Some(false) {
                     problems.push(Problem {
-                        field: "tls.client_ca",
+                        field: "tls.client_ca".into(),
                         value: String::new(),
                         fix: "name the CA bundle that Envoy's client certificate chains to; to accept any TLS client instead (not recommended: anyone who reaches the port can ask for decisions), say `require_client_cert: false`",
                     });
@@ -647,7 +659,7 @@ fn socket_addr(
     let Some(value) = value else { return default };
     value.parse().unwrap_or_else(|_| {
         problems.push(Problem {
-            field,
+            field: field.into(),
             value,
             fix: "write an IP address and port, such as 127.0.0.1:9191 or [::1]:9191",
         });
@@ -664,7 +676,7 @@ pub(crate) fn positive(
     match value {
         Some(0) => {
             problems.push(Problem {
-                field,
+                field: field.into(),
                 value: "0".into(),
                 fix: "must be at least 1",
             });
@@ -672,7 +684,7 @@ pub(crate) fn positive(
         }
         Some(v) if v > MAX_COUNT => {
             problems.push(Problem {
-                field,
+                field: field.into(),
                 value: v.to_string(),
                 fix: "must be at most 4294967296",
             });
@@ -700,7 +712,7 @@ pub(crate) fn duration(
         Ok(d) if !d.is_zero() && d <= MAX_DURATION => d,
         _ => {
             problems.push(Problem {
-                field,
+                field: field.into(),
                 value,
                 fix: "write a positive duration of at most a year, such as 250ms, 5s or 1m",
             });
@@ -829,13 +841,14 @@ issuers:
         .unwrap_err()
         .to_string();
         for expected in [
-            "`issuers[].jwks.uri` = `http://idp.example/jwks.json`",
-            "`issuers[].jwks.uri` = `http://127.0.0.1:8080/jwks.json`",
-            "`issuers[].algorithms` = `HS256`",
-            "`issuers[].algorithms` = `none`",
-            "`issuers[].issuer` = `http://idp.example`",
+            // Each issuer's own problems name it by its index.
+            "`issuers[0].jwks.uri` = `http://idp.example/jwks.json`",
+            "`issuers[1].jwks.uri` = `http://127.0.0.1:8080/jwks.json`",
+            "`issuers[1].algorithms` = `HS256`",
+            "`issuers[1].algorithms` = `none`",
+            "`issuers[2].issuer` = `http://idp.example`",
             "`issuers[].issuer` = `https://idp.example`",
-            "`issuers[].audiences`",
+            "`issuers[2].audiences`",
         ] {
             assert!(err.contains(expected), "{expected} not in {err}");
         }
@@ -855,7 +868,7 @@ issuers:
         let ConfigError::Invalid { problems, .. } = err else {
             panic!("expected Invalid, got {err}");
         };
-        let fields: Vec<_> = problems.iter().map(|p| p.field).collect();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_ref()).collect();
         assert_eq!(
             fields,
             ["listen.grpc", "limits.max_inflight", "limits.check_timeout"]

@@ -92,6 +92,7 @@ fn validate_accepts_the_example_set() {
     let output = cedargate(&["validate", "--policies", "policies"]);
     assert!(output.status.success(), "{}", stdout(&output));
     assert!(stdout(&output).contains("policies: valid (8 policies, 7 routes"));
+    assert_eq!(stderr(&output), "");
 
     let output = cedargate(&["validate", "--policies", "policies", "--format", "json"]);
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -108,7 +109,9 @@ fn validate_broken(policy: &str, offset: usize) -> (tempfile::TempDir, String, u
     let line = append(dir.path().join("orders.cedar"), policy) + offset;
     let output = cedargate(&["validate", "--policies", path(&dir)]);
     assert_eq!(output.status.code(), Some(1));
-    let out = stdout(&output);
+    // Problems and the verdict of an invalid set go to stderr; nothing to stdout.
+    assert_eq!(stdout(&output), "");
+    let out = stderr(&output);
     let expected = format!("{}:{line}:", dir.path().join("orders.cedar").display());
     assert!(out.contains(&expected), "{expected} in\n{out}");
     (dir, out, line)
@@ -122,8 +125,9 @@ fn validate_reports_a_broken_policy_with_file_line_and_policy_id() {
         3,
     );
     let file = dir.path().join("orders.cedar");
-    assert!(out.contains("(policy `typo`)"), "{out}");
-    assert!(out.contains("invalid (1 errors"), "{out}");
+    // The policy is named once, whether Cedar's message names it or cedargate adds it.
+    assert_eq!(out.matches("`typo`").count(), 1, "{out}");
+    assert!(out.contains("invalid (1 error,"), "{out}");
 
     let output = cedargate(&["validate", "--policies", path(&dir), "--format", "json"]);
     assert_eq!(output.status.code(), Some(1));
@@ -156,7 +160,7 @@ fn validate_warns_about_a_policy_no_request_reaches() {
         "\n@id(\"archive\")\npermit (principal, action == Action::\"orders:archive\", resource);\n",
     );
     let output = cedargate(&["validate", "--policies", path(&dir)]);
-    let out = stdout(&output);
+    let out = stderr(&output);
     assert!(output.status.success(), "a warning is not an error: {out}");
     let expected = format!(
         "warning: {}:{}:1: no request can reach this policy's action (Action::\"orders:archive\")",
@@ -164,7 +168,11 @@ fn validate_warns_about_a_policy_no_request_reaches() {
         line + 1
     );
     assert!(out.contains(&expected), "{expected} in\n{out}");
-    assert!(out.contains("1 warnings"), "{out}");
+    assert!(
+        stdout(&output).contains("; 1 warning)"),
+        "{}",
+        stdout(&output)
+    );
     // --strict makes warnings fail.
     let output = cedargate(&["validate", "--policies", path(&dir), "--strict"]);
     assert_eq!(output.status.code(), Some(1));
@@ -187,7 +195,7 @@ fn validate_checks_the_configuration_against_the_schema() {
         config.to_str().unwrap(),
     ]);
     assert_eq!(output.status.code(), Some(1));
-    let out = stdout(&output);
+    let out = stderr(&output);
     assert!(
         out.contains(&format!(
             "{}: issuer `https://idp.example`: `Robot` (its principal_type or group_type) is not an entity type of the schema",
@@ -200,9 +208,34 @@ fn validate_checks_the_configuration_against_the_schema() {
     let output = cedargate(&["validate", "--config", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        stdout(&output).contains(&format!("{}:3:", config.display())),
+        stderr(&output).contains(&format!("{}:3:", config.display())),
         "{}",
-        stdout(&output)
+        stderr(&output)
+    );
+
+    // A second issuer's problem names that issuer, and the file is named once.
+    std::fs::write(
+        &config,
+        "issuers:
+  - issuer: https://a.example
+    audiences: [orders]
+    jwks: { file: jwks.json }
+    principal_type: User
+  - issuer: https://b.example
+    audiences: []
+    jwks: { file: jwks.json }
+    principal_type: Service
+",
+    )
+    .unwrap();
+    let output = cedargate(&["validate", "--config", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(err.contains("`issuers[1].audiences`"), "{err}");
+    assert_eq!(
+        err.matches(&config.display().to_string()).count(),
+        1,
+        "{err}"
     );
 }
 
@@ -276,6 +309,8 @@ fn a_failing_case_shows_expected_and_actual_and_fails_the_run() {
     let output = cedargate(&["test", path(&dir), "--filter", "no such case"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("no test case ran"));
+    // No file is listed when none of its cases ran.
+    assert_eq!(stdout(&output), "0 passed, 0 failed\n");
 }
 
 #[test]
@@ -511,5 +546,26 @@ fn check_explains_a_decision_offline() {
         output.status.code(),
         Some(2),
         "--json takes the whole request"
+    );
+}
+
+#[test]
+fn check_against_a_server_refuses_claims_naming_the_flags() {
+    // A running server trusts only its real issuers: claims to sign offline make no sense
+    // there, and the message must name the flags the user typed, not a test-case field.
+    let output = cedargate(&[
+        "check",
+        "--server",
+        "127.0.0.1:1",
+        "--path",
+        "/orders",
+        "--claims",
+        r#"{"sub":"alice"}"#,
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(
+        err.contains("--claims") && err.contains("--server"),
+        "{err}"
     );
 }

@@ -38,11 +38,12 @@ pub struct CheckArgs {
     /// A request header, `name: value` (repeatable).
     #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
-    /// Token claims as JSON, signed offline with the ephemeral test key.
-    #[arg(long, value_name = "JSON", conflicts_with = "token")]
+    /// Token claims as JSON, signed offline with the ephemeral test key (not with `--server`:
+    /// a running server trusts only its real issuers; pass `--token`).
+    #[arg(long, value_name = "JSON", conflicts_with_all = ["token", "server"])]
     pub claims: Option<String>,
     /// The test issuer that signs `--claims` (by its `iss`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "server")]
     pub issuer: Option<String>,
     /// A token sent as it is.
     #[arg(long)]

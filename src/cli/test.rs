@@ -527,6 +527,10 @@ fn describe(response: &api::pb::ExplainResponse) -> String {
 }
 
 fn print_file(result: &FileResult, verbose: bool) {
+    // A file none of whose cases `--filter` selected has nothing to show.
+    if result.cases.is_empty() && result.error.is_none() {
+        return;
+    }
     say!("{}", result.path.display());
     if let Some(err) = &result.error {
         say!("  ERROR {err}");

@@ -114,6 +114,11 @@ pub fn validate(policies: Option<&Path>, config_path: Option<&Path>) -> Report {
 /// A configuration error, positioned where the YAML parser could say.
 fn config_problem(file: &Path, err: &crate::config::ConfigError) -> Problem {
     let mut problem = Problem::in_file(file, err.to_string());
+    // The problem names the file already: the error's own `<path>: ` prefix would repeat it.
+    let prefix = format!("{}: ", file.display());
+    if let Some(message) = problem.message.strip_prefix(&prefix) {
+        problem.message = message.to_owned();
+    }
     if let crate::config::ConfigError::Parse {
         line,
         column,
@@ -146,28 +151,38 @@ fn check_issuers(config: &Config, path: &Path, snapshot: &Snapshot, errors: &mut
     }
 }
 
+/// Problems go to stderr, like a compiler's; the verdict of a valid set to stdout, of an
+/// invalid one to stderr. (`--format json` writes the whole report to stdout.)
 fn print_text(report: &Report, failed: bool) {
     for problem in &report.errors {
-        say!("error: {problem}");
+        eprintln!("error: {problem}");
     }
     for problem in &report.warnings {
-        say!("warning: {problem}");
+        eprintln!("warning: {problem}");
     }
+    let warnings = counted(report.warnings.len(), "warning");
     match &report.summary {
         Some(s) if !failed => say!(
-            "{}: valid ({} policies, {} routes, version {}; {} warnings)",
+            "{}: valid ({}, {}, version {}; {warnings})",
             report.dir.display(),
-            s.policies,
-            s.routes,
+            counted(s.policies, "policy"),
+            counted(s.routes, "route"),
             s.version,
-            report.warnings.len()
         ),
-        _ => say!(
-            "{}: invalid ({} errors, {} warnings)",
+        _ => eprintln!(
+            "{}: invalid ({}, {warnings})",
             report.dir.display(),
-            report.errors.len(),
-            report.warnings.len()
+            counted(report.errors.len(), "error"),
         ),
+    }
+}
+
+/// `1 error`, `2 errors`; `1 policy`, `2 policies`.
+fn counted(n: usize, word: &str) -> String {
+    match (n, word.strip_suffix('y')) {
+        (1, _) => format!("{n} {word}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        (_, None) => format!("{n} {word}s"),
     }
 }
 

@@ -62,7 +62,7 @@ pub(super) fn build(raw: RawDecisionLog, problems: &mut Vec<Problem>) -> Decisio
         Some(rate) if (0.0..=1.0).contains(&rate) => rate,
         Some(rate) => {
             problems.push(Problem {
-                field: "log.decisions.sample_allow",
+                field: "log.decisions.sample_allow".into(),
                 value: rate.to_string(),
                 fix: "a fraction of allows to log, from 0 (none) to 1 (all); denies are always logged",
             });

@@ -526,7 +526,7 @@ impl IssuerConfig {
 
 fn problem(field: &'static str, value: &str, fix: &'static str) -> Problem {
     Problem {
-        field,
+        field: field.into(),
         value: value.to_owned(),
         fix,
     }

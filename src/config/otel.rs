@@ -34,7 +34,7 @@ pub(super) fn build(raw: RawOtel, problems: &mut Vec<Problem>) -> Option<OtelSet
     let endpoint = otlp_endpoint?;
     if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
         problems.push(Problem {
-            field: "tracing.otlp_endpoint",
+            field: "tracing.otlp_endpoint".into(),
             value: endpoint,
             fix: "write the collector's OTLP gRPC URL, such as http://127.0.0.1:4317",
         });
@@ -45,7 +45,7 @@ pub(super) fn build(raw: RawOtel, problems: &mut Vec<Problem>) -> Option<OtelSet
         Some(r) if (0.0..=1.0).contains(&r) => r,
         Some(r) => {
             problems.push(Problem {
-                field: "tracing.sample_ratio",
+                field: "tracing.sample_ratio".into(),
                 value: r.to_string(),
                 fix: "a fraction between 0 and 1",
             });

@@ -206,13 +206,14 @@ impl Authenticator {
         if let Some(entry) = self.cache.get(&hash, now) {
             let issuer = self.issuers.get(entry.issuer);
             if issuer.is_some_and(|i| i.keys.keys().contains(&entry.key)) {
-                metrics::counter!(crate::telemetry::TOKEN_CACHE_TOTAL, "result" => "hit")
+                metrics::counter!(crate::telemetry::names::TOKEN_CACHE_TOTAL, "result" => "hit")
                     .increment(1);
                 return Ok(Some(entry.token));
             }
             self.cache.remove(&hash);
         }
-        metrics::counter!(crate::telemetry::TOKEN_CACHE_TOTAL, "result" => "miss").increment(1);
+        metrics::counter!(crate::telemetry::names::TOKEN_CACHE_TOTAL, "result" => "miss")
+            .increment(1);
         if let Some(err) = self.cache.failure(&hash) {
             return Err(err);
         }
@@ -221,7 +222,7 @@ impl Authenticator {
             Ok(_) => "ok",
             Err(err) => err.code(),
         };
-        metrics::counter!(crate::telemetry::TOKEN_VERIFICATIONS_TOTAL, "result" => label)
+        metrics::counter!(crate::telemetry::names::TOKEN_VERIFICATIONS_TOTAL, "result" => label)
             .increment(1);
         if let Err(err) = &result {
             self.cache.insert_failure(hash, err.clone());

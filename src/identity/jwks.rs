@@ -329,11 +329,13 @@ impl IssuerKeys {
 
     fn store(&self, mut set: KeySet) {
         set.reuse(&self.current.load());
-        metrics::gauge!(crate::telemetry::JWKS_KEYS, "issuer" => self.issuer.clone())
+        metrics::gauge!(crate::telemetry::names::JWKS_KEYS, "issuer" => self.issuer.clone())
             .set(set.len() as f64);
         self.current.store(Arc::new(set));
-        let now = crate::telemetry::unix_now();
-        metrics::gauge!(crate::telemetry::JWKS_LOADED_AT, "issuer" => self.issuer.clone())
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        metrics::gauge!(crate::telemetry::names::JWKS_LOADED_AT, "issuer" => self.issuer.clone())
             .set(now as f64);
         self.stored_at.store(now, Ordering::Release);
         self.loaded.store(true, Ordering::Release);
@@ -578,7 +580,7 @@ pub async fn refresh(
         };
         let next = match fetched {
             Ok((set, max_age)) => {
-                metrics::counter!(crate::telemetry::JWKS_FETCHES_TOTAL, "issuer" => keys.issuer.clone(), "result" => "ok").increment(1);
+                metrics::counter!(crate::telemetry::names::JWKS_FETCHES_TOTAL, "issuer" => keys.issuer.clone(), "result" => "ok").increment(1);
                 tracing::info!(issuer = %keys.issuer, keys = set.len(), "key set fetched");
                 keys.store(set);
                 backoff = Duration::from_secs(1);
@@ -587,7 +589,7 @@ pub async fn refresh(
                     .clamp(settings.refresh_min, settings.refresh_max)
             }
             Err(err) => {
-                metrics::counter!(crate::telemetry::JWKS_FETCHES_TOTAL, "issuer" => keys.issuer.clone(), "result" => "error").increment(1);
+                metrics::counter!(crate::telemetry::names::JWKS_FETCHES_TOTAL, "issuer" => keys.issuer.clone(), "result" => "error").increment(1);
                 if keys.is_loaded() {
                     tracing::warn!(issuer = %keys.issuer, error = %err, retry_in_seconds = backoff.as_secs(), "key set fetch failed; serving the last good keys");
                 } else {

@@ -40,7 +40,10 @@ impl fmt::Display for Problem {
             write!(f, ":{line}:{column}")?;
         }
         write!(f, ": {}", self.message)?;
-        if let Some(id) = &self.policy_id {
+        // Cedar's own messages often name the policy already ("for policy `x`, …").
+        if let Some(id) = &self.policy_id
+            && !self.message.contains(&format!("`{id}`"))
+        {
             write!(f, " (policy `{id}`)")?;
         }
         if let Some(hint) = &self.hint {

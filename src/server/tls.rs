@@ -71,13 +71,13 @@ impl ReloadingConfig {
             match build(&self.settings) {
                 Ok(config) => {
                     tracing::info!("TLS certificates reloaded");
-                    metrics::counter!(crate::telemetry::TLS_RELOADS_TOTAL, "result" => "ok")
+                    metrics::counter!(crate::telemetry::names::TLS_RELOADS_TOTAL, "result" => "ok")
                         .increment(1);
                     self.current.store(Arc::new(config));
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "TLS reload failed; keeping the last good certificates");
-                    metrics::counter!(crate::telemetry::TLS_RELOADS_TOTAL, "result" => "error")
+                    metrics::counter!(crate::telemetry::names::TLS_RELOADS_TOTAL, "result" => "error")
                         .increment(1);
                 }
             }
@@ -212,7 +212,7 @@ fn failed(failure: Failure, detail: &str) {
         Failure::Timeout => "timeout",
         Failure::Busy => "busy",
     };
-    metrics::counter!(crate::telemetry::TLS_HANDSHAKE_FAILURES_TOTAL, "reason" => reason)
+    metrics::counter!(crate::telemetry::names::TLS_HANDSHAKE_FAILURES_TOTAL, "reason" => reason)
         .increment(1);
     tracing::debug!(reason, detail, "TLS handshake failed");
 }
