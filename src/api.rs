@@ -262,6 +262,18 @@ pub fn reflection() -> Result<
         .build_v1()
 }
 
+/// [`reflection`] for clients that speak only `grpc.reflection.v1alpha`.
+pub fn reflection_v1alpha() -> Result<
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+    tonic_reflection::server::Error,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

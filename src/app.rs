@@ -189,6 +189,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         .tcp_keepalive(Some(limits.keepalive_interval))
         .add_service(health_service)
         .add_service(reflection::service()?)
+        .add_service(reflection::service_v1alpha()?)
         .add_service(check);
     let grpc = match (grpc_listener, tls) {
         (Listener::Tcp(listener), Some(tls)) => tokio::spawn(router.serve_with_incoming_shutdown(
@@ -226,6 +227,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
             }
             let server = tonic::transport::Server::builder()
                 .add_service(crate::api::reflection()?)
+                .add_service(crate::api::reflection_v1alpha()?)
                 .add_service(crate::api::Api::new(shared.clone()).server())
                 .serve_with_incoming_shutdown(
                     TcpIncoming::from(listener).with_nodelay(Some(true)),
