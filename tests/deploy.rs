@@ -199,6 +199,37 @@ fn service_budget_autoscaler_and_network_policy_fit_the_deployment() {
     ] {
         assert!(listed.contains(&file), "{file} in kustomization.yaml");
     }
+    // Prometheus reaches the metrics under Istio's metrics merging (port 15020) and directly.
+    let policy = kind("deploy/kubernetes/networkpolicy.yaml", "NetworkPolicy");
+    let from_monitoring = policy["spec"]["ingress"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|rule| {
+            rule["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                == "monitoring"
+        })
+        .expect("an ingress rule for the monitoring namespace");
+    let ports: Vec<u64> = from_monitoring["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, [9192, 15020]);
+    // The image is a kustomize setting: the Deployment's image is the name `images:` sets.
+    let deployment = kind("deploy/kubernetes/deployment.yaml", "Deployment");
+    let image = str_of(
+        &deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        "image",
+    );
+    let images = kustomization["images"].as_sequence().expect("images:");
+    assert!(
+        images
+            .iter()
+            .any(|i| i["name"] == image && i["newTag"].is_string()),
+        "kustomization.yaml sets no tag for image {image}"
+    );
 }
 
 #[test]
