@@ -569,3 +569,32 @@ fn check_against_a_server_refuses_claims_naming_the_flags() {
         "{err}"
     );
 }
+
+#[test]
+fn test_reports_json_with_per_case_results_and_times() {
+    let output = cedargate(&["test", "policies/", "--format", "json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let passed = report["passed"].as_u64().unwrap();
+    assert!(passed >= 30, "{report}");
+    assert_eq!(report["failed"], 0);
+    let cases: Vec<&Value> = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| f["cases"].as_array().unwrap())
+        .collect();
+    assert_eq!(cases.len() as u64, passed);
+    for case in cases {
+        assert_eq!(case["passed"], true, "{case}");
+        assert!(
+            case["name"].as_str().is_some_and(|n| !n.is_empty()),
+            "{case}"
+        );
+        assert!(
+            case["duration_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+            "{case}"
+        );
+        assert!(case["line"].as_u64().is_some(), "{case}");
+    }
+}

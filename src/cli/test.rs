@@ -40,8 +40,12 @@ pub struct TestArgs {
     #[arg(long, short)]
     pub verbose: bool,
     /// List, per policy set, the policies that determined no case's decision.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "format")]
     pub coverage: bool,
+    /// `json`: one JSON document on stdout with every case's result and time (like
+    /// `opa test --format=json`), instead of the text report.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    pub format: String,
 }
 
 /// A test file.
@@ -117,6 +121,7 @@ pub fn run(args: TestArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json = args.format == "json";
     let mut results = Vec::new();
     for (file, dir_hint) in files {
         // The command line's --policies, then the directory the path argument implies, then
@@ -128,7 +133,9 @@ pub fn run(args: TestArgs) -> ExitCode {
             .map(PolicySource::Dir)
             .or_else(|| settings.policies.clone());
         let result = runtime.block_on(run_file(&file, hint, &settings, args.filter.as_deref()));
-        print_file(&result, args.verbose);
+        if !json {
+            print_file(&result, args.verbose);
+        }
         results.push(result);
     }
     if args.coverage {
@@ -145,11 +152,15 @@ pub fn run(args: TestArgs) -> ExitCode {
         .filter(|c| !c.failures.is_empty())
         .count();
     let broken = results.iter().filter(|f| f.error.is_some()).count();
-    let mut summary = format!("{passed} passed, {failed} failed");
-    if broken > 0 {
-        summary.push_str(&format!(", {broken} files with errors"));
+    if json {
+        say!("{}", to_json(&results, passed, failed, broken));
+    } else {
+        let mut summary = format!("{passed} passed, {failed} failed");
+        if broken > 0 {
+            summary.push_str(&format!(", {broken} files with errors"));
+        }
+        say!("{summary}");
     }
-    say!("{summary}");
     if let Some(path) = &args.junit
         && let Err(err) = write_junit(path, &results)
     {
@@ -524,6 +535,44 @@ fn describe(response: &api::pb::ExplainResponse) -> String {
         parts.push(response.message.clone());
     }
     parts.join("; ")
+}
+
+/// The `--format json` report: totals, then each file with its cases (name, line, pass or
+/// the failures, what was decided, the determining policies, the time in milliseconds).
+fn to_json(results: &[FileResult], passed: usize, failed: usize, broken: usize) -> String {
+    let files: Vec<serde_json::Value> = results
+        .iter()
+        .filter(|f| !f.cases.is_empty() || f.error.is_some())
+        .map(|f| {
+            let cases: Vec<serde_json::Value> = f
+                .cases
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "name": c.name,
+                        "line": c.line,
+                        "passed": c.failures.is_empty(),
+                        "failures": c.failures,
+                        "decided": c.summary,
+                        "policies": c.policies,
+                        "duration_ms": c.elapsed.as_secs_f64() * 1000.0,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "file": f.path.display().to_string(),
+                "error": f.error,
+                "cases": cases,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "passed": passed,
+        "failed": failed,
+        "files_with_errors": broken,
+        "files": files,
+    })
+    .to_string()
 }
 
 fn print_file(result: &FileResult, verbose: bool) {
