@@ -16,6 +16,11 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 
 const BIN: &str = env!("CARGO_BIN_EXE_cedargate");
 
+/// The `/metrics` text at `url`.
+async fn scrape(url: &str) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
 /// Kills the server if the test fails before it exits, so a failure never leaves it running
 /// (holding the test's output open).
 struct KillOnDrop(u32);
@@ -54,12 +59,7 @@ async fn serve_without_config_runs_the_embedded_example() {
     assert!(serving.get("api_addr").is_none(), "{serving}");
 
     // Before any check or reload: the policy version and the staleness gauges are there.
-    let metrics = reqwest::get(&metrics_url)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&metrics_url).await;
     assert_eq!(
         metric_value(&metrics, "cedargate_policy_info", &[]),
         1.0,
@@ -90,12 +90,7 @@ async fn serve_without_config_runs_the_embedded_example() {
     assert_eq!(Reply(reply).code(), tonic::Code::Ok);
 
     // Every metric family rendered has HELP text.
-    let metrics = reqwest::get(&metrics_url)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&metrics_url).await;
     let families: std::collections::BTreeSet<&str> = metrics
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
