@@ -16,6 +16,16 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 
 const BIN: &str = env!("CARGO_BIN_EXE_cedargate");
 
+/// A workload's `POST /orders`, which the example set allows.
+async fn assert_allowed(client: &mut AuthorizationClient<tonic::transport::Channel>) {
+    let reply = client
+        .check(check("POST", "/orders").peer(CHECKOUT).build())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(Reply(reply).code(), tonic::Code::Ok);
+}
+
 /// The `/metrics` text at `url`.
 async fn scrape(url: &str) -> String {
     reqwest::get(url).await.unwrap().text().await.unwrap()
@@ -82,12 +92,7 @@ async fn serve_without_config_runs_the_embedded_example() {
     let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
         .await
         .unwrap();
-    let reply = client
-        .check(check("POST", "/orders").peer(CHECKOUT).build())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(Reply(reply).code(), tonic::Code::Ok);
+    assert_allowed(&mut client).await;
 
     // Every metric family rendered has HELP text.
     let metrics = scrape(&metrics_url).await;
@@ -123,12 +128,7 @@ async fn serve_without_config_runs_the_embedded_example() {
             break;
         }
     }
-    let reply = client
-        .check(check("POST", "/orders").peer(CHECKOUT).build())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(Reply(reply).code(), tonic::Code::Ok);
+    assert_allowed(&mut client).await;
 
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
