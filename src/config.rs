@@ -162,6 +162,9 @@ pub struct Limits {
     /// `keepalive_timeout` is dropped.
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// Verdicts remembered per policy snapshot over all tokens (0 turns the decision cache
+    /// off).
+    pub decision_cache_entries: usize,
 }
 
 /// TLS on cedargate's own gRPC listener (the `tls:` section).
@@ -207,6 +210,7 @@ impl Default for Limits {
             max_concurrent_streams: 1024,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            decision_cache_entries: crate::policy::decisions::DEFAULT_ENTRIES,
         }
     }
 }
@@ -314,6 +318,7 @@ struct RawLimits {
     max_concurrent_streams: Option<usize>,
     keepalive_interval: Option<String>,
     keepalive_timeout: Option<String>,
+    decision_cache_entries: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -498,6 +503,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         max_concurrent_streams,
         keepalive_interval,
         keepalive_timeout,
+        decision_cache_entries,
     } = limits;
     let d = defaults.limits;
     let limits = Limits {
@@ -568,6 +574,16 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             d.keepalive_timeout,
             &mut problems,
         ),
+        // 0 is allowed here: it turns the cache off.
+        decision_cache_entries: match decision_cache_entries {
+            Some(0) => 0,
+            entries => positive(
+                entries,
+                "limits.decision_cache_entries",
+                d.decision_cache_entries,
+                &mut problems,
+            ),
+        },
     };
 
     let RawLog { format, decisions } = log;

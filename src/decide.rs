@@ -11,7 +11,9 @@
 //! or a refusal for a near miss) → the Cedar request
 //! ([`crate::policy::mapping`], from parts built once per snapshot and per token) → Cedar on
 //! the slice of policies that can apply ([`crate::policy::engine`]; an evaluation error is a
-//! deny).
+//! deny), unless the token already got a verdict on exactly the same inputs under the same
+//! snapshot ([`crate::policy::decisions`]; only [`evaluate`] recalls, [`explain`] and the
+//! reference always ask Cedar).
 //!
 //! [`evaluate_reference`] is the straightforward reference the core is proven equal to
 //! (`tests/decide.rs`): the whole entity store built for the request, the whole policy set, and
@@ -19,11 +21,11 @@
 
 use std::sync::Arc;
 
-use crate::decision::{DenyReason, Evaluation, Outcome};
+use crate::decision::{DenyReason, Evaluation, Outcome, Recall};
 use crate::identity::{Presented, Refused};
 use crate::policy::Snapshot;
 use crate::policy::engine::{self, Verdict};
-use crate::policy::mapping::{self, Build, CedarCall, MappingError};
+use crate::policy::mapping::{self, Build, CedarCall, Mapped, MappingError};
 use crate::request::Request;
 
 /// Decides one request against one snapshot.
@@ -118,20 +120,42 @@ fn run(
         Mode::Fast => mapping::map(snapshot, request, route, &identity, now, Build::Read),
         // Explain shows the whole context; what the fast path leaves out no policy can read.
         Mode::Explain => mapping::map(snapshot, request, route, &identity, now, Build::Everything),
-        Mode::Reference => mapping::map_with_whole_store(snapshot, request, route, &identity, now),
+        Mode::Reference => mapping::map_with_whole_store(snapshot, request, route, &identity, now)
+            .map(|call| Mapped::Call {
+                call,
+                remember: None,
+            }),
     };
-    let call = match mapped {
-        Ok(call) => call,
+    let (verdict, call) = match mapped {
+        Ok(Mapped::Recalled {
+            principal,
+            action,
+            resource,
+            verdict,
+        }) => {
+            evaluation.principal = Some(principal);
+            evaluation.action = Some(action);
+            evaluation.resource = Some(resource);
+            evaluation.recall = Recall::Hit;
+            (verdict, None)
+        }
+        Ok(Mapped::Call { call, remember }) => {
+            let verdict = match mode {
+                Mode::Fast | Mode::Explain => engine::evaluate(snapshot, &call),
+                Mode::Reference => engine::evaluate_full(snapshot, &call),
+            };
+            if let Some(remember) = remember {
+                remember.keep(&verdict);
+                evaluation.recall = Recall::Miss;
+            }
+            evaluation.principal = Some(call.principal.clone());
+            evaluation.action = Some(call.action.clone());
+            evaluation.resource = Some(call.resource.clone());
+            (verdict, Some(call))
+        }
         Err(err) if err.is_unknown_action() => return deny(evaluation, DenyReason::NoRoute(err)),
         Err(err) => return deny(evaluation, DenyReason::Mapping(err)),
     };
-    let verdict = match mode {
-        Mode::Fast | Mode::Explain => engine::evaluate(snapshot, &call),
-        Mode::Reference => engine::evaluate_full(snapshot, &call),
-    };
-    evaluation.principal = Some(call.principal.clone());
-    evaluation.action = Some(call.action.clone());
-    evaluation.resource = Some(call.resource.clone());
     match verdict {
         Verdict::Allow { determining } => {
             evaluation.policy_ids = determining;
@@ -143,5 +167,6 @@ fn run(
             evaluation.outcome = Outcome::Deny(DenyReason::PolicyError(failed));
         }
     }
-    (evaluation, (mode == Mode::Explain).then_some(call))
+    let call = call.filter(|_| mode == Mode::Explain);
+    (evaluation, call)
 }

@@ -68,6 +68,32 @@ pub struct Evaluation {
     pub version: Option<std::sync::Arc<str>>,
     /// The request matched a route with `dry_run: true`.
     pub route_dry_run: bool,
+    /// Whether the verdict came from the token's decision cache.
+    pub recall: Recall,
+}
+
+/// The decision cache's part in an evaluation ([`crate::policy::decisions`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Recall {
+    /// Cedar was not asked: the token got this verdict on the same inputs before.
+    Hit,
+    /// Cedar was asked, and its verdict is remembered for the next such request.
+    Miss,
+    /// Nothing is remembered for this request (no token, the policies read the time or the
+    /// request id, Explain, the reference) or it did not reach Cedar.
+    #[default]
+    Uncached,
+}
+
+impl Recall {
+    /// The `result` label of `cedargate_decision_cache_total`.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            Self::Hit => Some("hit"),
+            Self::Miss => Some("miss"),
+            Self::Uncached => None,
+        }
+    }
 }
 
 /// Everything about a decision that is not the policy's say: the request id, the headers to
@@ -102,6 +128,7 @@ impl Evaluation {
             policy_ids: Vec::new(),
             version: None,
             route_dry_run: false,
+            recall: Recall::Uncached,
         }
     }
 
@@ -372,6 +399,7 @@ mod tests {
                 policy_ids: vec!["p1".into()],
                 version: None,
                 route_dry_run: false,
+                recall: Recall::Uncached,
             },
             envelope: Envelope {
                 client_identity_headers: vec![

@@ -3,8 +3,10 @@
 //!
 //! Data flows `store` (load, validate, index into `slices`) → `routes` (which action and
 //! resource a path means) → `mapping` (principal, action, resource, context, entities) →
-//! `engine` (the Cedar decision, on the slice of policies that can apply).
+//! `engine` (the Cedar decision, on the slice of policies that can apply); `decisions` keeps
+//! a token's verdicts per snapshot so that the same inputs are not evaluated twice.
 
+pub mod decisions;
 pub mod engine;
 pub mod index;
 pub mod mapping;

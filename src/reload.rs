@@ -234,7 +234,7 @@ pub async fn reload(dir: &std::path::Path, shared: &Shared, issuer_types: &Issue
     }
     let version = snapshot.version.clone();
     telemetry::policy_warnings(&snapshot);
-    shared.snapshot.store(Arc::new(snapshot));
+    shared.install(snapshot);
     telemetry::policy_loaded(Some(&previous), &version);
     telemetry::policy_reload("success");
     tracing::info!(%version, %previous, "policy set reloaded");

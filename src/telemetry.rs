@@ -142,6 +142,9 @@ pub fn decided(decision: &Decision, elapsed: Duration, sampler: &Sampler) {
     metrics::counter!(DECISIONS_TOTAL, "decision" => verdict, "reason" => reason, "enforced" => enforced)
         .increment(1);
     metrics::histogram!(CHECK_DURATION).record(elapsed.as_secs_f64());
+    if let Some(result) = decision.evaluation.recall.label() {
+        metrics::counter!(DECISION_CACHE_TOTAL, "result" => result).increment(1);
+    }
     if let Outcome::Deny(reason @ (DenyReason::Unauthenticated(_) | DenyReason::Peer(_))) =
         decision.outcome()
     {

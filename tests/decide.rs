@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use cedargate::config::Limits;
 use cedargate::decide;
-use cedargate::decision::{Evaluation, Outcome};
+use cedargate::decision::{Evaluation, Outcome, Recall};
 use cedargate::identity::{Presented, VerifiedToken};
 use cedargate::policy::{Snapshot, store};
 use cedargate::server::check::prepare;
@@ -145,7 +145,10 @@ fn decide_both(
     )
 }
 
-/// Every case of the grid decided both ways; returns how often each reason occurred.
+/// Every case of the grid decided both ways, twice (the same token `Arc`s throughout, so the
+/// second pass and any case whose readable inputs equal an earlier one's may be recalled from
+/// the decision cache); returns how often each reason occurred, with `"recalled"` counting
+/// the decisions taken from the cache.
 fn compare(snapshot: &Snapshot) -> BTreeMap<String, usize> {
     let callers = [
         Caller::Token(token("alice", &["admins"], &[("tenant", "blue")])),
@@ -170,17 +173,23 @@ fn compare(snapshot: &Snapshot) -> BTreeMap<String, usize> {
         &[("x-tenant", "red"), ("x-block", "1")],
     ];
     let mut seen = BTreeMap::new();
-    for caller in &callers {
-        for (method, path) in targets {
-            for headers in header_sets {
-                let (core, reference) = decide_both(snapshot, method, path, headers, caller);
-                assert_eq!(
-                    said(&core),
-                    said(&reference),
-                    "{method} {path} {headers:?} {caller:?}"
-                );
-                assert_eq!(core.is_allow(), reference.is_allow());
-                *seen.entry(said(&core).0).or_insert(0) += 1;
+    for pass in 0..2 {
+        for caller in &callers {
+            for (method, path) in targets {
+                for headers in header_sets {
+                    let (core, reference) = decide_both(snapshot, method, path, headers, caller);
+                    assert_eq!(
+                        said(&core),
+                        said(&reference),
+                        "pass {pass}: {method} {path} {headers:?} {caller:?} ({:?})",
+                        core.recall
+                    );
+                    assert_eq!(core.is_allow(), reference.is_allow());
+                    *seen.entry(said(&core).0).or_insert(0) += 1;
+                    if core.recall == Recall::Hit {
+                        *seen.entry("recalled".to_owned()).or_insert(0) += 1;
+                    }
+                }
             }
         }
     }
@@ -295,7 +304,10 @@ when { context.request.headers.hasTag("x-block") };
         ENTITIES,
     );
     assert!(!snapshot.reads.context_varies());
-    compare_and_expect(&snapshot, &["allow", "policy_denied", "no_route"]);
+    compare_and_expect(
+        &snapshot,
+        &["allow", "policy_denied", "no_route", "recalled"],
+    );
 }
 
 fn evaluate(snapshot: &Snapshot, path: &str, token: &Arc<VerifiedToken>) -> Evaluation {
@@ -332,14 +344,20 @@ permit (principal in Group::"admins", action == Action::"orders:list", resource)
     // One token for every check, as the token cache hands it out.
     let alice = token("alice", &[], &[]);
     let before = load(policies, alice_admin);
-    assert!(evaluate(&before, "/orders", &alice).is_allow());
-    assert!(
-        evaluate(&before, "/orders", &alice).is_allow(),
-        "from the cache"
-    );
+    let first = evaluate(&before, "/orders", &alice);
+    assert!(first.is_allow());
+    assert_eq!(first.recall, Recall::Miss);
+    let again = evaluate(&before, "/orders", &alice);
+    assert!(again.is_allow());
+    assert_eq!(again.recall, Recall::Hit, "from the decision cache");
     let after = load(policies, alice_not_admin);
     let denied = evaluate(&after, "/orders", &alice);
     assert!(!denied.is_allow(), "{denied:?}");
+    assert_eq!(
+        denied.recall,
+        Recall::Miss,
+        "a reload is never served a verdict of the last set"
+    );
     assert!(evaluate(&load(policies, alice_admin), "/orders", &alice).is_allow());
 
     // A token that names a group, whose user the static entities put in another group: the
@@ -518,5 +536,141 @@ when { context has token && context.token.claims.hasTag("block") };
         let (core, reference) = decide_both(&snapshot, "GET", "/tickets/7", &[], &bob);
         assert_eq!(said(&core), said(&reference));
         assert!(core.is_allow(), "{:?}", core.outcome);
+    }
+}
+
+/// One check of `token` with everything a policy may read set by the caller.
+fn evaluate_at(
+    snapshot: &Snapshot,
+    (method, target): (&str, &str),
+    headers: &[(&str, &str)],
+    peer: Option<&str>,
+    token: &Arc<VerifiedToken>,
+) -> Evaluation {
+    let mut builder = check(method, target);
+    for (name, value) in headers {
+        builder = builder.header(name, value);
+    }
+    if let Some(peer) = peer {
+        builder = builder.peer(peer);
+    }
+    let prepared = prepare(
+        &Limits::default(),
+        &Default::default(),
+        envoy::input(builder.build()),
+        NOW,
+    )
+    .unwrap();
+    let presented = Presented {
+        peer: Arc::new(prepared.peer),
+        peer_refused: prepared.peer_refused.clone(),
+        token: Ok(Some(Arc::clone(token))),
+        token_required_by_default: true,
+    };
+    let core = decide::evaluate(snapshot, &prepared.request, &presented, NOW);
+    let reference = decide::evaluate_reference(snapshot, &prepared.request, &presented, NOW);
+    assert_eq!(
+        said(&core),
+        said(&reference),
+        "{method} {target} {headers:?} {peer:?}"
+    );
+    core
+}
+
+#[test]
+fn a_remembered_verdict_is_recalled_only_for_the_same_readable_inputs() {
+    // Each policy reads one kind of per-request value: a header, a query parameter, a path
+    // parameter (through the resource), the method and host, the peer.
+    let snapshot = load(
+        r#"
+@id("tenant")
+permit (principal, action == Action::"orders:list", resource)
+when { context.request.headers.hasTag("x-tenant") && context.request.headers.getTag("x-tenant") == "blue" };
+@id("query")
+permit (principal, action == Action::"orders:list", resource)
+when { context.request.query.hasTag("view") && context.request.query.getTag("view") == "mine" };
+@id("host")
+permit (principal, action == Action::"orders:read", resource)
+when { context.request.host == "shop.example" && context.request.method == "GET" };
+@id("peer")
+permit (principal, action == Action::"orders:create", resource)
+when { context.peer has spiffe_id && context.peer.spiffe_id == "spiffe://shop.example/ns/shop/sa/checkout" };
+@id("block")
+forbid (principal, action, resource)
+when { context.request.headers.hasTag("x-block") };
+"#,
+        ENTITIES,
+    );
+    let alice = token("alice", &[], &[]);
+    let list = ("GET", "/orders");
+    let blue = [("x-tenant", "blue")];
+    let run = |target, headers: &[(&str, &str)], peer| {
+        let e = evaluate_at(&snapshot, target, headers, peer, &alice);
+        (e.is_allow(), e.recall)
+    };
+    assert_eq!(run(list, &blue, None), (true, Recall::Miss));
+    assert_eq!(run(list, &blue, None), (true, Recall::Hit));
+    // A header no policy reads changes nothing a policy can see: the same verdict.
+    let noisy = [("x-tenant", "blue"), ("x-request-noise", "42")];
+    assert_eq!(run(list, &noisy, None), (true, Recall::Hit));
+    // Every readable change is a new evaluation, never the remembered verdict.
+    assert_eq!(
+        run(list, &[("x-tenant", "red")], None),
+        (false, Recall::Miss)
+    );
+    assert_eq!(
+        run(list, &[("x-tenant", "blue"), ("x-block", "1")], None),
+        (false, Recall::Miss)
+    );
+    assert_eq!(
+        run(("GET", "/orders?view=mine"), &[], None),
+        (true, Recall::Miss)
+    );
+    assert_eq!(
+        run(("GET", "/orders?view=all"), &[], None),
+        (false, Recall::Miss)
+    );
+    assert_eq!(
+        run(("GET", "/orders?view=mine"), &[], None),
+        (true, Recall::Hit)
+    );
+    assert_eq!(
+        run(("GET", "/orders/1001"), &[], None),
+        (true, Recall::Miss)
+    );
+    assert_eq!(
+        run(("GET", "/orders/1002"), &[], None),
+        (true, Recall::Miss)
+    );
+    assert_eq!(run(("GET", "/orders/1002"), &[], None), (true, Recall::Hit));
+    let create = ("POST", "/orders");
+    assert_eq!(run(create, &[], Some(CHECKOUT)), (true, Recall::Miss));
+    assert_eq!(run(create, &[], None), (false, Recall::Miss));
+    assert_eq!(run(create, &[], Some(CHECKOUT)), (true, Recall::Hit));
+    let partner = "spiffe://partner.example/ns/shop/sa/checkout";
+    assert_eq!(run(create, &[], Some(partner)), (false, Recall::Miss));
+    // Another token of the same user starts with its own, empty cache.
+    let again = token("alice", &[], &[]);
+    let e = evaluate_at(&snapshot, list, &blue, None, &again);
+    assert_eq!((e.is_allow(), e.recall), (true, Recall::Miss));
+}
+
+#[test]
+fn nothing_is_remembered_when_a_policy_reads_the_time_or_the_request_id() {
+    for condition in [
+        "context.time > 0",
+        "context.request.id == context.request.id",
+        "context == context",
+    ] {
+        let snapshot = load(
+            &format!("permit (principal, action, resource) when {{ {condition} }};"),
+            ENTITIES,
+        );
+        let alice = token("alice", &[], &[]);
+        for _ in 0..2 {
+            let e = evaluate_at(&snapshot, ("GET", "/orders"), &[], None, &alice);
+            assert!(e.is_allow(), "{condition}");
+            assert_eq!(e.recall, Recall::Uncached, "{condition}");
+        }
     }
 }

@@ -8,6 +8,12 @@
 //! policies. Outcome, reason, principal, action, resource, determining policies and failing
 //! policies must be identical (a refusal's message may word the same reason differently), and
 //! both allows and denies must occur.
+//!
+//! Each case is then decided again in a variant with the same token (the same `Arc`, as the
+//! token cache hands it out): the same request, or one input changed (a header no policy
+//! reads, the tenant, the block header, the method, the item). The variant too must be
+//! decided like the reference, whether its verdict is recalled from the token's decision cache
+//! or evaluated; recalls must occur, and never for a variant a policy can tell apart.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -19,7 +25,7 @@ use std::sync::{Arc, OnceLock};
 
 use cedargate::config::Limits;
 use cedargate::decide;
-use cedargate::decision::Evaluation;
+use cedargate::decision::{Evaluation, Recall};
 use cedargate::identity::{Presented, VerifiedToken};
 use cedargate::policy::{Snapshot, store};
 use cedargate::server::check::prepare;
@@ -94,6 +100,8 @@ struct Case {
     item: Option<usize>,
     tenant: Option<usize>,
     block: bool,
+    /// A header no policy reads.
+    noise: u16,
     /// Aim the request at the `i`-th generated policy (its service, user, group, tenant and
     /// an item the user owns), so that allows are common enough to compare.
     aimed: Option<usize>,
@@ -108,31 +116,35 @@ fn case() -> impl Strategy<Value = Case> {
         prop::option::of(0..8usize),
         prop::bool::weighted(0.05),
         prop::option::weighted(0.6, 0..5000usize),
+        any::<u16>(),
     )
-        .prop_map(|(caller, method, service, item, tenant, block, aimed)| {
-            let mut case = Case {
-                caller,
-                method,
-                service,
-                item,
-                tenant,
-                block,
-                aimed,
-            };
-            if let Some(i) = aimed {
-                let user = i % policygen::USERS;
-                case.service = i;
-                case.item = Some(user);
-                case.tenant = Some(i % 7);
-                if matches!(case.caller, Caller::User { .. }) {
-                    case.caller = Caller::User {
-                        id: user,
-                        groups: vec![i % policygen::GROUPS],
-                    };
+        .prop_map(
+            |(caller, method, service, item, tenant, block, aimed, noise)| {
+                let mut case = Case {
+                    caller,
+                    method,
+                    service,
+                    item,
+                    tenant,
+                    block,
+                    noise,
+                    aimed,
+                };
+                if let Some(i) = aimed {
+                    let user = i % policygen::USERS;
+                    case.service = i;
+                    case.item = Some(user);
+                    case.tenant = Some(i % 7);
+                    if matches!(case.caller, Caller::User { .. }) {
+                        case.caller = Caller::User {
+                            id: user,
+                            groups: vec![i % policygen::GROUPS],
+                        };
+                    }
                 }
-            }
-            case
-        })
+                case
+            },
+        )
 }
 
 /// What must agree between the core and the reference for one case: the outcome's reason
@@ -160,8 +172,75 @@ fn said(evaluation: &Evaluation) -> Said {
     }
 }
 
-/// The evaluations of the core and of the reference for one case.
-fn both(snapshot: &Snapshot, case: &Case) -> (Evaluation, Evaluation) {
+/// The token of a case's caller, if it has one.
+fn caller_token(case: &Case) -> Option<Arc<VerifiedToken>> {
+    match &case.caller {
+        Caller::User { id, groups } => Some(token(
+            "User",
+            format!("u{id}"),
+            groups.iter().map(|g| format!("g{g}")).collect(),
+            Vec::new(),
+        )),
+        Caller::Service { id, scopes } => Some(token(
+            "Service",
+            format!("s{id}"),
+            Vec::new(),
+            scopes.iter().map(|k| format!("svc{k}.read")).collect(),
+        )),
+        Caller::Workload { .. } | Caller::Anonymous => None,
+    }
+    .map(Arc::new)
+}
+
+/// How a case's second request differs from the first (same caller, same token).
+#[derive(Debug, Clone, Copy)]
+enum Variant {
+    Same,
+    Noise,
+    Tenant,
+    Block,
+    Method,
+    Item,
+}
+
+fn variant() -> impl Strategy<Value = Variant> {
+    prop::sample::select(vec![
+        Variant::Same,
+        Variant::Noise,
+        Variant::Tenant,
+        Variant::Block,
+        Variant::Method,
+        Variant::Item,
+    ])
+}
+
+impl Variant {
+    fn apply(self, case: &Case) -> Case {
+        let mut case = case.clone();
+        match self {
+            Self::Same => {}
+            Self::Noise => case.noise = case.noise.wrapping_add(1),
+            Self::Tenant => case.tenant = Some(case.tenant.map_or(0, |t| (t + 1) % 8)),
+            Self::Block => case.block = !case.block,
+            Self::Method => case.method = if case.method == "GET" { "PUT" } else { "GET" },
+            Self::Item => case.item = Some(case.item.map_or(0, |i| (i + 1) % 210)),
+        }
+        case
+    }
+
+    /// True when the variant changes nothing a policy of the generated sets can read.
+    fn unreadable(self) -> bool {
+        matches!(self, Self::Same | Self::Noise)
+    }
+}
+
+/// The evaluations of the core and of the reference for one case, with `token` as the
+/// caller's token.
+fn both(
+    snapshot: &Snapshot,
+    case: &Case,
+    token: Option<&Arc<VerifiedToken>>,
+) -> (Evaluation, Evaluation) {
     let services = snapshot.routes.actions().count() / 4;
     let _ = case.aimed;
     let path = match case.item {
@@ -175,34 +254,14 @@ fn both(snapshot: &Snapshot, case: &Case) -> (Evaluation, Evaluation) {
     if case.block {
         builder = builder.header("x-block", "1");
     }
-    let (token, peer) = match &case.caller {
-        Caller::User { id, groups } => (
-            Some(token(
-                "User",
-                format!("u{id}"),
-                groups.iter().map(|g| format!("g{g}")).collect(),
-                Vec::new(),
-            )),
-            None,
-        ),
-        Caller::Service { id, scopes } => (
-            Some(token(
-                "Service",
-                format!("s{id}"),
-                Vec::new(),
-                scopes.iter().map(|k| format!("svc{k}.read")).collect(),
-            )),
-            None,
-        ),
-        Caller::Workload { foreign } => (
-            None,
-            Some(if *foreign {
-                "spiffe://partner.example/ns/shop/sa/checkout"
-            } else {
-                "spiffe://shop.example/ns/shop/sa/checkout"
-            }),
-        ),
-        Caller::Anonymous => (None, None),
+    builder = builder.header("x-request-noise", &case.noise.to_string());
+    let peer = match &case.caller {
+        Caller::Workload { foreign } => Some(if *foreign {
+            "spiffe://partner.example/ns/shop/sa/checkout"
+        } else {
+            "spiffe://shop.example/ns/shop/sa/checkout"
+        }),
+        _ => None,
     };
     if let Some(peer) = peer {
         builder = builder.peer(peer);
@@ -218,7 +277,7 @@ fn both(snapshot: &Snapshot, case: &Case) -> (Evaluation, Evaluation) {
     let presented = Presented {
         peer: Arc::new(prepared.peer.clone()),
         peer_refused: prepared.peer_refused.clone(),
-        token: Ok(token.map(Arc::new)),
+        token: Ok(token.cloned()),
         token_required_by_default: false,
     };
     (
@@ -236,14 +295,32 @@ fn differential(snapshot: &Snapshot, cases: u32) {
     );
     let allows = std::cell::Cell::new(0u32);
     let denies = std::cell::Cell::new(0u32);
+    let recalled = std::cell::Cell::new(0u32);
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases,
         ..ProptestConfig::default()
     });
     runner
-        .run(&case(), |case| {
-            let (core, reference) = both(snapshot, &case);
+        .run(&(case(), variant()), |(case, variant)| {
+            let token = caller_token(&case);
+            let (core, reference) = both(snapshot, &case, token.as_ref());
             prop_assert_eq!(said(&core), said(&reference), "{:?}", case);
+            let second = variant.apply(&case);
+            let (again, reference) = both(snapshot, &second, token.as_ref());
+            prop_assert_eq!(
+                said(&again),
+                said(&reference),
+                "{:?} then {:?}",
+                case,
+                variant
+            );
+            if again.recall == Recall::Hit {
+                recalled.set(recalled.get() + 1);
+            }
+            // A verdict the first request left behind is what the same readable inputs get.
+            if core.recall == Recall::Miss && variant.unreadable() {
+                prop_assert_eq!(again.recall, Recall::Hit, "{:?} then {:?}", case, variant);
+            }
             if core.principal.is_some() {
                 if core.is_allow() {
                     allows.set(allows.get() + 1);
@@ -258,6 +335,8 @@ fn differential(snapshot: &Snapshot, cases: u32) {
     let (allows, denies) = (allows.get(), denies.get());
     assert!(allows >= cases / 50, "{allows} allows of {cases}");
     assert!(denies >= cases / 50, "{denies} denies of {cases}");
+    let recalled = recalled.get();
+    assert!(recalled >= cases / 10, "{recalled} recalls of {cases}");
 }
 
 #[test]

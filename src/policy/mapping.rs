@@ -29,6 +29,8 @@ use cedar_policy::{
 };
 
 use super::Snapshot;
+use super::decisions::{Decisions, Input, Key, KeyWriter};
+use super::engine::Verdict;
 use super::reads::Reads;
 use super::routes::{RouteMatch, action_uid};
 use crate::identity::{Identity, Principal};
@@ -81,6 +83,43 @@ pub struct CedarCall {
     pub entities: std::sync::Arc<Entities>,
 }
 
+/// What a mapping leads to: a verdict this token already got on exactly these inputs, or a
+/// Cedar call to evaluate.
+// One value per check, moved once: boxing the call would add an allocation to every evaluation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Mapped {
+    /// The verdict Cedar gave this token under this snapshot on the same inputs
+    /// ([`super::decisions`]).
+    Recalled {
+        principal: EntityUid,
+        action: EntityUid,
+        resource: EntityUid,
+        verdict: Verdict,
+    },
+    /// A Cedar call, and where its verdict is remembered (when it may be).
+    Call {
+        call: CedarCall,
+        remember: Option<Remember>,
+    },
+}
+
+/// Where the verdict of a [`Mapped::Call`] is remembered: its token's decisions under the
+/// snapshot, under the call's key.
+#[derive(Debug)]
+pub struct Remember {
+    principal: std::sync::Arc<PrincipalParts>,
+    key: Key,
+}
+
+impl Remember {
+    pub fn keep(self, verdict: &Verdict) {
+        if let Some(decisions) = &self.principal.decisions {
+            decisions.keep(self.key, verdict);
+        }
+    }
+}
+
 /// Helper entity types whose tags carry request maps.
 const HEADERS_TYPE: &str = "HttpHeaders";
 const QUERY_TYPE: &str = "HttpQuery";
@@ -100,6 +139,8 @@ struct Parts {
     context: Context,
     /// The helper entities built for this request (headers, query, path parameters).
     helpers: Vec<Entity>,
+    /// The values of `context` and `helpers` that differ per request.
+    key: KeyWriter,
 }
 
 impl Parts {
@@ -150,7 +191,9 @@ pub enum Build {
 /// Builds the Cedar request for one Check: its entity store holds the per-request entities
 /// and the static entities the evaluation can reach ([`super::index::EntityGraph`]), and the
 /// request is checked against the schema's `appliesTo` from the precomputed index (the
-/// context's shape is checked for every action when the policy set loads).
+/// context's shape is checked for every action when the policy set loads). With a token's
+/// cached parts, a verdict the token already got on the same inputs is recalled instead
+/// ([`super::decisions`]).
 pub fn map(
     snapshot: &Snapshot,
     request: &Request,
@@ -158,7 +201,7 @@ pub fn map(
     identity: &Identity,
     now: i64,
     build: Build,
-) -> Result<CedarCall, MappingError> {
+) -> Result<Mapped, MappingError> {
     let mut parts = parts(snapshot, request, route, identity, now, build)?;
     if !snapshot.index.applies(
         &parts.action,
@@ -183,6 +226,25 @@ pub fn map(
             group.type_name()
         )));
     }
+    // Only a token's cached parts have decisions; the key holds every value built above.
+    let remember = match &parts.principal.decisions {
+        Some(decisions) => {
+            let key = std::mem::take(&mut parts.key).finish(&parts.action, &parts.resource);
+            if let Some(verdict) = key.as_ref().and_then(|key| decisions.recall(key)) {
+                return Ok(Mapped::Recalled {
+                    principal: parts.principal.uid.clone(),
+                    action: parts.action,
+                    resource: parts.resource,
+                    verdict,
+                });
+            }
+            key.map(|key| Remember {
+                principal: std::sync::Arc::clone(&parts.principal),
+                key,
+            })
+        }
+        None => None,
+    };
     let entities = match (&parts.principal.store, &parts.principal.statics) {
         // The principal's side is cached with its token as a store whose closure is already
         // computed: only the action's and the resource's statics and the helpers are added,
@@ -230,7 +292,10 @@ pub fn map(
         }
     };
     // Checked above against the index: appliesTo here, the context's shape at load time.
-    parts.into_call(entities, None)
+    Ok(Mapped::Call {
+        call: parts.into_call(entities, None)?,
+        remember,
+    })
 }
 
 /// The reference mapping the hot path is tested against: everything built, the whole static
@@ -304,24 +369,37 @@ fn parts(
     let params = route.map(|m| m.params).unwrap_or_default();
 
     let principal = principal_parts(snapshot, identity, reads, build)?;
+    let mut key = KeyWriter::default();
     let context = match &principal.context {
         Some(context) => context.clone(),
-        None => context(http, identity, now, reads, names)?,
+        None => context(http, identity, now, reads, names, &mut key)?,
     };
     // The helper entities whose tags carry request maps, when a policy can read their tags.
     let mut helpers = Vec::new();
     let built = Helpers::built(reads);
     if built.headers {
-        helpers.push(tagged(&names.headers, &http.headers, reads)?);
+        let headers = &http.headers;
+        helpers.push(tagged(
+            &names.headers,
+            headers,
+            reads,
+            Some((Input::Header, &mut key)),
+        )?);
     }
     if built.query {
-        helpers.push(tagged(&names.query, &http.query, reads)?);
+        helpers.push(tagged(
+            &names.query,
+            &http.query,
+            reads,
+            Some((Input::Query, &mut key)),
+        )?);
     }
     if built.params {
         helpers.push(tagged(
             &names.params,
             params.iter().map(|(k, v)| (k, v)),
             reads,
+            Some((Input::Param, &mut key)),
         )?);
     }
     Ok(Parts {
@@ -330,6 +408,7 @@ fn parts(
         resource,
         context,
         helpers,
+        key,
     })
 }
 
@@ -380,6 +459,8 @@ struct PrincipalParts {
     store: Option<std::sync::Arc<Entities>>,
     /// The whole context, when it is the same for every request of this token.
     context: Option<Context>,
+    /// The verdicts this token got under this snapshot; cached with `store`.
+    decisions: Option<Decisions>,
 }
 
 fn principal_parts(
@@ -399,9 +480,9 @@ fn principal_parts(
         if let Some(token) = &identity.token
             && reads.helper(&["token", "claims"], CLAIMS_TYPE)
         {
-            entities.push(tagged(&names.claims, &token.claims, reads)?);
+            entities.push(tagged(&names.claims, &token.claims, reads, None)?);
         }
-        let (statics, store, context) = match (cached, &identity.token) {
+        let (statics, store, context, decisions) = match (cached, &identity.token) {
             (true, Some(_)) => {
                 let mut seeds = Vec::with_capacity(1 + groups.len());
                 seeds.push(uid.clone());
@@ -421,12 +502,20 @@ fn principal_parts(
                     .collect();
                 list.extend(entities.iter().cloned());
                 let store = Entities::from_entities(list, None).map_err(invalid)?;
+                // Nothing of the request is read when the context is the same for every one.
+                let unread = &HttpRequest::default();
                 let context = (!reads.context_varies())
-                    .then(|| context(&HttpRequest::default(), identity, 0, reads, names))
+                    .then(|| context(unread, identity, 0, reads, names, &mut KeyWriter::default()))
                     .transpose()?;
-                (Some(statics), Some(std::sync::Arc::new(store)), context)
+                let decisions = Decisions::new(std::sync::Arc::clone(&snapshot.decisions));
+                (
+                    Some(statics),
+                    Some(std::sync::Arc::new(store)),
+                    context,
+                    Some(decisions),
+                )
             }
-            _ => (None, None, None),
+            _ => (None, None, None, None),
         };
         Ok(PrincipalParts {
             uid,
@@ -435,6 +524,7 @@ fn principal_parts(
             statics,
             store,
             context,
+            decisions,
         })
     };
     match (&identity.token, build) {
@@ -459,7 +549,7 @@ pub fn check_entity_shapes(schema: &Schema) -> Option<String> {
     let mut samples: Vec<Entity> = [HEADERS_TYPE, QUERY_TYPE, PARAMS_TYPE, CLAIMS_TYPE]
         .iter()
         .filter_map(|t| uid(t, HELPER_ID).ok())
-        .filter_map(|u| tagged(&u, tags.iter().map(|(k, v)| (k, v)), &everything).ok())
+        .filter_map(|u| tagged(&u, tags.iter().map(|(k, v)| (k, v)), &everything, None).ok())
         .collect();
     let workload_declared = schema.entity_types().any(|t| t.to_string() == "Workload");
     if workload_declared {
@@ -524,7 +614,15 @@ pub fn check_schema(schema: &Schema) -> Vec<(EntityUid, String)> {
     let contexts: Vec<Context> = [Identity::default(), workload, user]
         .iter()
         .filter_map(|identity| {
-            context(&sample, identity, 0, &Reads::everything(), names().ok()?).ok()
+            context(
+                &sample,
+                identity,
+                0,
+                &Reads::everything(),
+                names().ok()?,
+                &mut KeyWriter::default(),
+            )
+            .ok()
         })
         .collect();
     // An action without `appliesTo` (an action group) never is a request's action.
@@ -636,16 +734,19 @@ fn with_static(snapshot: &Snapshot, entity: Entity) -> Result<Entity, MappingErr
 }
 
 /// An entity whose tags are the map's entries (headers, query, path parameters, claims) that
-/// a policy can read.
+/// a policy can read; each is written to `key` when one is given (the entries of a request).
 fn tagged<'a>(
     uid: &EntityUid,
     map: impl IntoIterator<Item = (&'a String, &'a String)> + 'a,
     reads: &Reads,
+    mut key: Option<(Input, &mut KeyWriter)>,
 ) -> Result<Entity, MappingError> {
-    let tags = map
-        .into_iter()
-        .filter(|(k, _)| reads.tag(k))
-        .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
+    let tags = map.into_iter().filter(|(k, _)| reads.tag(k)).map(|(k, v)| {
+        if let Some((input, key)) = key.as_mut() {
+            key.tag(*input, k, v);
+        }
+        (k.clone(), RestrictedExpression::new_string(v.clone()))
+    });
     Entity::new_with_tags(uid.clone(), [], [], tags).map_err(invalid)
 }
 
@@ -661,24 +762,27 @@ fn record(
 }
 
 /// The context record, with only the attributes a policy can read (all with
-/// [`Reads::everything`]).
+/// [`Reads::everything`]). Each value of the request and the peer it holds is written to
+/// `key`; the token's are the same for every request of the token.
 fn context(
     http: &HttpRequest,
     identity: &Identity,
     now: i64,
     reads: &Reads,
     names: &Names,
+    key: &mut KeyWriter,
 ) -> Result<Context, MappingError> {
     let entity = |uid: &EntityUid| RestrictedExpression::new_entity_uid(uid.clone());
     let mut pairs = Vec::with_capacity(4);
     if reads.context(&["request"]) {
+        // `None`: the request id, unique to one request.
         let fields = [
-            ("method", http.method.as_str()),
-            ("host", &http.host),
-            ("path", &http.path),
-            ("scheme", &http.scheme),
-            ("protocol", &http.protocol),
-            ("id", &http.request_id),
+            ("method", Some(Input::Method), http.method.as_str()),
+            ("host", Some(Input::Host), &http.host),
+            ("path", Some(Input::Path), &http.path),
+            ("scheme", Some(Input::Scheme), &http.scheme),
+            ("protocol", Some(Input::Protocol), &http.protocol),
+            ("id", None, &http.request_id),
         ];
         let helpers = [
             ("headers", &names.headers),
@@ -687,8 +791,14 @@ fn context(
         ];
         let request = fields
             .into_iter()
-            .filter(|(name, _)| reads.context(&["request", name]))
-            .map(|(name, value)| (name, string(value)))
+            .filter(|(name, ..)| reads.context(&["request", name]))
+            .map(|(name, input, value)| {
+                match input {
+                    Some(input) => key.value(input, value),
+                    None => key.unique(),
+                }
+                (name, string(value))
+            })
             .chain(
                 helpers
                     .into_iter()
@@ -699,26 +809,50 @@ fn context(
     }
     if reads.context(&["peer"]) {
         let peer = &identity.peer;
-        let mut peer_attrs = vec![
-            ("present", RestrictedExpression::new_bool(peer.is_present())),
-            ("principal", string(&peer.principal)),
-            ("address", string(&peer.address)),
+        let read = |name: &str| reads.context(&["peer", name]);
+        let mut peer_attrs = Vec::with_capacity(7);
+        if read("present") {
+            key.flag(Input::PeerPresent, peer.is_present());
+            peer_attrs.push(("present", RestrictedExpression::new_bool(peer.is_present())));
+        }
+        if read("dns_sans") {
+            peer.dns_sans
+                .iter()
+                .for_each(|d| key.value(Input::PeerDnsSan, d));
+            let set = RestrictedExpression::new_set(peer.dns_sans.iter().map(|d| string(d)));
+            peer_attrs.push(("dns_sans", set));
+        }
+        let texts = [
             (
-                "dns_sans",
-                RestrictedExpression::new_set(peer.dns_sans.iter().map(|d| string(d))),
+                "principal",
+                Input::PeerPrincipal,
+                Some(peer.principal.as_str()),
             ),
+            ("address", Input::PeerAddress, Some(peer.address.as_str())),
+            (
+                "spiffe_id",
+                Input::PeerSpiffeId,
+                peer.spiffe_id.as_ref().map(|id| id.as_str()),
+            ),
+            (
+                "trust_domain",
+                Input::PeerTrustDomain,
+                peer.spiffe_id.as_ref().map(|id| id.trust_domain()),
+            ),
+            ("subject", Input::PeerSubject, peer.subject.as_deref()),
         ];
-        if let Some(id) = &peer.spiffe_id {
-            peer_attrs.push(("spiffe_id", string(id.as_str())));
-            peer_attrs.push(("trust_domain", string(id.trust_domain())));
+        for (name, input, value) in texts {
+            if let Some(value) = value
+                && read(name)
+            {
+                key.value(input, value);
+                peer_attrs.push((name, string(value)));
+            }
         }
-        if let Some(subject) = &peer.subject {
-            peer_attrs.push(("subject", string(subject)));
-        }
-        peer_attrs.retain(|(name, _)| reads.context(&["peer", name]));
         pairs.push(("peer".to_owned(), record(peer_attrs)?));
     }
     if reads.context(&["time"]) {
+        key.unique();
         pairs.push(("time".to_owned(), RestrictedExpression::new_long(now)));
     }
     if let Some(token) = &identity.token

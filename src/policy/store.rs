@@ -49,6 +49,9 @@ pub struct Snapshot {
     /// Unique per snapshot in this process: the key of parts cached for it elsewhere (a
     /// token's principal entities), so that a reload is never served the previous set's.
     pub id: u64,
+    /// How many verdicts the tokens' decision caches may hold under this snapshot
+    /// (`limits.decision_cache_entries`).
+    pub decisions: std::sync::Arc<super::decisions::Budget>,
 }
 
 /// The next snapshot id.
@@ -346,6 +349,7 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
             reads,
             path_literals,
             id: next_id(),
+            decisions: Default::default(),
             policies,
             schema,
             entities,

@@ -103,6 +103,7 @@ impl Shared {
         peer_settings: PeerSettings,
         options: CheckOptions,
     ) -> Self {
+        snapshot.decisions.limit(limits.decision_cache_entries);
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             authn,
@@ -114,6 +115,12 @@ impl Shared {
             sampler: telemetry::Sampler::new(options.decision_log.sample_allow),
             options,
         }
+    }
+
+    /// Puts `snapshot` in force (a reload), with the decision cache bound of these limits.
+    pub fn install(&self, snapshot: Snapshot) {
+        snapshot.decisions.limit(self.limits.decision_cache_entries);
+        self.snapshot.store(Arc::new(snapshot));
     }
 
     /// Serving, not draining, and every issuer has keys.

@@ -53,6 +53,9 @@ struct Line<'a> {
     attributes: Attributes<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
+    /// The verdict came from the token's decision cache.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    cached: bool,
     latency_us: u64,
 }
 
@@ -108,6 +111,7 @@ pub fn write(decision: &Decision, detail: Option<&str>, elapsed: Duration) -> bo
         trace_id: envelope.trace_id.as_deref(),
         attributes: Attributes(&envelope.log_attributes),
         detail,
+        cached: evaluation.recall == crate::decision::Recall::Hit,
         latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
     };
     let mut text = Vec::with_capacity(512);
@@ -153,6 +157,7 @@ mod tests {
             trace_id: None,
             attributes: Attributes(&decision.envelope.log_attributes),
             detail: None,
+            cached: false,
             latency_us: 7,
         };
         let json = serde_json::to_value(&line).unwrap();
@@ -164,6 +169,7 @@ mod tests {
             "policy_version",
             "trace_id",
             "detail",
+            "cached",
         ] {
             assert!(json.get(absent).is_none(), "{absent} in {json}");
         }

@@ -19,6 +19,7 @@ pub const JWKS_KEYS: &str = "cedargate_jwks_keys";
 pub const JWKS_LOADED_AT: &str = "cedargate_jwks_last_success_timestamp_seconds";
 pub const TOKEN_CACHE_TOTAL: &str = "cedargate_token_cache_total";
 pub const TOKEN_VERIFICATIONS_TOTAL: &str = "cedargate_token_verifications_total";
+pub const DECISION_CACHE_TOTAL: &str = "cedargate_decision_cache_total";
 pub const TLS_RELOADS_TOTAL: &str = "cedargate_tls_reloads_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "cedargate_tls_handshake_failures_total";
 
@@ -104,6 +105,11 @@ pub(super) const HELP: &[(&str, Kind, &str)] = &[
         TOKEN_VERIFICATIONS_TOTAL,
         Kind::Counter,
         "Token signature verifications (cache misses) by result.",
+    ),
+    (
+        DECISION_CACHE_TOTAL,
+        Kind::Counter,
+        "Decision cache lookups of checks with a token by result (hit: Cedar not asked; miss: evaluated and remembered).",
     ),
     (
         TLS_RELOADS_TOTAL,
