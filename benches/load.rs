@@ -22,7 +22,9 @@
 //!
 //! Run: `cargo bench --bench load`
 //! (`CEDARGATE_LOAD_SECONDS`, default 4; `CEDARGATE_LOAD_ROUNDS`, default 3;
-//! `CEDARGATE_LOAD_CONCURRENCY`, default `1,16,64`; `CEDARGATE_LOAD_TRANSPORTS`, default `tcp,unix`.)
+//! `CEDARGATE_LOAD_CONCURRENCY`, default `1,16,64`; `CEDARGATE_LOAD_TRANSPORTS`, default `tcp,unix`;
+//! `CEDARGATE_BENCH_DECISION_CACHE=0` turns cedargate's decision cache off, so that every
+//! check is evaluated: what a stream of distinct requests costs.)
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

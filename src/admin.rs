@@ -29,7 +29,9 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics() -> impl IntoResponse {
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    metrics::gauge!(crate::telemetry::DECISION_CACHE_BYTES)
+        .set(shared.decision_cache_bytes() as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::telemetry::render(),

@@ -162,9 +162,8 @@ pub struct Limits {
     /// `keepalive_timeout` is dropped.
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
-    /// Verdicts remembered per policy snapshot over all tokens (0 turns the decision cache
-    /// off).
-    pub decision_cache_entries: usize,
+    /// Memory the decision cache may hold, in bytes (0 turns it off).
+    pub decision_cache_bytes: usize,
 }
 
 /// TLS on cedargate's own gRPC listener (the `tls:` section).
@@ -210,7 +209,7 @@ impl Default for Limits {
             max_concurrent_streams: 1024,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
-            decision_cache_entries: crate::policy::decisions::DEFAULT_ENTRIES,
+            decision_cache_bytes: crate::policy::decisions::DEFAULT_BYTES,
         }
     }
 }
@@ -318,7 +317,7 @@ struct RawLimits {
     max_concurrent_streams: Option<usize>,
     keepalive_interval: Option<String>,
     keepalive_timeout: Option<String>,
-    decision_cache_entries: Option<usize>,
+    decision_cache_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -503,7 +502,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         max_concurrent_streams,
         keepalive_interval,
         keepalive_timeout,
-        decision_cache_entries,
+        decision_cache_bytes,
     } = limits;
     let d = defaults.limits;
     let limits = Limits {
@@ -575,12 +574,12 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             &mut problems,
         ),
         // 0 is allowed here: it turns the cache off.
-        decision_cache_entries: match decision_cache_entries {
+        decision_cache_bytes: match decision_cache_bytes {
             Some(0) => 0,
             entries => positive(
                 entries,
-                "limits.decision_cache_entries",
-                d.decision_cache_entries,
+                "limits.decision_cache_bytes",
+                d.decision_cache_bytes,
                 &mut problems,
             ),
         },

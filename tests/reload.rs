@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cedargate::config::PolicySource;
-use cedargate::testutil::{TestServer, check, metric_value, test_config};
+use cedargate::testutil::jwt::{JwksServer, TestKey, claims};
+use cedargate::testutil::{TestServer, check, metric_value, test_config, test_issuer};
 use tonic::Code;
 
 const BASE: &str = r#"
@@ -111,6 +112,52 @@ async fn a_changed_policy_is_in_force_and_a_broken_one_is_refused() {
     replace(dir.path(), "main.cedar", BASE);
     version_changes_from(&server, &v2).await;
     assert_eq!(server.check(list()).await.http_status(), Some(403));
+}
+
+#[tokio::test]
+async fn a_reload_drops_the_verdicts_remembered_for_the_previous_set() {
+    let key = TestKey::generate(jsonwebtoken::Algorithm::ES256, "ec-1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let lists = |id: &str| {
+        format!(
+            "{BASE}\n@id(\"{id}\")\npermit (principal, action == Action::\"orders:list\", resource);\n"
+        )
+    };
+    let dir = policy_dir(&lists("first"));
+    let mut config = test_config(PolicySource::Dir(dir.path().to_owned()));
+    config.issuers = vec![test_issuer("https://idp.test", &jwks.uri())];
+    let mut server = TestServer::with_config(config).await;
+    server.ready().await;
+    let token = key.sign(&claims("https://idp.test", "orders", "alice"));
+    let list = || check("GET", "/orders").bearer(&token).build();
+    let cache = |m: &str, result: &str| {
+        metric_value(m, "cedargate_decision_cache_total", &[("result", result)])
+    };
+    let held = |m: &str| metric_value(m, "cedargate_decision_cache_bytes", &[]);
+
+    assert_eq!(server.check(list()).await.code(), Code::Ok);
+    let again = server.check(list()).await;
+    assert_eq!(again.meta_list("policy_ids"), ["first"]);
+    let metrics = server.metrics().await;
+    assert_eq!(
+        (cache(&metrics, "miss"), cache(&metrics, "hit")),
+        (1.0, 1.0)
+    );
+    assert!(held(&metrics) > 0.0, "{metrics}");
+
+    // The new set is installed, and the token's verdicts under the old one are gone at once,
+    // not when the token is next seen.
+    let v1 = version(&server);
+    replace(dir.path(), "main.cedar", &lists("second"));
+    version_changes_from(&server, &v1).await;
+    assert_eq!(held(&server.metrics().await), 0.0);
+    let reply = server.check(list()).await;
+    assert_eq!(reply.meta_list("policy_ids"), ["second"]);
+    let metrics = server.metrics().await;
+    assert_eq!(
+        (cache(&metrics, "miss"), cache(&metrics, "hit")),
+        (2.0, 1.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -133,7 +133,12 @@ impl Fixture {
 /// The benchmark check: user u0 reads `/svc0/items/item0` (allowed by policy `p0`) with a
 /// bearer token and the headers a browser request through Envoy carries.
 pub fn bench_request(token: &str) -> CheckRequest {
-    check("GET", "/svc0/items/item0")
+    bench_request_at(token, "/svc0/items/item0")
+}
+
+/// [`bench_request`] for another path (another item: another decision-cache key).
+pub fn bench_request_at(token: &str, path: &str) -> CheckRequest {
+    check("GET", path)
         .header("x-tenant", "t0")
         .header("accept-encoding", "gzip, deflate, br")
         .header("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7")
@@ -155,6 +160,11 @@ fn config(dir: &Path, grpc: &str) -> PathBuf {
     let log = std::env::var("CEDARGATE_BENCH_ALLOW_LOG")
         .map(|ratio| format!("log:\n  decisions:\n    sample_allow: {ratio}\n"))
         .unwrap_or_default();
+    // `CEDARGATE_BENCH_DECISION_CACHE=0` turns the decision cache off: every check evaluated,
+    // the cost of a stream of distinct requests.
+    let limits = std::env::var("CEDARGATE_BENCH_DECISION_CACHE")
+        .map(|entries| format!("limits:\n  decision_cache_bytes: {entries}\n"))
+        .unwrap_or_default();
     let path = dir.join(format!(
         "cedargate-{}.yaml",
         grpc.replace(['/', ':', '.'], "_")
@@ -165,7 +175,7 @@ fn config(dir: &Path, grpc: &str) -> PathBuf {
             "listen:\n  grpc: {grpc}\n  admin: 127.0.0.1:0\n\
              policies:\n  dir: policies\n  watch: false\n\
              issuers:\n  - issuer: {ISSUER}\n    audiences: [orders]\n    jwks: {{ file: jwks.json }}\n    \
-             algorithms: [ES256]\n    principal_type: User\n    groups_claim: groups\n{log}"
+             algorithms: [ES256]\n    principal_type: User\n    groups_claim: groups\n{log}{limits}"
         ),
     )
     .unwrap();

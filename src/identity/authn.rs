@@ -179,6 +179,11 @@ impl Authenticator {
         self.verifications.load(Ordering::Relaxed)
     }
 
+    /// Drops the parts cached tokens hold for the policy snapshot that was in force.
+    pub fn forget_derived(&self) {
+        self.cache.forget_derived();
+    }
+
     pub fn cached_tokens(&self) -> usize {
         self.cache.len()
     }

@@ -27,6 +27,11 @@ impl Memo {
         Arc::clone(&entry.value).downcast::<T>().ok()
     }
 
+    /// Drops what is cached.
+    pub fn clear(&self) {
+        self.0.store(None);
+    }
+
     /// Caches `value` for `key`, replacing what was cached for any key.
     pub fn set<T: Any + Send + Sync>(&self, key: u64, value: Arc<T>) {
         self.0.store(Some(Arc::new(Entry { key, value })));

@@ -83,6 +83,13 @@ impl TokenCache {
         self.failed.insert(hash, (err, Instant::now()));
     }
 
+    /// Drops what every cached token holds for a policy snapshot (its memo).
+    pub fn forget_derived(&self) {
+        for entry in &self.verified {
+            entry.token.cedar.clear();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.verified.len()
     }

@@ -11,10 +11,12 @@
 //! never built, so it is not in the key either, and a request that differs only there is a hit.
 //!
 //! Nothing is remembered when the policies read the time or the request id (values unique to
-//! one request) or for a caller without a token (its parts are not cached). Entries live in the token's parts for one snapshot: a reload, a token leaving the
-//! token cache, or a key set that no longer verifies the token (authentication runs before the
-//! core on every check) leaves them unreachable. Bounded per token and per snapshot
-//! ([`Budget`], `limits.decision_cache_entries`).
+//! one request) or for a caller without a token (its parts are not cached). Entries live in
+//! the token's parts for one snapshot: a reload, a token leaving the token cache, or a key set
+//! that no longer verifies the token (authentication runs before the core on every check)
+//! leaves them unreachable, and installing a snapshot drops every token's parts at once, so
+//! the previous set's verdicts do not linger. Bounded per token (64) and in bytes for the
+//! whole process ([`Budget`], `limits.decision_cache_bytes`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -26,10 +28,14 @@ use super::engine::Verdict;
 
 /// Verdicts one token keeps under one snapshot; a full token starts over.
 const PER_TOKEN: usize = 64;
-/// Longest key remembered, in bytes: a request with more readable data is evaluated each time.
+/// Longest key remembered, in bytes (the values written, the action's and the resource's ids):
+/// a request with more readable data is evaluated each time.
 const MAX_KEY_BYTES: usize = 2048;
-/// Default of `limits.decision_cache_entries`.
-pub const DEFAULT_ENTRIES: usize = 50_000;
+/// What an entry costs beyond its key's and its verdict's text: the map slot, the uids'
+/// type names, the allocations' headers (an upper estimate).
+const ENTRY_OVERHEAD: usize = 256;
+/// Default of `limits.decision_cache_bytes`: 32 MiB.
+pub const DEFAULT_BYTES: usize = 32 * 1024 * 1024;
 
 /// A per-request value the mapping writes into a [`Key`]: which field it fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +100,9 @@ impl KeyWriter {
     /// The key of a call to `action` on `resource` with the values written, when it may be
     /// remembered.
     pub fn finish(self, action: &EntityUid, resource: &EntityUid) -> Option<Key> {
-        (!self.unique && self.bytes.len() <= MAX_KEY_BYTES).then(|| Key {
+        // A resource may come from the path (`Path::"<path>"`): its id counts too.
+        let ids = action.id().unescaped().len() + resource.id().unescaped().len();
+        (!self.unique && self.bytes.len() + ids <= MAX_KEY_BYTES).then(|| Key {
             action: action.clone(),
             resource: resource.clone(),
             inputs: self.bytes.into_boxed_slice(),
@@ -111,84 +119,103 @@ pub struct Key {
     inputs: Box<[u8]>,
 }
 
-/// How many verdicts may be remembered under one snapshot, over all tokens.
+impl Key {
+    /// The memory an entry with this key and `verdict` holds, estimated from above.
+    fn cost(&self, verdict: &Verdict) -> usize {
+        let verdict = match verdict {
+            Verdict::Allow { determining } | Verdict::Deny { determining } => {
+                determining.iter().map(|id| id.len() + 24).sum::<usize>()
+            }
+            Verdict::Error { failed } => failed
+                .iter()
+                .map(|f| f.policy_id.len() + f.message.len() + 48)
+                .sum(),
+        };
+        ENTRY_OVERHEAD
+            + self.inputs.len()
+            + self.action.id().unescaped().len()
+            + self.resource.id().unescaped().len()
+            + verdict
+    }
+}
+
+/// How many bytes of verdicts may be held, over all tokens and snapshots.
 #[derive(Debug)]
 pub struct Budget {
-    used: AtomicUsize,
+    held: AtomicUsize,
     max: AtomicUsize,
 }
 
 impl Budget {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max_bytes: usize) -> Self {
         Self {
-            used: AtomicUsize::new(0),
-            max: AtomicUsize::new(max),
+            held: AtomicUsize::new(0),
+            max: AtomicUsize::new(max_bytes),
         }
     }
 
-    /// Sets the bound (0 turns the cache off).
-    pub fn limit(&self, max: usize) {
-        self.max.store(max, Ordering::Relaxed);
+    /// Sets the bound in bytes (0 turns the cache off).
+    pub fn limit(&self, max_bytes: usize) {
+        self.max.store(max_bytes, Ordering::Relaxed);
     }
 
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
+    /// The bytes the remembered verdicts hold now (estimated from above).
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
     }
 
-    fn take(&self) -> bool {
+    fn take(&self, bytes: usize) -> bool {
         let max = self.max.load(Ordering::Relaxed);
-        self.used
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                (used < max).then_some(used + 1)
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                (held + bytes <= max).then_some(held + bytes)
             })
             .is_ok()
     }
 
-    fn give(&self, n: usize) {
-        self.used.fetch_sub(n, Ordering::Relaxed);
+    fn give(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
-impl Default for Budget {
-    fn default() -> Self {
-        Self::new(DEFAULT_ENTRIES)
-    }
-}
-
-/// The verdicts of one token under one snapshot.
+/// The verdicts of one token under one snapshot, and the bytes they hold.
 #[derive(Debug)]
 pub struct Decisions {
-    verdicts: Mutex<HashMap<Key, Verdict>>,
+    verdicts: Mutex<(HashMap<Key, Verdict>, usize)>,
     budget: std::sync::Arc<Budget>,
 }
 
 impl Decisions {
     pub fn new(budget: std::sync::Arc<Budget>) -> Self {
         Self {
-            verdicts: Mutex::new(HashMap::new()),
+            verdicts: Mutex::new((HashMap::new(), 0)),
             budget,
         }
     }
 
     /// The verdict remembered for `key`.
     pub fn recall(&self, key: &Key) -> Option<Verdict> {
-        self.verdicts.lock().ok()?.get(key).cloned()
+        self.verdicts.lock().ok()?.0.get(key).cloned()
     }
 
     /// Remembers a verdict (an evaluation error too: Cedar errs the same way on the same
     /// inputs) while the budget lasts.
     pub fn keep(&self, key: Key, verdict: &Verdict) {
-        let Ok(mut verdicts) = self.verdicts.lock() else {
+        let Ok(mut guard) = self.verdicts.lock() else {
             return;
         };
+        let (verdicts, held) = &mut *guard;
         if verdicts.contains_key(&key) {
             return;
         }
         if verdicts.len() >= PER_TOKEN {
-            self.budget.give(verdicts.len());
+            self.budget.give(*held);
+            *held = 0;
             verdicts.clear();
         }
-        if self.budget.take() {
+        let cost = key.cost(verdict);
+        if self.budget.take(cost) {
+            *held += cost;
             verdicts.insert(key, verdict.clone());
         }
     }
@@ -197,8 +224,8 @@ impl Decisions {
 impl Drop for Decisions {
     fn drop(&mut self) {
         let held = match self.verdicts.get_mut() {
-            Ok(verdicts) => verdicts.len(),
-            Err(poisoned) => poisoned.into_inner().len(),
+            Ok(verdicts) => verdicts.1,
+            Err(poisoned) => poisoned.into_inner().1,
         };
         self.budget.give(held);
     }
@@ -239,11 +266,20 @@ mod tests {
     }
 
     #[test]
+    fn a_long_resource_counts_toward_the_key() {
+        let mut writer = KeyWriter::default();
+        writer.value(Input::Method, "GET");
+        let path = uid(&format!(r#"Path::"/{}""#, "a".repeat(MAX_KEY_BYTES)));
+        assert!(writer.finish(&uid(r#"Action::"GET""#), &path).is_none());
+    }
+
+    #[test]
     fn the_budget_bounds_every_token_and_is_given_back() {
-        let budget = Arc::new(Budget::new(3));
         let allow = Verdict::Allow {
             determining: vec!["p".into()],
         };
+        let one = key(|w| w.value(Input::Path, "0")).unwrap().cost(&allow);
+        let budget = Arc::new(Budget::new(3 * one));
         let first = Decisions::new(Arc::clone(&budget));
         let second = Decisions::new(Arc::clone(&budget));
         let keys: Vec<Key> = (0..4)
@@ -253,14 +289,18 @@ mod tests {
         first.keep(keys[1].clone(), &allow);
         second.keep(keys[2].clone(), &allow);
         second.keep(keys[3].clone(), &allow);
-        assert_eq!(budget.used(), 3);
+        assert_eq!(budget.held(), 3 * one);
         assert!(second.recall(&keys[3]).is_none(), "over the budget");
         assert_eq!(first.recall(&keys[0]), Some(allow.clone()));
         drop(first);
-        assert_eq!(budget.used(), 1);
+        assert_eq!(budget.held(), one);
         let error = Verdict::Error { failed: Vec::new() };
         second.keep(keys[0].clone(), &error);
-        assert_eq!(second.recall(&keys[0]), Some(error), "an error is a verdict too");
+        assert_eq!(
+            second.recall(&keys[0]),
+            Some(error),
+            "an error is a verdict too"
+        );
         budget.limit(0);
         second.keep(keys[1].clone(), &allow);
         assert!(second.recall(&keys[1]).is_none(), "turned off");
@@ -268,17 +308,21 @@ mod tests {
 
     #[test]
     fn a_full_token_starts_over() {
-        let budget = Arc::new(Budget::new(1000));
+        let budget = Arc::new(Budget::new(DEFAULT_BYTES));
         let decisions = Decisions::new(Arc::clone(&budget));
         let deny = Verdict::Deny {
             determining: Vec::new(),
         };
-        for i in 0..=PER_TOKEN {
+        let last = key(|w| w.value(Input::Path, "last")).unwrap();
+        for i in 0..PER_TOKEN {
             decisions.keep(
                 key(|w| w.value(Input::Path, &i.to_string())).unwrap(),
                 &deny,
             );
         }
-        assert_eq!(budget.used(), 1);
+        decisions.keep(last.clone(), &deny);
+        assert_eq!(budget.held(), last.cost(&deny));
+        drop(decisions);
+        assert_eq!(budget.held(), 0);
     }
 }

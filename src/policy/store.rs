@@ -49,8 +49,9 @@ pub struct Snapshot {
     /// Unique per snapshot in this process: the key of parts cached for it elsewhere (a
     /// token's principal entities), so that a reload is never served the previous set's.
     pub id: u64,
-    /// How many verdicts the tokens' decision caches may hold under this snapshot
-    /// (`limits.decision_cache_entries`).
+    /// The bytes the tokens' decision caches may hold: the server gives every snapshot it
+    /// installs its one budget (`limits.decision_cache_bytes`); a snapshot used on its own
+    /// (the CLI, tests) has its own, of the default size.
     pub decisions: std::sync::Arc<super::decisions::Budget>,
 }
 
@@ -349,7 +350,9 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
             reads,
             path_literals,
             id: next_id(),
-            decisions: Default::default(),
+            decisions: std::sync::Arc::new(super::decisions::Budget::new(
+                super::decisions::DEFAULT_BYTES,
+            )),
             policies,
             schema,
             entities,

@@ -27,6 +27,7 @@ use crate::identity::authn::Authenticator;
 use crate::identity::peer::PeerError;
 use crate::identity::{Peer, PeerSettings, Presented};
 use crate::policy::Snapshot;
+use crate::policy::decisions::Budget;
 use crate::policy::mapping::CedarCall;
 use crate::request::{self, Request};
 use crate::telemetry::{self, TraceParent};
@@ -52,6 +53,8 @@ pub struct Shared {
     /// shed Envoy's checks).
     explain_inflight: Semaphore,
     sampler: telemetry::Sampler,
+    /// The decision cache's bound, shared by every snapshot this server installs.
+    decisions: Arc<Budget>,
 }
 
 /// Explain calls evaluated at once (the API is an operator's tool, not a data path).
@@ -103,9 +106,14 @@ impl Shared {
         peer_settings: PeerSettings,
         options: CheckOptions,
     ) -> Self {
-        snapshot.decisions.limit(limits.decision_cache_entries);
+        let decisions = Arc::new(Budget::new(limits.decision_cache_bytes));
+        let snapshot = Snapshot {
+            decisions: Arc::clone(&decisions),
+            ..snapshot
+        };
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
+            decisions,
             authn,
             limits,
             peer_settings,
@@ -117,10 +125,22 @@ impl Shared {
         }
     }
 
-    /// Puts `snapshot` in force (a reload), with the decision cache bound of these limits.
+    /// Puts `snapshot` in force (a reload). It shares the server's decision cache budget, and
+    /// the parts every cached token holds for the previous set are dropped at once, so that
+    /// their memory (entity stores, remembered verdicts) does not wait for the token's next
+    /// check.
     pub fn install(&self, snapshot: Snapshot) {
-        snapshot.decisions.limit(self.limits.decision_cache_entries);
+        let snapshot = Snapshot {
+            decisions: Arc::clone(&self.decisions),
+            ..snapshot
+        };
         self.snapshot.store(Arc::new(snapshot));
+        self.authn.forget_derived();
+    }
+
+    /// The bytes the decision cache holds now.
+    pub fn decision_cache_bytes(&self) -> usize {
+        self.decisions.held()
     }
 
     /// Serving, not draining, and every issuer has keys.

@@ -20,6 +20,7 @@ pub const JWKS_LOADED_AT: &str = "cedargate_jwks_last_success_timestamp_seconds"
 pub const TOKEN_CACHE_TOTAL: &str = "cedargate_token_cache_total";
 pub const TOKEN_VERIFICATIONS_TOTAL: &str = "cedargate_token_verifications_total";
 pub const DECISION_CACHE_TOTAL: &str = "cedargate_decision_cache_total";
+pub const DECISION_CACHE_BYTES: &str = "cedargate_decision_cache_bytes";
 pub const TLS_RELOADS_TOTAL: &str = "cedargate_tls_reloads_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "cedargate_tls_handshake_failures_total";
 
@@ -110,6 +111,11 @@ pub(super) const HELP: &[(&str, Kind, &str)] = &[
         DECISION_CACHE_TOTAL,
         Kind::Counter,
         "Decision cache lookups of checks with a token by result (hit: Cedar not asked; miss: evaluated and remembered).",
+    ),
+    (
+        DECISION_CACHE_BYTES,
+        Kind::Gauge,
+        "Memory the decision cache holds, in bytes (estimated from above; bounded by limits.decision_cache_bytes).",
     ),
     (
         TLS_RELOADS_TOTAL,
