@@ -22,8 +22,9 @@ limits:
 log:
   format: json
 issuers:
-  # Replace with your identity provider; until its keys load, /readyz answers 503.
-  - issuer: https://auth.example.org
+  # A placeholder: cedargate refuses to start until it names your identity provider
+  # (`.invalid` never resolves). Until the issuer's keys load, /readyz answers 503.
+  - issuer: https://your-identity-provider.invalid
     audiences: [orders]
     jwks: { discovery: true }
     # Trust this issuer's `groups` claim (Group::"admins" in the example policies). Off

@@ -237,6 +237,23 @@ fn validate_checks_the_configuration_against_the_schema() {
         1,
         "{err}"
     );
+    // A configuration that does not load is the only thing reported: not the ./policies
+    // directory serve would never read, nor "policies: invalid".
+    assert!(err.ends_with("invalid (1 error, 0 warnings)\n"), "{err}");
+
+    // The Kubernetes ConfigMap's placeholder issuer is refused with what to do.
+    std::fs::write(
+        &config,
+        "issuers:\n  - { issuer: https://your-identity-provider.invalid, audiences: [orders], jwks: { discovery: true } }\n",
+    )
+    .unwrap();
+    let output = cedargate(&["validate", "--config", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(
+        err.contains("`issuers[0].issuer` = `https://your-identity-provider.invalid`: a `.invalid` host never exists (RFC 2606): this is the shipped placeholder"),
+        "{err}"
+    );
 }
 
 const FAILING: &str = r#"

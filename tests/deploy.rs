@@ -246,8 +246,23 @@ fn config_maps_hold_an_accepted_config_and_exactly_the_policy_set() {
         "cedargate.yaml",
     )
     .to_owned();
-    let config = Config::from_yaml(Path::new("/etc/cedargate/cedargate.yaml"), &text)
-        .unwrap_or_else(|e| panic!("{e}"));
+    // The shipped issuer is a placeholder that cannot start: a first `kubectl apply -k` shows
+    // what to change instead of a pod that stays unready.
+    let path = Path::new("/etc/cedargate/cedargate.yaml");
+    let refused = Config::from_yaml(path, &text).expect_err("the placeholder issuer is refused");
+    let message = refused.to_string();
+    for expected in [
+        "/etc/cedargate/cedargate.yaml",
+        "https://your-identity-provider.invalid",
+        "shipped placeholder",
+    ] {
+        assert!(message.contains(expected), "{expected} not in: {message}");
+    }
+    let text = text.replace(
+        "https://your-identity-provider.invalid",
+        "https://auth.example.org",
+    );
+    let config = Config::from_yaml(path, &text).unwrap_or_else(|e| panic!("{e}"));
     let cedargate::config::GrpcListen::Tcp(grpc) = config.listen.grpc else {
         panic!("the Kubernetes Service reaches cedargate over TCP");
     };

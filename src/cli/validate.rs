@@ -71,6 +71,12 @@ pub fn validate(policies: Option<&Path>, config_path: Option<&Path>) -> Report {
         Err(err) => {
             let file = config_path.unwrap_or(Path::new("?"));
             report.errors.push(config_problem(file, &err));
+            // Without --policies, the policy set is the configuration's: nothing to validate
+            // (not ./policies, which the summary would then call invalid). The summary names
+            // no file: the error above did.
+            if policies.is_none() {
+                return report;
+            }
             None
         }
     };
@@ -169,6 +175,11 @@ fn print_text(report: &Report, failed: bool) {
             counted(s.routes, "route"),
             s.version,
         ),
+        // The configuration did not load (its error names the file): nothing else was read.
+        _ if report.dir.as_os_str().is_empty() => eprintln!(
+            "invalid ({}, {warnings})",
+            counted(report.errors.len(), "error"),
+        ),
         _ => eprintln!(
             "{}: invalid ({}, {warnings})",
             report.dir.display(),
@@ -200,7 +211,8 @@ fn problem_json(problem: &Problem) -> Value {
 fn to_json(report: &Report, valid: bool) -> Value {
     json!({
         "valid": valid,
-        "dir": report.dir.display().to_string(),
+        // null when the configuration did not load and no directory was read.
+        "dir": (!report.dir.as_os_str().is_empty()).then(|| report.dir.display().to_string()),
         "version": report.summary.as_ref().map(|s| s.version.clone()),
         "policies": report.summary.as_ref().map(|s| s.policies),
         "errors": report.errors.iter().map(problem_json).collect::<Vec<_>>(),

@@ -87,6 +87,19 @@ pub fn uri_allowed(uri: &str, insecure_allow_http: bool) -> bool {
     }
 }
 
+/// True for an issuer under the reserved `.invalid` top-level domain (RFC 2606), which the
+/// shipped Kubernetes configuration uses as a placeholder: it can never serve keys, so a
+/// configuration that still holds it is refused at start-up, not left unready.
+fn is_placeholder(issuer: &str) -> bool {
+    url::Url::parse(issuer)
+        .ok()
+        .and_then(|url| {
+            url.host_str()
+                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+        })
+        .is_some_and(|host| host == "invalid" || host.ends_with(".invalid"))
+}
+
 fn is_loopback(url: &url::Url) -> bool {
     match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -325,6 +338,13 @@ pub(super) fn build_issuer(
             "issuers[].issuer",
             "",
             "write the exact `iss` value of the issuer's tokens",
+        ));
+    }
+    if is_placeholder(&issuer) {
+        problems.push(problem(
+            "issuers[].issuer",
+            &issuer,
+            "a `.invalid` host never exists (RFC 2606): this is the shipped placeholder; write your identity provider's issuer, exactly the `iss` of its tokens",
         ));
     }
     if audiences.is_empty() || audiences.iter().any(String::is_empty) {
