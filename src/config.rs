@@ -209,7 +209,7 @@ impl Default for Limits {
             max_concurrent_streams: 1024,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
-            decision_cache_bytes: crate::policy::decisions::DEFAULT_BYTES,
+            decision_cache_bytes: 32 * 1024 * 1024,
         }
     }
 }

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use crate::decision::{DenyReason, Evaluation, Outcome, Recall};
 use crate::identity::{Presented, Refused};
 use crate::policy::Snapshot;
-use crate::policy::engine::{self, Verdict};
-use crate::policy::mapping::{self, Build, CedarCall, Mapped, MappingError};
+use crate::policy::engine::{self, CedarCall, Verdict};
+use crate::policy::mapping::{self, Build, Mapped, MappingError};
 use crate::request::Request;
 
 /// Decides one request against one snapshot.

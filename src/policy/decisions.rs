@@ -34,8 +34,6 @@ const MAX_KEY_BYTES: usize = 2048;
 /// What an entry costs beyond its key's and its verdict's text: the map slot, the uids'
 /// type names, the allocations' headers (an upper estimate).
 const ENTRY_OVERHEAD: usize = 256;
-/// Default of `limits.decision_cache_bytes`: 32 MiB.
-pub const DEFAULT_BYTES: usize = 32 * 1024 * 1024;
 
 /// A per-request value the mapping writes into a [`Key`]: which field it fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,7 +306,7 @@ mod tests {
 
     #[test]
     fn a_full_token_starts_over() {
-        let budget = Arc::new(Budget::new(DEFAULT_BYTES));
+        let budget = Arc::new(Budget::new(1 << 20));
         let decisions = Decisions::new(Arc::clone(&budget));
         let deny = Verdict::Deny {
             determining: Vec::new(),

@@ -7,7 +7,18 @@
 use cedar_policy::{Authorizer, Decision};
 
 use super::Snapshot;
-use super::mapping::CedarCall;
+
+/// A Cedar request ready for the authorizer, with the entities it needs (built by
+/// [`super::mapping`]).
+#[derive(Debug)]
+pub struct CedarCall {
+    pub principal: cedar_policy::EntityUid,
+    pub action: cedar_policy::EntityUid,
+    pub resource: cedar_policy::EntityUid,
+    pub request: cedar_policy::Request,
+    /// Shared with the token's cache when the request adds no entity to its principal's side.
+    pub entities: std::sync::Arc<cedar_policy::Entities>,
+}
 
 /// What Cedar said about one request.
 #[derive(Debug, Clone, PartialEq, Eq)]

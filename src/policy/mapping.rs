@@ -30,7 +30,7 @@ use cedar_policy::{
 
 use super::Snapshot;
 use super::decisions::{Decisions, Input, Key, KeyWriter};
-use super::engine::Verdict;
+use super::engine::{CedarCall, Verdict};
 use super::reads::Reads;
 use super::routes::{RouteMatch, action_uid};
 use crate::identity::{Identity, Principal};
@@ -70,17 +70,6 @@ impl MappingError {
             Self::UnknownAction(_) | Self::NotApplicable(_) | Self::NearMiss(_)
         )
     }
-}
-
-/// A Cedar request ready for the authorizer, with the entities it needs.
-#[derive(Debug)]
-pub struct CedarCall {
-    pub principal: EntityUid,
-    pub action: EntityUid,
-    pub resource: EntityUid,
-    pub request: CedarRequest,
-    /// Shared with the token's cache when the request adds no entity to its principal's side.
-    pub entities: std::sync::Arc<Entities>,
 }
 
 /// What a mapping leads to: a verdict this token already got on exactly these inputs, or a

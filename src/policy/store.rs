@@ -351,7 +351,7 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
             path_literals,
             id: next_id(),
             decisions: std::sync::Arc::new(super::decisions::Budget::new(
-                super::decisions::DEFAULT_BYTES,
+                crate::config::Limits::default().decision_cache_bytes,
             )),
             policies,
             schema,

@@ -28,7 +28,7 @@ use crate::identity::peer::PeerError;
 use crate::identity::{Peer, PeerSettings, Presented};
 use crate::policy::Snapshot;
 use crate::policy::decisions::Budget;
-use crate::policy::mapping::CedarCall;
+use crate::policy::engine::CedarCall;
 use crate::request::{self, Request};
 use crate::telemetry::{self, TraceParent};
 
