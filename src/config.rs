@@ -332,7 +332,7 @@ struct RawLog {
 /// sign their own tokens): parsed, defaulted and checked by the same code as the
 /// configuration's, so a test issuer means what the same entry would mean in production.
 /// Their key source is a placeholder the caller replaces.
-pub fn issuers_without_keys(entries: Vec<serde_yaml::Value>) -> Result<Vec<IssuerConfig>, String> {
+pub fn issuers_without_keys(entries: Vec<yaml_serde::Value>) -> Result<Vec<IssuerConfig>, String> {
     let mut problems = Vec::new();
     let mut built = Vec::new();
     for mut entry in entries {
@@ -343,12 +343,12 @@ pub fn issuers_without_keys(entries: Vec<serde_yaml::Value>) -> Result<Vec<Issue
                         .into(),
                 );
             }
-            let mut jwks = serde_yaml::Mapping::new();
+            let mut jwks = yaml_serde::Mapping::new();
             jwks.insert("file".into(), "unused".into());
-            map.insert("jwks".into(), serde_yaml::Value::Mapping(jwks));
+            map.insert("jwks".into(), yaml_serde::Value::Mapping(jwks));
         }
         let raw: issuers::RawIssuer =
-            serde_yaml::from_value(entry).map_err(|err| err.to_string())?;
+            yaml_serde::from_value(entry).map_err(|err| err.to_string())?;
         built.push(issuers::build_issuer(raw, Path::new("."), &mut problems));
     }
     issuers::check_distinct(&built, &mut problems);
@@ -379,7 +379,7 @@ impl Config {
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
-            serde_yaml::from_str(text).map_err(|err| {
+            yaml_serde::from_str(text).map_err(|err| {
                 let (line, column) = err.location().map_or((0, 0), |l| (l.line(), l.column()));
                 ConfigError::Parse {
                     path: path.to_owned(),

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use cedargate::config::{Config, PolicySource};
 use serde::Deserialize;
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -22,7 +22,7 @@ fn repo(path: &str) -> PathBuf {
 /// Every YAML document of a file.
 fn documents(path: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(repo(path)).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
+    yaml_serde::Deserializer::from_str(&text)
         .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{path}: {e}")))
         .collect()
 }

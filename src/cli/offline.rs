@@ -62,7 +62,7 @@ pub const STAND_IN_ISSUER: &str = "https://issuer.test";
 /// The issuer used when neither the test file nor `--config` names one: `iss`
 /// `https://issuer.test`, audience `cedargate-test`, principal type `User`, groups in `groups`.
 pub fn default_issuer() -> Result<IssuerConfig, OfflineError> {
-    let entry: serde_yaml::Value = serde_yaml::from_str(
+    let entry: yaml_serde::Value = yaml_serde::from_str(
         "{ issuer: \"https://issuer.test\", audiences: [cedargate-test], groups_claim: groups }",
     )
     .map_err(|err| OfflineError::Issuers(err.to_string()))?;

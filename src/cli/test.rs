@@ -58,7 +58,7 @@ struct TestFile {
     /// Token issuers the cases sign for, written as in the configuration's `issuers:` without
     /// `jwks`; default: those of `--config`, else one test issuer.
     #[serde(default)]
-    issuers: Vec<serde_yaml::Value>,
+    issuers: Vec<yaml_serde::Value>,
     cases: Vec<Case>,
 }
 
@@ -279,7 +279,7 @@ async fn run_file(
             return result;
         }
     };
-    let file: TestFile = match serde_yaml::from_str(&text) {
+    let file: TestFile = match yaml_serde::from_str(&text) {
         Ok(file) => file,
         Err(err) => {
             let at = err

@@ -92,7 +92,7 @@ pub struct NearMiss(pub String);
 impl Routes {
     /// Parses `routes.yaml` and checks every route against the schema; reports all problems.
     pub fn parse(file: &Path, text: &str, schema: &Schema) -> Result<Self, Vec<Problem>> {
-        let raw: RawRoutes = serde_yaml::from_str(text).map_err(|err| {
+        let raw: RawRoutes = yaml_serde::from_str(text).map_err(|err| {
             let mut problem = Problem::in_file(file, err.to_string());
             problem.position = err.location().map(|l| (l.line(), l.column()));
             vec![problem.hint("see README, section Routes, for the format")]

@@ -105,17 +105,17 @@ fn install() -> Result<PathBuf, String> {
 pub fn render(shipped: &str, ports: &HashMap<u64, u16>, files: &HashMap<&str, PathBuf>) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(shipped);
     let text = std::fs::read_to_string(&path).expect("shipped config");
-    let mut value: serde_yaml::Value = serde_yaml::from_str(&text).expect("shipped YAML parses");
+    let mut value: yaml_serde::Value = yaml_serde::from_str(&text).expect("shipped YAML parses");
     rewrite(&mut value, ports, files);
-    serde_yaml::to_string(&value).expect("YAML")
+    yaml_serde::to_string(&value).expect("YAML")
 }
 
 fn rewrite(
-    value: &mut serde_yaml::Value,
+    value: &mut yaml_serde::Value,
     ports: &HashMap<u64, u16>,
     files: &HashMap<&str, PathBuf>,
 ) {
-    use serde_yaml::Value;
+    use yaml_serde::Value;
     match value {
         Value::Mapping(map) => {
             for (key, child) in map.iter_mut() {
