@@ -123,6 +123,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         dry_run: config.dry_run,
         decision_log: config.decision_log.clone(),
         trace_spans: config.otel.is_some(),
+        identity_headers: config.identity_headers.clone(),
         ..CheckOptions::with_secrets(&config.auth.token_source)
     };
     let exposed = config.plaintext_check_port_exposed();

@@ -13,10 +13,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod decision_log;
+mod identity_headers;
 mod issuers;
 mod otel;
 
 pub use decision_log::{DecisionLogSettings, NEVER_LOGGED};
+pub use identity_headers::{DRY_RUN_HEADER, IdentityHeaders};
 pub use issuers::{AuthSettings, FetchOptions, IssuerConfig, JwksSource, TokenSource, uri_allowed};
 pub use otel::OtelSettings;
 
@@ -68,6 +70,8 @@ pub struct Config {
     pub limits: Limits,
     pub log: LogFormat,
     pub decision_log: DecisionLogSettings,
+    /// The headers an allowed request carries upstream (`identity_headers:`).
+    pub identity_headers: IdentityHeaders,
     /// Evaluate and record every decision, but allow all requests (`dry_run: true`): a new
     /// policy set can be watched on real traffic before it is enforced.
     pub dry_run: bool,
@@ -233,6 +237,7 @@ impl Default for Config {
             peer: PeerSettings::default(),
             tls: None,
             decision_log: DecisionLogSettings::default(),
+            identity_headers: IdentityHeaders::default(),
             dry_run: false,
             watch_policies: true,
             otel: None,
@@ -263,6 +268,8 @@ struct RawConfig {
     dry_run: bool,
     #[serde(default)]
     tracing: otel::RawOtel,
+    #[serde(default)]
+    identity_headers: identity_headers::RawIdentityHeaders,
 }
 
 #[derive(Debug, Deserialize)]
@@ -420,6 +427,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         dry_run,
         tracing,
         tls,
+        identity_headers,
     } = raw;
     let defaults = Config::default();
     let mut problems = Vec::new();
@@ -600,6 +608,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         limits,
         log: format.unwrap_or(defaults.log),
         decision_log,
+        identity_headers: identity_headers::build(identity_headers, &mut problems),
         dry_run,
         watch_policies,
         otel: otel::build(tracing, &mut problems),

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use crate::decision::{DenyReason, Evaluation, Outcome, Recall};
 use crate::identity::{Presented, Refused};
 use crate::policy::Snapshot;
+use crate::policy::decisions::Kept;
 use crate::policy::engine::{self, CedarCall, Verdict};
 use crate::policy::mapping::{self, Build, Mapped, MappingError};
 use crate::request::Request;
@@ -145,8 +146,11 @@ fn run(
                 Mode::Reference => engine::evaluate_full(snapshot, &call),
             };
             if let Some(remember) = remember {
-                remember.keep(&verdict);
-                evaluation.recall = Recall::Miss;
+                evaluation.recall = match remember.keep(&verdict) {
+                    Kept::Yes => Recall::Miss,
+                    Kept::Full => Recall::Full,
+                    Kept::Off => Recall::Uncached,
+                };
             }
             evaluation.principal = Some(call.principal.clone());
             evaluation.action = Some(call.action.clone());

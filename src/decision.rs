@@ -21,30 +21,28 @@ use crate::policy::engine::PolicyFailure;
 use crate::policy::mapping::MappingError;
 use crate::request::RequestError;
 
-/// Prefix reserved for the identity headers cedargate sends upstream.
+/// Prefix reserved for the identity headers cedargate sends upstream: a client's header under
+/// it is removed on an OK answer, whatever the configured names.
 pub const IDENTITY_HEADER_PREFIX: &str = "x-cedargate-";
-/// The Cedar principal of an allowed request, e.g. `Workload::"spiffe://…"`.
+/// The Cedar principal of an allowed request, e.g. `Workload::"spiffe://…"` (default name;
+/// `identity_headers.principal`).
 pub const PRINCIPAL_HEADER: &str = "x-cedargate-principal";
-/// The Cedar action of an allowed request.
+/// The Cedar action of an allowed request (default name).
 pub const ACTION_HEADER: &str = "x-cedargate-action";
-/// The SPIFFE ID of the peer, when it presented one.
+/// The SPIFFE ID of the peer, when it presented one (default name).
 pub const PEER_HEADER: &str = "x-cedargate-peer-spiffe-id";
 /// Set to `deny` on a request that passes only because its decision is not enforced
 /// (dry-run): the upstream can tell it from an allow.
-pub const DRY_RUN_HEADER: &str = "x-cedargate-dry-run";
-/// The headers cedargate sets itself, and their `_` spellings (CGI, WSGI, Rack and PHP read
-/// `_` as `-`): always removed from the client's request on an OK answer, whether or not the
-/// Check showed them (Envoy's `allowed_headers` may hide them from cedargate).
-const FIXED_HEADERS: [&str; 8] = [
-    PRINCIPAL_HEADER,
-    ACTION_HEADER,
-    PEER_HEADER,
-    DRY_RUN_HEADER,
-    "x_cedargate_principal",
-    "x_cedargate_action",
-    "x_cedargate_peer_spiffe_id",
-    "x_cedargate_dry_run",
-];
+pub use crate::config::DRY_RUN_HEADER;
+
+/// The default identity header names and their `_` spellings, for envelopes made before the
+/// server's configuration is at hand (the server replaces them with its own).
+fn default_reserved() -> std::sync::Arc<[String]> {
+    static RESERVED: std::sync::OnceLock<std::sync::Arc<[String]>> = std::sync::OnceLock::new();
+    RESERVED
+        .get_or_init(|| crate::config::IdentityHeaders::default().reserved().into())
+        .clone()
+}
 
 /// The outcome of one Check: what the policy snapshot said ([`Evaluation`], the decision
 /// core's result) inside what is answered and logged around it ([`Envelope`]).
@@ -79,8 +77,10 @@ pub enum Recall {
     Hit,
     /// Cedar was asked, and its verdict is remembered for the next such request.
     Miss,
+    /// Cedar was asked; its verdict is not remembered: the cache's budget is spent.
+    Full,
     /// Nothing is remembered for this request (no token, the policies read the time or the
-    /// request id, Explain, the reference) or it did not reach Cedar.
+    /// request id, the cache is off, Explain, the reference) or it did not reach Cedar.
     #[default]
     Uncached,
 }
@@ -91,6 +91,7 @@ impl Recall {
         match self {
             Self::Hit => Some("hit"),
             Self::Miss => Some("miss"),
+            Self::Full => Some("full"),
             Self::Uncached => None,
         }
     }
@@ -101,8 +102,13 @@ impl Recall {
 #[derive(Debug, Clone)]
 pub struct Envelope {
     pub request_id: String,
-    /// The SPIFFE ID of the peer, for the identity header.
-    pub peer_spiffe_id: Option<String>,
+    /// The identity headers an OK answer sets (`identity_headers`: principal, action, peer,
+    /// the token's subject, issuer and claims), values already checked to be header-safe.
+    pub identity: Vec<(String, String)>,
+    /// Every identity header name and its `_` spelling: removed from the client's request on
+    /// an OK answer unless cedargate sets it, whether or not the Check showed it (Envoy's
+    /// `allowed_headers` may hide it from cedargate).
+    pub reserved: std::sync::Arc<[String]>,
     /// Names of headers the client sent under [`IDENTITY_HEADER_PREFIX`].
     pub client_identity_headers: Vec<String>,
     /// Further request headers to remove on allow (the token's, when it is not forwarded).
@@ -142,7 +148,8 @@ impl Envelope {
     pub fn bare(request_id: String) -> Self {
         Self {
             request_id,
-            peer_spiffe_id: None,
+            identity: Vec::new(),
+            reserved: default_reserved(),
             client_identity_headers: Vec::new(),
             strip_headers: Vec::new(),
             enforced: true,
@@ -318,25 +325,16 @@ impl Decision {
             // Dry-run: the would-be deny is in the metadata and the logs; the request passes,
             // still with forged identity headers removed.
             (Outcome::Allow, _) | (Outcome::Deny(_), false) => {
-                let mut headers = Vec::new();
-                let identity = [
-                    (PRINCIPAL_HEADER, principal),
-                    (ACTION_HEADER, action),
-                    (PEER_HEADER, envelope.peer_spiffe_id.clone()),
-                ];
-                for (name, value) in identity {
-                    if let Some(value) = value {
-                        headers.push((name.to_owned(), value));
-                    }
-                }
+                let mut headers = envelope.identity.clone();
                 if matches!(evaluation.outcome, Outcome::Deny(_)) {
                     headers.push((DRY_RUN_HEADER.to_owned(), "deny".to_owned()));
                 }
                 // Every identity header cedargate did not set is removed, whether or not the
                 // Check showed it (Envoy's allowed_headers may hide it from cedargate).
-                let mut headers_to_remove: Vec<String> = FIXED_HEADERS
+                let mut headers_to_remove: Vec<String> = envelope
+                    .reserved
                     .iter()
-                    .map(|name| (*name).to_owned())
+                    .cloned()
                     .chain(envelope.client_identity_headers.iter().cloned())
                     .chain(envelope.strip_headers.iter().cloned())
                     .filter(|name| !headers.iter().any(|(set, _)| set == name))
@@ -402,6 +400,10 @@ mod tests {
                 recall: Recall::Uncached,
             },
             envelope: Envelope {
+                identity: vec![(
+                    PRINCIPAL_HEADER.into(),
+                    r#"Workload::"spiffe://td/a""#.into(),
+                )],
                 client_identity_headers: vec![
                     PRINCIPAL_HEADER.into(),
                     PEER_HEADER.into(),
@@ -418,32 +420,33 @@ mod tests {
         assert_eq!(answer.code, Code::Ok);
         assert_eq!(answer.http_status, None);
         assert_eq!(
-            answer.headers[0],
-            (
-                PRINCIPAL_HEADER.into(),
-                r#"Workload::"spiffe://td/a""#.into()
-            )
+            answer.headers,
+            [(
+                PRINCIPAL_HEADER.to_owned(),
+                r#"Workload::"spiffe://td/a""#.to_owned()
+            )]
         );
-        // The principal header is overwritten, not removed; the others the client sent are
-        // removed, and cedargate's fixed headers and their `_` spellings always are.
-        assert_eq!(
-            answer.headers_to_remove,
-            [
-                DRY_RUN_HEADER,
-                PEER_HEADER,
-                "x-cedargate-x",
-                "x_cedargate_action",
-                "x_cedargate_dry_run",
-                "x_cedargate_peer_spiffe_id",
-                "x_cedargate_principal",
-            ]
-        );
-        assert!(
-            !answer
-                .headers
-                .iter()
-                .any(|(name, _)| name == DRY_RUN_HEADER)
-        );
+        // The principal header is overwritten, not removed; every other identity header name
+        // (and its `_` spelling) is removed, and so is any `x-cedargate-*` the client sent.
+        let mut expected: Vec<String> = crate::config::IdentityHeaders::default()
+            .reserved()
+            .into_iter()
+            .chain(["x-cedargate-x".to_owned()])
+            .filter(|name| name != PRINCIPAL_HEADER)
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(answer.headers_to_remove, expected);
+        for name in [
+            PEER_HEADER,
+            "x_cedargate_principal",
+            DRY_RUN_HEADER,
+            "x-cedargate-subject",
+        ] {
+            assert!(
+                answer.headers_to_remove.contains(&name.to_owned()),
+                "{name}"
+            );
+        }
         assert_eq!(answer.metadata["policy_ids"], json!(["p1"]));
     }
 

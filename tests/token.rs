@@ -1116,3 +1116,55 @@ async fn path_parameters_cannot_inject_entities() {
     }
     f.jwks.stop().await;
 }
+
+#[tokio::test]
+async fn identity_headers_carry_the_configured_names_subject_issuer_and_claims() {
+    let key = TestKey::generate(Algorithm::ES256, "ec-1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut config = config_for(test_issuer(ISS, &jwks.uri()));
+    config.identity_headers = cedargate::config::IdentityHeaders {
+        principal: "x-principal".into(),
+        claims: vec![
+            ("tenant".into(), "x-tenant-id".into()),
+            ("note".into(), "x-note".into()),
+            ("level".into(), "x-level".into()),
+        ],
+        ..Default::default()
+    };
+    let mut server = ready_server(config).await;
+    let mut body = claims(ISS, "orders", "alice");
+    body["tenant"] = json!("blue");
+    body["level"] = json!(3);
+    // A claim that cannot be a header value: left out, and the client's copy still removed.
+    body["note"] = json!("a\r\nx-evil: 1");
+    let token = key.sign(&body);
+    let request = check("GET", "/profiles/alice")
+        .bearer(&token)
+        .header("x-principal", "User::\"admin\"")
+        .header("x-tenant-id", "red")
+        .header("x-note", "forged")
+        .build();
+    let reply = server.check(request).await;
+    assert_eq!(reply.code(), Code::Ok);
+    let set = |name: &str| reply.header(name).map(|(value, _)| value);
+    assert_eq!(set("x-principal").as_deref(), Some(r#"User::"alice""#));
+    assert_eq!(set(PRINCIPAL_HEADER), None, "renamed");
+    assert_eq!(set("x-cedargate-subject").as_deref(), Some("alice"));
+    assert_eq!(set("x-cedargate-issuer").as_deref(), Some(ISS));
+    assert_eq!(set("x-tenant-id").as_deref(), Some("blue"));
+    assert_eq!(set("x-level").as_deref(), Some("3"));
+    assert_eq!(set("x-note"), None);
+    let removed = reply.removed();
+    for name in ["x-note", "x_note", PRINCIPAL_HEADER, "x_principal"] {
+        assert!(removed.contains(&name.to_owned()), "{name}: {removed:?}");
+    }
+
+    // A deny sets none of them.
+    let reply = server
+        .check(check("GET", "/profiles/bob").bearer(&token).build())
+        .await;
+    assert_eq!(reply.http_status(), Some(403));
+    for name in ["x-principal", "x-cedargate-subject", "x-tenant-id"] {
+        assert_eq!(reply.header(name), None, "{name}");
+    }
+}

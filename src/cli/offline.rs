@@ -80,6 +80,8 @@ pub struct Settings {
     pub peer: PeerSettings,
     pub limits: Limits,
     pub dry_run: bool,
+    /// The identity header names the answer shows.
+    pub identity_headers: crate::config::IdentityHeaders,
     /// The configuration's policy set (its `policies.dir`, else the compiled-in example set).
     pub policies: Option<PolicySource>,
 }
@@ -94,6 +96,7 @@ impl Settings {
             peer: config.peer,
             limits: config.limits,
             dry_run: config.dry_run,
+            identity_headers: config.identity_headers,
             policies: Some(config.policies),
         })
     }
@@ -187,6 +190,7 @@ impl Offline {
         let authn = Authenticator::start(issuers.clone(), auth)?;
         let options = CheckOptions {
             dry_run: settings.dry_run,
+            identity_headers: settings.identity_headers.clone(),
             ..CheckOptions::with_secrets(&settings.auth.token_source)
         };
         let shared = Shared::new(

@@ -31,9 +31,21 @@ const PER_TOKEN: usize = 64;
 /// Longest key remembered, in bytes (the values written, the action's and the resource's ids):
 /// a request with more readable data is evaluated each time.
 const MAX_KEY_BYTES: usize = 2048;
-/// What an entry costs beyond its key's and its verdict's text: the map slot, the uids'
-/// type names, the allocations' headers (an upper estimate).
-const ENTRY_OVERHEAD: usize = 256;
+/// One slot of a token's table (its control byte included): the table is charged by its
+/// capacity, not by its entries, because that is what it holds.
+const SLOT: usize = std::mem::size_of::<(Key, Verdict)>() + 1;
+/// An allocation's header and rounding, estimated from above.
+const ALLOCATION: usize = 32;
+
+/// The bytes a table of `capacity` holds: a hash table's buckets are the next power of two
+/// above capacity × 8/7, never more than this.
+fn table_bytes(capacity: usize) -> usize {
+    if capacity == 0 {
+        0
+    } else {
+        (capacity * 8 / 7 + 1) * SLOT + ALLOCATION
+    }
+}
 
 /// A per-request value the mapping writes into a [`Key`]: which field it fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,23 +130,36 @@ pub struct Key {
 }
 
 impl Key {
-    /// The memory an entry with this key and `verdict` holds, estimated from above.
+    /// The heap memory an entry with this key and `verdict` holds beyond its table slot,
+    /// estimated from above (every text counted as its own allocation).
     fn cost(&self, verdict: &Verdict) -> usize {
         let verdict = match verdict {
-            Verdict::Allow { determining } | Verdict::Deny { determining } => {
-                determining.iter().map(|id| id.len() + 24).sum::<usize>()
-            }
+            Verdict::Allow { determining } | Verdict::Deny { determining } => determining
+                .iter()
+                .map(|id| id.len() + 24 + ALLOCATION)
+                .sum::<usize>(),
             Verdict::Error { failed } => failed
                 .iter()
-                .map(|f| f.policy_id.len() + f.message.len() + 48)
+                .map(|f| f.policy_id.len() + f.message.len() + 48 + 2 * ALLOCATION)
                 .sum(),
         };
-        ENTRY_OVERHEAD
+        3 * ALLOCATION
             + self.inputs.len()
             + self.action.id().unescaped().len()
             + self.resource.id().unescaped().len()
             + verdict
     }
+}
+
+/// What [`Decisions::keep`] did with a verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Remembered (or already was).
+    Yes,
+    /// Not remembered: the budget is spent.
+    Full,
+    /// Not remembered: the cache is off (`limits.decision_cache_bytes: 0`).
+    Off,
 }
 
 /// How many bytes of verdicts may be held, over all tokens and snapshots.
@@ -162,6 +187,10 @@ impl Budget {
         self.held.load(Ordering::Relaxed)
     }
 
+    fn is_off(&self) -> bool {
+        self.max.load(Ordering::Relaxed) == 0
+    }
+
     fn take(&self, bytes: usize) -> bool {
         let max = self.max.load(Ordering::Relaxed);
         self.held
@@ -171,59 +200,105 @@ impl Budget {
             .is_ok()
     }
 
+    fn charge(&self, bytes: usize) {
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     fn give(&self, bytes: usize) {
         self.held.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
-/// The verdicts of one token under one snapshot, and the bytes they hold.
+/// The verdicts of one token under one snapshot, and what they hold.
 #[derive(Debug)]
 pub struct Decisions {
-    verdicts: Mutex<(HashMap<Key, Verdict>, usize)>,
+    verdicts: Mutex<Table>,
     budget: std::sync::Arc<Budget>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    map: HashMap<Key, Verdict>,
+    /// The entries' own heap bytes.
+    heap: usize,
+    /// What is charged to the budget: the table by its capacity, plus `heap`.
+    held: usize,
+}
+
+impl Table {
+    fn bytes(&self) -> usize {
+        table_bytes(self.map.capacity()) + self.heap
+    }
+
+    /// Charges what the table holds now: gives back what was foreseen and not used, and
+    /// charges (past the bound if it must: the memory is held) what was not foreseen.
+    fn settle(&mut self, budget: &Budget) {
+        let now = self.bytes();
+        if now < self.held {
+            budget.give(self.held - now);
+        } else {
+            budget.charge(now - self.held);
+        }
+        self.held = now;
+    }
 }
 
 impl Decisions {
     pub fn new(budget: std::sync::Arc<Budget>) -> Self {
         Self {
-            verdicts: Mutex::new((HashMap::new(), 0)),
+            verdicts: Mutex::new(Table::default()),
             budget,
         }
     }
 
     /// The verdict remembered for `key`.
     pub fn recall(&self, key: &Key) -> Option<Verdict> {
-        self.verdicts.lock().ok()?.0.get(key).cloned()
+        self.verdicts.lock().ok()?.map.get(key).cloned()
     }
 
     /// Remembers a verdict (an evaluation error too: Cedar errs the same way on the same
-    /// inputs) while the budget lasts.
-    pub fn keep(&self, key: Key, verdict: &Verdict) {
-        let Ok(mut guard) = self.verdicts.lock() else {
-            return;
+    /// inputs) while the budget lasts. The table is charged by its capacity: a growth is
+    /// paid for before the entry goes in, and a token that reaches [`PER_TOKEN`] verdicts
+    /// starts over with a new, empty table (its old one freed, not kept for reuse).
+    pub fn keep(&self, key: Key, verdict: &Verdict) -> Kept {
+        if self.budget.is_off() {
+            return Kept::Off;
+        }
+        let Ok(mut table) = self.verdicts.lock() else {
+            return Kept::Full;
         };
-        let (verdicts, held) = &mut *guard;
-        if verdicts.contains_key(&key) {
-            return;
+        if table.map.contains_key(&key) {
+            return Kept::Yes;
         }
-        if verdicts.len() >= PER_TOKEN {
-            self.budget.give(*held);
-            *held = 0;
-            verdicts.clear();
+        if table.map.len() >= PER_TOKEN {
+            self.budget.give(table.held);
+            *table = Table::default();
         }
-        let cost = key.cost(verdict);
-        if self.budget.take(cost) {
-            *held += cost;
-            verdicts.insert(key, verdict.clone());
+        let entry = key.cost(verdict);
+        // What the table holds once the entry is in: a full table grows first.
+        let capacity = if table.map.len() < table.map.capacity() {
+            table.map.capacity()
+        } else {
+            // Growth doubles the buckets; a first table has room for 3.
+            (table.map.capacity() * 2).max(3)
+        };
+        let after = table_bytes(capacity) + table.heap + entry;
+        if !self.budget.take(after.saturating_sub(table.held)) {
+            return Kept::Full;
         }
+        table.map.insert(key, verdict.clone());
+        table.heap += entry;
+        table.held = after;
+        table.settle(&self.budget);
+        Kept::Yes
     }
 }
 
 impl Drop for Decisions {
     fn drop(&mut self) {
         let held = match self.verdicts.get_mut() {
-            Ok(verdicts) => verdicts.1,
-            Err(poisoned) => poisoned.into_inner().1,
+            Ok(table) => table.held,
+            Err(poisoned) => poisoned.into_inner().held,
         };
         self.budget.give(held);
     }
@@ -276,50 +351,75 @@ mod tests {
         let allow = Verdict::Allow {
             determining: vec!["p".into()],
         };
-        let one = key(|w| w.value(Input::Path, "0")).unwrap().cost(&allow);
-        let budget = Arc::new(Budget::new(3 * one));
-        let first = Decisions::new(Arc::clone(&budget));
-        let second = Decisions::new(Arc::clone(&budget));
         let keys: Vec<Key> = (0..4)
             .map(|i| key(|w| w.value(Input::Path, &i.to_string())).unwrap())
             .collect();
-        first.keep(keys[0].clone(), &allow);
-        first.keep(keys[1].clone(), &allow);
-        second.keep(keys[2].clone(), &allow);
-        second.keep(keys[3].clone(), &allow);
-        assert_eq!(budget.held(), 3 * one);
-        assert!(second.recall(&keys[3]).is_none(), "over the budget");
+        // What one token's first verdict holds: its table and its entry.
+        let probe = Arc::new(Budget::new(1 << 20));
+        assert_eq!(
+            Decisions::new(Arc::clone(&probe)).keep(keys[0].clone(), &allow),
+            Kept::Yes
+        );
+        assert_eq!(
+            probe.held(),
+            0,
+            "given back when the token's parts are dropped"
+        );
+        let one = {
+            let decisions = Decisions::new(Arc::clone(&probe));
+            decisions.keep(keys[0].clone(), &allow);
+            probe.held()
+        };
+        assert!(one > table_bytes(3), "{one}");
+
+        let budget = Arc::new(Budget::new(one));
+        let first = Decisions::new(Arc::clone(&budget));
+        let second = Decisions::new(Arc::clone(&budget));
+        assert_eq!(first.keep(keys[0].clone(), &allow), Kept::Yes);
+        assert_eq!(second.keep(keys[1].clone(), &allow), Kept::Full);
+        assert!(second.recall(&keys[1]).is_none(), "over the budget");
         assert_eq!(first.recall(&keys[0]), Some(allow.clone()));
         drop(first);
-        assert_eq!(budget.held(), one);
+        assert_eq!(budget.held(), 0);
         let error = Verdict::Error { failed: Vec::new() };
-        second.keep(keys[0].clone(), &error);
+        assert_eq!(second.keep(keys[2].clone(), &error), Kept::Yes);
         assert_eq!(
-            second.recall(&keys[0]),
+            second.recall(&keys[2]),
             Some(error),
             "an error is a verdict too"
         );
         budget.limit(0);
-        second.keep(keys[1].clone(), &allow);
-        assert!(second.recall(&keys[1]).is_none(), "turned off");
+        assert_eq!(second.keep(keys[3].clone(), &allow), Kept::Off);
+        assert!(second.recall(&keys[3]).is_none(), "turned off");
     }
 
     #[test]
-    fn a_full_token_starts_over() {
-        let budget = Arc::new(Budget::new(1 << 20));
-        let decisions = Decisions::new(Arc::clone(&budget));
+    fn a_full_token_starts_over_with_a_new_table() {
+        let budget = Arc::new(Budget::new(1 << 24));
         let deny = Verdict::Deny {
             determining: Vec::new(),
         };
         let last = key(|w| w.value(Input::Path, "last")).unwrap();
+        let fresh = {
+            let decisions = Decisions::new(Arc::clone(&budget));
+            decisions.keep(last.clone(), &deny);
+            budget.held()
+        };
+        let decisions = Decisions::new(Arc::clone(&budget));
         for i in 0..PER_TOKEN {
             decisions.keep(
                 key(|w| w.value(Input::Path, &i.to_string())).unwrap(),
                 &deny,
             );
         }
-        decisions.keep(last.clone(), &deny);
-        assert_eq!(budget.held(), last.cost(&deny));
+        let full = budget.held();
+        assert!(
+            full > PER_TOKEN * SLOT,
+            "a full table is charged by its capacity: {full}"
+        );
+        decisions.keep(last, &deny);
+        // The 64-entry table is freed, not cleared for reuse: the token holds one entry's table.
+        assert_eq!(budget.held(), fresh);
         drop(decisions);
         assert_eq!(budget.held(), 0);
     }

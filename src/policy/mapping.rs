@@ -29,7 +29,7 @@ use cedar_policy::{
 };
 
 use super::Snapshot;
-use super::decisions::{Decisions, Input, Key, KeyWriter};
+use super::decisions::{Decisions, Input, Kept, Key, KeyWriter};
 use super::engine::{CedarCall, Verdict};
 use super::reads::Reads;
 use super::routes::{RouteMatch, action_uid};
@@ -102,9 +102,10 @@ pub struct Remember {
 }
 
 impl Remember {
-    pub fn keep(self, verdict: &Verdict) {
-        if let Some(decisions) = &self.principal.decisions {
-            decisions.keep(self.key, verdict);
+    pub fn keep(self, verdict: &Verdict) -> Kept {
+        match &self.principal.decisions {
+            Some(decisions) => decisions.keep(self.key, verdict),
+            None => Kept::Off,
         }
     }
 }

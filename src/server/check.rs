@@ -55,6 +55,8 @@ pub struct Shared {
     sampler: telemetry::Sampler,
     /// The decision cache's bound, shared by every snapshot this server installs.
     decisions: Arc<Budget>,
+    /// Every identity header name and its `_` spelling (removed from clients' requests).
+    reserved: Arc<[String]>,
 }
 
 /// Explain calls evaluated at once (the API is an operator's tool, not a data path).
@@ -73,6 +75,8 @@ pub struct CheckOptions {
     pub secret_query: Vec<String>,
     /// Build a `cedargate.check` span per check (OpenTelemetry export is on).
     pub trace_spans: bool,
+    /// The headers an allowed request carries upstream.
+    pub identity_headers: crate::config::IdentityHeaders,
 }
 
 impl CheckOptions {
@@ -114,6 +118,7 @@ impl Shared {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             decisions,
+            reserved: options.identity_headers.reserved().into(),
             authn,
             limits,
             peer_settings,
@@ -279,6 +284,8 @@ fn finish(shared: &Shared, mut decision: Decision) -> Decision {
     if shared.options.dry_run {
         decision.envelope.enforced = false;
     }
+    // A decision reached before the envelope was built removes this server's names too.
+    decision.envelope.reserved = Arc::clone(&shared.reserved);
     // A pass that is not enforced (a request refused before it was even read, say) must not
     // carry a token `forward_token: false` keeps from the upstream.
     if !decision.envelope.enforced && decision.envelope.strip_headers.is_empty() {
@@ -340,7 +347,8 @@ fn envelope(
     let had_token = matches!(presented.token, Ok(Some(_)));
     Envelope {
         request_id: http.request_id.clone(),
-        peer_spiffe_id: presented.peer.spiffe_id.as_ref().map(ToString::to_string),
+        identity: identity_headers(&shared.options.identity_headers, presented, evaluation),
+        reserved: Arc::clone(&shared.reserved),
         client_identity_headers: http
             .headers
             .keys()
@@ -360,6 +368,44 @@ fn envelope(
         log_attributes: log_attributes(&shared.options, request, presented),
         trace_id: trace.map(|t| t.trace_id),
     }
+}
+
+/// The identity headers of an OK answer: the Cedar principal and action, the peer's SPIFFE ID,
+/// and for a verified token its subject, issuer and the mapped claims. A value that is not
+/// safe in a header (a control character) is left out; the client's copy is removed anyway.
+fn identity_headers(
+    names: &crate::config::IdentityHeaders,
+    presented: &Presented,
+    evaluation: &Evaluation,
+) -> Vec<(String, String)> {
+    let mut headers = Vec::with_capacity(5 + names.claims.len());
+    let mut set = |name: &str, value: String| {
+        if value
+            .bytes()
+            .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+        {
+            headers.push((name.to_owned(), value));
+        }
+    };
+    if let Some(principal) = &evaluation.principal {
+        set(&names.principal, principal.to_string());
+    }
+    if let Some(action) = &evaluation.action {
+        set(&names.action, action.to_string());
+    }
+    if let Some(id) = &presented.peer.spiffe_id {
+        set(&names.peer_spiffe_id, id.to_string());
+    }
+    if let Ok(Some(token)) = &presented.token {
+        set(&names.subject, token.subject.clone());
+        set(&names.issuer, token.issuer.clone());
+        for (claim, header) in &names.claims {
+            if let Some(value) = token.claims.get(claim) {
+                set(header, value.clone());
+            }
+        }
+    }
+    headers
 }
 
 /// The request headers and token claims `log.decisions` asks for; credentials never, values
