@@ -214,18 +214,23 @@ async fn forged_identity_headers_never_reach_the_upstream() {
     );
     let mut removed = reply.removed();
     removed.sort();
-    // cedargate's fixed headers and their `_` spellings are removed whether or not the Check
-    // showed them (Envoy's allowed_headers may hide them).
+    // cedargate's identity headers and their `_` spellings are removed whether or not the
+    // Check showed them (Envoy's allowed_headers may hide them); an anonymous caller has no
+    // subject or issuer, so those are removed too.
     assert_eq!(
         removed,
         [
             "x-cedargate-dry-run",
+            "x-cedargate-issuer",
             PEER_HEADER,
             "x-cedargate-role",
+            "x-cedargate-subject",
             "x_cedargate_action",
             "x_cedargate_dry_run",
+            "x_cedargate_issuer",
             "x_cedargate_peer_spiffe_id",
             "x_cedargate_principal",
+            "x_cedargate_subject",
         ]
     );
 
