@@ -35,13 +35,33 @@ pub const PEER_HEADER: &str = "x-cedargate-peer-spiffe-id";
 /// (dry-run): the upstream can tell it from an allow.
 pub use crate::config::DRY_RUN_HEADER;
 
-/// The default identity header names and their `_` spellings, for envelopes made before the
-/// server's configuration is at hand (the server replaces them with its own).
-fn default_reserved() -> std::sync::Arc<[String]> {
-    static RESERVED: std::sync::OnceLock<std::sync::Arc<[String]>> = std::sync::OnceLock::new();
-    RESERVED
-        .get_or_init(|| crate::config::IdentityHeaders::default().reserved().into())
-        .clone()
+/// A server's identity header names, built once from `identity_headers`: the two an answer
+/// fills from the evaluation's uids, and every name removed from clients' requests.
+#[derive(Debug)]
+pub struct HeaderNames {
+    pub principal: String,
+    pub action: String,
+    /// Every identity header name and its `_` spelling.
+    pub reserved: Vec<String>,
+}
+
+impl HeaderNames {
+    pub fn new(headers: &crate::config::IdentityHeaders) -> Self {
+        Self {
+            principal: headers.principal.clone(),
+            action: headers.action.clone(),
+            reserved: headers.reserved(),
+        }
+    }
+
+    /// The default names, for envelopes made before a server's configuration is at hand
+    /// (the server replaces them with its own).
+    fn default_shared() -> std::sync::Arc<Self> {
+        static NAMES: std::sync::OnceLock<std::sync::Arc<HeaderNames>> = std::sync::OnceLock::new();
+        NAMES
+            .get_or_init(|| std::sync::Arc::new(Self::new(&Default::default())))
+            .clone()
+    }
 }
 
 /// The outcome of one Check: what the policy snapshot said ([`Evaluation`], the decision
@@ -102,13 +122,14 @@ impl Recall {
 #[derive(Debug, Clone)]
 pub struct Envelope {
     pub request_id: String,
-    /// The identity headers an OK answer sets (`identity_headers`: principal, action, peer,
-    /// the token's subject, issuer and claims), values already checked to be header-safe.
+    /// The identity headers an OK answer sets besides the principal and the action (the
+    /// peer, the token's subject, issuer and claims), values already checked to be
+    /// header-safe.
     pub identity: Vec<(String, String)>,
-    /// Every identity header name and its `_` spelling: removed from the client's request on
-    /// an OK answer unless cedargate sets it, whether or not the Check showed it (Envoy's
-    /// `allowed_headers` may hide it from cedargate).
-    pub reserved: std::sync::Arc<[String]>,
+    /// The identity header names: the principal's and the action's, and every name removed
+    /// from the client's request on an OK answer unless cedargate sets it, whether or not the
+    /// Check showed it (Envoy's `allowed_headers` may hide it from cedargate).
+    pub names: std::sync::Arc<HeaderNames>,
     /// Names of headers the client sent under [`IDENTITY_HEADER_PREFIX`].
     pub client_identity_headers: Vec<String>,
     /// Further request headers to remove on allow (the token's, when it is not forwarded).
@@ -149,7 +170,7 @@ impl Envelope {
         Self {
             request_id,
             identity: Vec::new(),
-            reserved: default_reserved(),
+            names: HeaderNames::default_shared(),
             client_identity_headers: Vec::new(),
             strip_headers: Vec::new(),
             enforced: true,
@@ -325,13 +346,21 @@ impl Decision {
             // Dry-run: the would-be deny is in the metadata and the logs; the request passes,
             // still with forged identity headers removed.
             (Outcome::Allow, _) | (Outcome::Deny(_), false) => {
-                let mut headers = envelope.identity.clone();
+                // The uids' text is the metadata's too: made once.
+                let mut headers = Vec::with_capacity(3 + envelope.identity.len());
+                let names = &envelope.names;
+                for (name, value) in [(&names.principal, &principal), (&names.action, &action)] {
+                    if let Some(value) = value {
+                        headers.push((name.clone(), value.clone()));
+                    }
+                }
+                headers.extend(envelope.identity.iter().cloned());
                 if matches!(evaluation.outcome, Outcome::Deny(_)) {
                     headers.push((DRY_RUN_HEADER.to_owned(), "deny".to_owned()));
                 }
                 // Every identity header cedargate did not set is removed, whether or not the
                 // Check showed it (Envoy's allowed_headers may hide it from cedargate).
-                let mut headers_to_remove: Vec<String> = envelope
+                let mut headers_to_remove: Vec<String> = names
                     .reserved
                     .iter()
                     .cloned()
@@ -400,10 +429,6 @@ mod tests {
                 recall: Recall::Uncached,
             },
             envelope: Envelope {
-                identity: vec![(
-                    PRINCIPAL_HEADER.into(),
-                    r#"Workload::"spiffe://td/a""#.into(),
-                )],
                 client_identity_headers: vec![
                     PRINCIPAL_HEADER.into(),
                     PEER_HEADER.into(),
@@ -421,18 +446,25 @@ mod tests {
         assert_eq!(answer.http_status, None);
         assert_eq!(
             answer.headers,
-            [(
-                PRINCIPAL_HEADER.to_owned(),
-                r#"Workload::"spiffe://td/a""#.to_owned()
-            )]
+            [
+                (
+                    PRINCIPAL_HEADER.to_owned(),
+                    r#"Workload::"spiffe://td/a""#.to_owned()
+                ),
+                (
+                    ACTION_HEADER.to_owned(),
+                    r#"Action::"orders:create""#.to_owned()
+                )
+            ]
         );
-        // The principal header is overwritten, not removed; every other identity header name
-        // (and its `_` spelling) is removed, and so is any `x-cedargate-*` the client sent.
+        // The principal and action headers are overwritten, not removed; every other identity
+        // header name (and its `_` spelling) is removed, and so is any `x-cedargate-*` the
+        // client sent.
         let mut expected: Vec<String> = crate::config::IdentityHeaders::default()
             .reserved()
             .into_iter()
             .chain(["x-cedargate-x".to_owned()])
-            .filter(|name| name != PRINCIPAL_HEADER)
+            .filter(|name| name != PRINCIPAL_HEADER && name != ACTION_HEADER)
             .collect();
         expected.sort_unstable();
         assert_eq!(answer.headers_to_remove, expected);

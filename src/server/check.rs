@@ -22,7 +22,9 @@ use tonic::{Response, Status};
 
 use super::envoy::{self, CheckInput};
 use crate::config::{DecisionLogSettings, Limits, NEVER_LOGGED};
-use crate::decision::{Decision, DenyReason, Envelope, Evaluation, IDENTITY_HEADER_PREFIX};
+use crate::decision::{
+    Decision, DenyReason, Envelope, Evaluation, HeaderNames, IDENTITY_HEADER_PREFIX,
+};
 use crate::identity::authn::Authenticator;
 use crate::identity::peer::PeerError;
 use crate::identity::{Peer, PeerSettings, Presented};
@@ -55,8 +57,8 @@ pub struct Shared {
     sampler: telemetry::Sampler,
     /// The decision cache's bound, shared by every snapshot this server installs.
     decisions: Arc<Budget>,
-    /// Every identity header name and its `_` spelling (removed from clients' requests).
-    reserved: Arc<[String]>,
+    /// The identity header names (`identity_headers`), built once.
+    header_names: Arc<HeaderNames>,
 }
 
 /// Explain calls evaluated at once (the API is an operator's tool, not a data path).
@@ -118,7 +120,7 @@ impl Shared {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             decisions,
-            reserved: options.identity_headers.reserved().into(),
+            header_names: Arc::new(HeaderNames::new(&options.identity_headers)),
             authn,
             limits,
             peer_settings,
@@ -285,7 +287,7 @@ fn finish(shared: &Shared, mut decision: Decision) -> Decision {
         decision.envelope.enforced = false;
     }
     // A decision reached before the envelope was built removes this server's names too.
-    decision.envelope.reserved = Arc::clone(&shared.reserved);
+    decision.envelope.names = Arc::clone(&shared.header_names);
     // A pass that is not enforced (a request refused before it was even read, say) must not
     // carry a token `forward_token: false` keeps from the upstream.
     if !decision.envelope.enforced && decision.envelope.strip_headers.is_empty() {
@@ -347,8 +349,8 @@ fn envelope(
     let had_token = matches!(presented.token, Ok(Some(_)));
     Envelope {
         request_id: http.request_id.clone(),
-        identity: identity_headers(&shared.options.identity_headers, presented, evaluation),
-        reserved: Arc::clone(&shared.reserved),
+        identity: identity_headers(&shared.options.identity_headers, presented),
+        names: Arc::clone(&shared.header_names),
         client_identity_headers: http
             .headers
             .keys()
@@ -370,15 +372,15 @@ fn envelope(
     }
 }
 
-/// The identity headers of an OK answer: the Cedar principal and action, the peer's SPIFFE ID,
-/// and for a verified token its subject, issuer and the mapped claims. A value that is not
-/// safe in a header (a control character) is left out; the client's copy is removed anyway.
+/// The identity headers of an OK answer besides the principal and the action (the answer
+/// writes those from the uids): the peer's SPIFFE ID, and for a verified token its subject,
+/// issuer and the mapped claims. A value that is not safe in a header (a control character)
+/// is left out; the client's copy is removed anyway.
 fn identity_headers(
     names: &crate::config::IdentityHeaders,
     presented: &Presented,
-    evaluation: &Evaluation,
 ) -> Vec<(String, String)> {
-    let mut headers = Vec::with_capacity(5 + names.claims.len());
+    let mut headers = Vec::with_capacity(3 + names.claims.len());
     let mut set = |name: &str, value: String| {
         if value
             .bytes()
@@ -387,12 +389,6 @@ fn identity_headers(
             headers.push((name.to_owned(), value));
         }
     };
-    if let Some(principal) = &evaluation.principal {
-        set(&names.principal, principal.to_string());
-    }
-    if let Some(action) = &evaluation.action {
-        set(&names.action, action.to_string());
-    }
     if let Some(id) = &presented.peer.spiffe_id {
         set(&names.peer_spiffe_id, id.to_string());
     }
