@@ -280,17 +280,11 @@ fn split_xfcc(header: &str) -> Result<Vec<XfccElement>, PeerError> {
     }
 }
 
-/// 64 hex digits, nothing else (no sign, no whitespace).
+/// 64 hex digits, nothing else (no sign, no whitespace): the `hex` crate's strict decoding
+/// into exactly 32 bytes.
 fn parse_hex_sha256(value: &str) -> Result<[u8; 32], PeerError> {
-    let bytes = value.as_bytes();
-    if bytes.len() != 64 || !bytes.iter().all(u8::is_ascii_hexdigit) {
-        return Err(PeerError::Xfcc);
-    }
     let mut sha = [0u8; 32];
-    for (byte, pair) in sha.iter_mut().zip(bytes.chunks(2)) {
-        let text = std::str::from_utf8(pair).map_err(|_| PeerError::Xfcc)?;
-        *byte = u8::from_str_radix(text, 16).map_err(|_| PeerError::Xfcc)?;
-    }
+    hex::decode_to_slice(value, &mut sha).map_err(|_| PeerError::Xfcc)?;
     Ok(sha)
 }
 
@@ -317,9 +311,24 @@ mod tests {
         assert_eq!(parse_xfcc("Hash=zz"), Err(PeerError::Xfcc));
         assert_eq!(parse_xfcc("garbage"), Err(PeerError::Xfcc));
         assert_eq!(parse_xfcc("URI=a;URI=b"), Err(PeerError::SeveralUris));
+        for hash in [
+            format!("+{}", "a".repeat(63)),
+            format!(" {}", "a".repeat(63)),
+            "a".repeat(62),
+            "a".repeat(66),
+            format!("{}é", "a".repeat(62)),
+        ] {
+            assert_eq!(
+                parse_xfcc(&format!("Hash={hash}")),
+                Err(PeerError::Xfcc),
+                "{hash}"
+            );
+        }
         assert_eq!(
-            parse_xfcc(&format!("Hash=+{}", "a".repeat(63))),
-            Err(PeerError::Xfcc)
+            parse_xfcc(&format!("Hash={}", "AA".repeat(32)))
+                .unwrap()
+                .sha256,
+            Some([0xaa; 32])
         );
     }
 
