@@ -208,6 +208,10 @@ pub fn parse(body: &[u8]) -> Result<KeySet, JwksError> {
     let mut set = KeySet::default();
     for value in doc.keys {
         // Members sorted: the same key served with its members in another order is the same.
+        // Not the RFC 7638 thumbprint (`Jwk::thumbprint`), on purpose: a thumbprint covers the
+        // key material only, and here "the same key" decides whether tokens verified with it
+        // stay valid, so a key whose `kid`, `alg`, `use` or `key_ops` changed must count as
+        // another key (tokens cached under the old terms are verified again).
         let fingerprint: [u8; 32] = Sha256::digest(canonical(&value).as_bytes()).into();
         let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
             continue;
