@@ -50,6 +50,8 @@ pub enum AppError {
     Grpc(#[from] tonic::transport::Error),
     #[error("admin server failed: {0}")]
     Admin(#[source] std::io::Error),
+    #[error("HTTP authorization server failed: {0}")]
+    Http(#[source] std::io::Error),
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -71,6 +73,8 @@ pub struct App {
     pub admin_addr: SocketAddr,
     /// cedargate's own API listener (Explain, Status), when `listen.api` is set.
     pub api_addr: Option<SocketAddr>,
+    /// The HTTP authorization listener's address, when `listen.http` is set.
+    pub http_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     /// The admin listener stops after the gRPC drain, so `/readyz` answers 503 meanwhile.
@@ -83,6 +87,8 @@ pub struct App {
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<std::io::Result<()>>,
     api: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    /// The HTTP authorization service, when `listen.http` is set; it drains with gRPC.
+    http: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 /// Installs aws-lc-rs as the process's rustls crypto provider (one TLS stack ships).
@@ -239,6 +245,25 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         None => (None, None),
     };
 
+    // The HTTP authorization service decides like Check and stops with it.
+    let (http, http_addr) = match config.listen.http {
+        Some(addr) => {
+            let listener = bind(addr).await?;
+            let bound = local(&listener, addr)?;
+            if !bound.ip().is_loopback() {
+                tracing::warn!(http_addr = %bound, "the HTTP authorization port is plaintext beyond loopback: anyone who can reach it can ask for decisions on any request and identity they claim; bind it to loopback or put a mesh sidecar's mTLS in front of it");
+            }
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let router = crate::server::http::router(shared.clone(), config.http_service.clone());
+            let server =
+                axum::serve(listener, router).with_graceful_shutdown(stopped(signal.clone()));
+            (Some(tokio::spawn(async move { server.await })), Some(bound))
+        }
+        None => (None, None),
+    };
+
     let admin = axum::serve(admin_listener, crate::admin::router(shared.clone()))
         .with_graceful_shutdown(stopped(admin_signal));
     let admin = tokio::spawn(async move { admin.await });
@@ -266,11 +291,15 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         }
         None => tracing::info!(grpc_addr = %grpc_shown, %admin_addr, "cedargate serving"),
     }
+    if let Some(http_addr) = http_addr {
+        tracing::info!(%http_addr, "HTTP authorization service serving");
+    }
     Ok(App {
         grpc_addr,
         grpc_socket,
         admin_addr,
         api_addr,
+        http_addr,
         shared,
         shutdown,
         admin_shutdown,
@@ -280,6 +309,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         grpc,
         admin,
         api,
+        http,
     })
 }
 
@@ -295,6 +325,7 @@ impl App {
             mut grpc,
             mut admin,
             api,
+            http,
             grpc_socket,
             reloader,
             health,
@@ -321,6 +352,17 @@ impl App {
             Err(_) => {
                 tracing::warn!("drain timeout: closing gRPC connections still open");
                 grpc.abort();
+            }
+        }
+        if let Some(mut http) = http {
+            match tokio::time::timeout_at(deadline, &mut http).await {
+                Ok(result) => result?.map_err(AppError::Http)?,
+                Err(_) => {
+                    tracing::warn!(
+                        "drain timeout: closing HTTP authorization connections still open"
+                    );
+                    http.abort();
+                }
             }
         }
         if let Some(socket) = grpc_socket {

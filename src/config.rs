@@ -13,11 +13,13 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod decision_log;
+mod http_service;
 mod identity_headers;
 mod issuers;
 mod otel;
 
 pub use decision_log::{DecisionLogSettings, NEVER_LOGGED};
+pub use http_service::{HttpService, OriginalRequest};
 pub use identity_headers::{DRY_RUN_HEADER, IdentityHeaders};
 pub use issuers::{AuthSettings, FetchOptions, IssuerConfig, JwksSource, TokenSource, uri_allowed};
 pub use otel::OtelSettings;
@@ -72,6 +74,8 @@ pub struct Config {
     pub decision_log: DecisionLogSettings,
     /// The headers an allowed request carries upstream (`identity_headers:`).
     pub identity_headers: IdentityHeaders,
+    /// How the HTTP authorization listener (`listen.http`) reads a request.
+    pub http_service: HttpService,
     /// Evaluate and record every decision, but allow all requests (`dry_run: true`): a new
     /// policy set can be watched on real traffic before it is enforced.
     pub dry_run: bool,
@@ -93,6 +97,9 @@ pub struct Listen {
     /// cedargate's own gRPC API (Explain, Status): off unless set. Explain shows which
     /// policies and entities decide a request, so bind it like an admin port (loopback).
     pub api: Option<SocketAddr>,
+    /// The HTTP authorization service (Envoy `http_service`, forward-auth proxies): off
+    /// unless set. Plaintext HTTP/1.1: bind it to loopback or put a mesh sidecar in front.
+    pub http: Option<SocketAddr>,
     /// Unix socket only: peer UIDs (SO_PEERCRED) allowed to connect; empty allows any local
     /// process that can reach the socket (directory 0700, socket 0600: the same user).
     pub unix_allowed_uids: Vec<u32>,
@@ -226,6 +233,7 @@ impl Default for Config {
                 grpc: GrpcListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 9191))),
                 admin: SocketAddr::from(([127, 0, 0, 1], 9192)),
                 api: None,
+                http: None,
                 unix_allowed_uids: Vec::new(),
                 unix_group_access: false,
             },
@@ -238,6 +246,7 @@ impl Default for Config {
             tls: None,
             decision_log: DecisionLogSettings::default(),
             identity_headers: IdentityHeaders::default(),
+            http_service: HttpService::default(),
             dry_run: false,
             watch_policies: true,
             otel: None,
@@ -270,6 +279,8 @@ struct RawConfig {
     tracing: otel::RawOtel,
     #[serde(default)]
     identity_headers: identity_headers::RawIdentityHeaders,
+    #[serde(default)]
+    http_service: http_service::RawHttpService,
 }
 
 #[derive(Debug, Deserialize)]
@@ -298,6 +309,7 @@ struct RawListen {
     grpc: Option<String>,
     admin: Option<String>,
     api: Option<String>,
+    http: Option<String>,
     unix_allowed_uids: Option<Vec<u32>>,
     #[serde(default)]
     unix_group_access: bool,
@@ -428,6 +440,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         tracing,
         tls,
         identity_headers,
+        http_service,
     } = raw;
     let defaults = Config::default();
     let mut problems = Vec::new();
@@ -436,6 +449,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         grpc,
         admin,
         api,
+        http,
         unix_allowed_uids,
         unix_group_access,
     } = listen;
@@ -460,6 +474,17 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             field: "listen.api".into(),
             value: api.to_string(),
             fix: "the API listener needs an address of its own; use another port than listen.grpc and listen.admin",
+        });
+    }
+    let http = http.map(|text| socket_addr(Some(text), "listen.http", admin, &mut problems));
+    if let Some(http) = http
+        && http.port() != 0
+        && (http == admin || Some(http) == api || grpc == GrpcListen::Tcp(http))
+    {
+        problems.push(Problem {
+            field: "listen.http".into(),
+            value: http.to_string(),
+            fix: "the HTTP authorization listener needs an address of its own; use another port than listen.grpc, listen.admin and listen.api",
         });
     }
     if unix_allowed_uids.is_some() && !matches!(grpc, GrpcListen::Unix(_)) {
@@ -601,6 +626,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             grpc,
             admin,
             api,
+            http,
             unix_allowed_uids: unix_allowed_uids.unwrap_or_default(),
             unix_group_access,
         },
@@ -609,6 +635,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         log: format.unwrap_or(defaults.log),
         decision_log,
         identity_headers: identity_headers::build(identity_headers, &mut problems),
+        http_service: http_service::build(http_service, &mut problems),
         dry_run,
         watch_policies,
         otel: otel::build(tracing, &mut problems),
@@ -751,6 +778,28 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_yaml(Path::new("/etc/cedargate/cedargate.yaml"), text)
+    }
+
+    #[test]
+    fn the_http_service_has_an_address_of_its_own() {
+        let config = parse(
+            "listen:\n  http: 127.0.0.1:9194\nhttp_service:\n  path_prefix: /authz\n  request: forwarded\n",
+        )
+        .unwrap();
+        assert_eq!(config.listen.http, Some(([127, 0, 0, 1], 9194).into()));
+        assert_eq!(config.http_service.path_prefix, "/authz");
+        assert_eq!(config.http_service.request, OriginalRequest::Forwarded);
+        assert_eq!(parse("").unwrap().listen.http, None, "off unless set");
+        for clash in ["127.0.0.1:9191", "127.0.0.1:9192"] {
+            let err = parse(&format!("listen:\n  http: {clash}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("`listen.http`"), "{err}");
+        }
+        let err = parse("http_service:\n  request: traefik\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant"), "{err}");
     }
 
     #[test]

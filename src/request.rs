@@ -83,6 +83,10 @@ pub enum RequestError {
     TooManyHeaders { count: usize, max: usize },
     #[error("the request's headers are {len} bytes, over the limit of {max}")]
     HeadersTooLarge { len: usize, max: usize },
+    #[error("the authorization request's path is not under http_service.path_prefix `{0}`")]
+    OutsidePrefix(String),
+    #[error("a forward-auth request must carry `{0}` (http_service.request: forwarded)")]
+    MissingForwarded(&'static str),
 }
 
 impl RequestError {

@@ -1,10 +1,12 @@
-//! The gRPC side: Envoy's `envoy.service.auth.v3.Authorization/Check`, plus `grpc.health.v1`
-//! (following readiness, `health`) and server reflection. `envoy` translates protobuf in and
-//! out; `check` runs the stages.
+//! The listeners' side: Envoy's `envoy.service.auth.v3.Authorization/Check` over gRPC, plus
+//! `grpc.health.v1` (following readiness, `health`) and server reflection; and the same
+//! decisions over plain HTTP (`http`: Envoy's `http_service`, forward-auth proxies). `envoy`
+//! translates protobuf in and out; `check` runs the stages for both.
 
 pub mod check;
 pub mod envoy;
 pub mod health;
+pub mod http;
 pub mod reflection;
 pub mod tls;
 #[cfg(unix)]

@@ -100,6 +100,12 @@ impl TestServer {
         assert_eq!(ready.status(), 200);
     }
 
+    /// The base URL of the HTTP authorization listener (`listen.http` must be set).
+    pub fn http_url(&self, path: &str) -> String {
+        let addr = self.app.http_addr.expect("the test server has listen.http");
+        format!("http://{addr}{path}")
+    }
+
     /// The TCP address of the Check listener (test configurations listen on 127.0.0.1:0).
     pub fn grpc_addr(&self) -> SocketAddr {
         grpc_addr(&self.app)
@@ -246,6 +252,20 @@ impl Reply {
             .filter_map(|o| o.header.as_ref().map(|h| (h, o.append_action)))
             .find(|(h, _)| h.key == name)
             .map(|(h, action)| (h.value.clone(), action))
+    }
+
+    /// Every header to set (allow: upstream; deny: the client's response), in order.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        self.header_options()
+            .iter()
+            .filter_map(|o| o.header.as_ref())
+            .map(|h| (h.key.clone(), h.value.clone()))
+            .collect()
+    }
+
+    /// The denied response body as sent (empty on allow).
+    pub fn body_text(&self) -> String {
+        self.denied().map(|d| d.body.clone()).unwrap_or_default()
     }
 
     /// Upstream headers to remove (allow only).

@@ -34,11 +34,13 @@ const ISS: &str = "https://idp.test";
 const LOCAL: &str = "deploy/envoy/envoy-local.yaml";
 const MTLS: &str = "deploy/envoy/envoy.yaml";
 const UDS: &str = "deploy/envoy/envoy-uds.yaml";
+const HTTP: &str = "deploy/envoy/envoy-http.yaml";
 
 /// Shipped ports and certificate paths, as the shipped configurations spell them.
 const LISTEN_LOCAL: u64 = 10000;
 const LISTEN_MTLS: u64 = 8443;
 const CEDARGATE: u64 = 9191;
+const CEDARGATE_HTTP: u64 = 9194;
 const UPSTREAM: u64 = 8080;
 const ADMIN: u64 = 9901;
 
@@ -152,7 +154,7 @@ fn shipped_envoy_configs_pass_envoy_validate() {
         }
         validated += 1;
     }
-    assert!(validated >= 2, "both shipped configurations were validated");
+    assert!(validated >= 4, "every shipped configuration was validated");
 }
 
 #[tokio::test]
@@ -278,6 +280,77 @@ async fn envoy_enforces_cedargate_decisions() {
             .iter()
             .all(|s| s.header(PRINCIPAL_HEADER) == Some(r#"User::"alice""#))
     );
+    jwks.stop().await;
+}
+
+#[tokio::test]
+async fn envoy_enforces_cedargate_decisions_over_the_http_service() {
+    let key = TestKey::generate(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut config: Config = test_config(PolicySource::Embedded);
+    config.issuers = vec![test_issuer(ISS, &jwks.uri())];
+    config.auth.forward_token = false;
+    config.listen.http = Some(([127, 0, 0, 1], 0).into());
+    // What the shipped envoy-http.yaml puts before every path.
+    config.http_service.path_prefix = "/authz".into();
+    let server = TestServer::with_config(config).await;
+    server.ready().await;
+    let upstream = Upstream::start().await;
+    let mut ports = ports(None, &upstream);
+    ports.insert(CEDARGATE_HTTP, server.app.http_addr.unwrap().port());
+    let envoy = Envoy::start(&render(HTTP, &ports, &HashMap::new())).await;
+    let port = envoy.port();
+    let client = http_client();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+
+    // Allowed: the upstream sees cedargate's identity headers (a forged principal replaced, a
+    // forged peer header removed), not the token, and the path without Envoy's prefix.
+    let alice = key.sign(&claims(ISS, "orders", "alice"));
+    let reply = client
+        .get(url("/profiles/alice?tab=1"))
+        .bearer_auth(&alice)
+        .header(PRINCIPAL_HEADER, r#"User::"admin""#)
+        .header(PEER_HEADER, CHECKOUT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200, "{}", envoy.log());
+    assert_eq!(reply.text().await.unwrap(), "upstream");
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/profiles/alice?tab=1");
+    assert_eq!(seen[0].header(PRINCIPAL_HEADER), Some(r#"User::"alice""#));
+    assert_eq!(seen[0].header("x-cedargate-subject"), Some("alice"));
+    assert_eq!(
+        seen[0].header(PEER_HEADER),
+        None,
+        "a forged peer header is removed"
+    );
+    assert_eq!(
+        seen[0].header("authorization"),
+        None,
+        "the token is not forwarded"
+    );
+
+    // No token: 401 with the Bearer challenge; a policy deny: 403 with the JSON body.
+    let reply = client.get(url("/orders")).send().await.unwrap();
+    assert_eq!(reply.status(), 401);
+    assert!(
+        reply.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with(r#"Bearer realm="cedargate""#)
+    );
+    let reply = client
+        .get(url("/profiles/bob"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 403);
+    let body: serde_json::Value = serde_json::from_str(&reply.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "policy_denied");
+    assert_eq!(upstream.seen().len(), 1, "no deny reached the upstream");
     jwks.stop().await;
 }
 

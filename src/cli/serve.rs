@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Off unless set: bind it to loopback.
     #[arg(long, value_name = "ADDR")]
     pub api: Option<std::net::SocketAddr>,
+    /// Serve the HTTP authorization service (Envoy `http_service`, forward-auth) here;
+    /// overrides `listen.http`. Off unless set: plaintext, bind it to loopback.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
     /// Log format; overrides `log.format` of the configuration.
     #[arg(long, value_parser = ["json", "text"])]
     pub log_format: Option<String>,
@@ -44,6 +48,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         grpc,
         admin,
         api,
+        http,
         log_format,
     } = args;
     let mut config = match config {
@@ -67,6 +72,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
     if api.is_some() {
         config.listen.api = api;
+    }
+    if http.is_some() {
+        config.listen.http = http;
     }
     match log_format.as_deref() {
         Some("text") => config.log = LogFormat::Text,

@@ -176,23 +176,15 @@ impl Authorization for CheckService {
     ) -> Result<Response<CheckResponse>, Status> {
         // Shed load at once rather than queue, with a denied answer (503 `overloaded`): a gRPC
         // error would be an allow at an Envoy configured with `failure_mode_allow: true`.
+        let request_id = envoy::request_id_hint(request.get_ref());
         let Some(_permit) = self.shared.admit() else {
-            telemetry::rejected("overload");
-            let id = envoy::request_id_hint(request.get_ref());
-            let decision = finish(&self.shared, Decision::early(id, DenyReason::Overloaded));
+            let decision = overloaded(&self.shared, request_id);
             return Ok(Response::new(envoy::response(decision.answer())));
         };
-        let _in_flight = telemetry::InFlight::enter();
-        let started = Instant::now();
         let shared = &*self.shared;
         let budget = deadline(shared.limits.check_timeout, request.metadata());
-        let (decision, _, span) = guarded(shared, request.into_inner(), budget, false).await;
-        span.record(
-            "decision",
-            if decision.is_allow() { "allow" } else { "deny" },
-        );
-        span.record("reason", decision.reason_code());
-        telemetry::decided(&decision, started.elapsed(), &shared.sampler);
+        let input = request.into_inner();
+        let decision = decide_counted(shared, || Ok(envoy::input(input)), request_id, budget).await;
         let response =
             std::panic::catch_unwind(AssertUnwindSafe(|| envoy::response(decision.answer())))
                 .unwrap_or_else(|_| {
@@ -203,6 +195,35 @@ impl Authorization for CheckService {
                 });
         Ok(Response::new(response))
     }
+}
+
+/// The answer to a check refused at admission (the server is at `limits.max_inflight`):
+/// 503 `overloaded`, counted as a rejection.
+pub(crate) fn overloaded(shared: &Shared, request_id: String) -> Decision {
+    telemetry::rejected("overload");
+    finish(shared, Decision::early(request_id, DenyReason::Overloaded))
+}
+
+/// Decides one admitted check, read by `read` (from protobuf for gRPC, from an HTTP request
+/// for the HTTP service), and counts and logs it: the one path both listeners take, so that
+/// they decide alike. `request_id` is what an answer carries when the request is never read
+/// (a panic, a timeout).
+pub(crate) async fn decide_counted(
+    shared: &Shared,
+    read: impl FnOnce() -> Result<CheckInput, request::RequestError>,
+    request_id: String,
+    budget: Duration,
+) -> Decision {
+    let _in_flight = telemetry::InFlight::enter();
+    let started = Instant::now();
+    let (decision, _, span) = guarded(shared, read, request_id, budget, false).await;
+    span.record(
+        "decision",
+        if decision.is_allow() { "allow" } else { "deny" },
+    );
+    span.record("reason", decision.reason_code());
+    telemetry::decided(&decision, started.elapsed(), &shared.sampler);
+    decision
 }
 
 /// A decision with the Cedar request it was made on, when one was built.
@@ -216,7 +237,9 @@ pub struct Explained {
 /// panic guard) and keeps the Cedar request: for the Explain API and the policy CLI. Nothing is
 /// counted or logged as a decision.
 pub async fn explain(shared: &Shared, input: CheckRequest, budget: Duration) -> Explained {
-    let (decision, call, _) = guarded(shared, input, budget, true).await;
+    let request_id = envoy::request_id_hint(&input);
+    let (decision, call, _) =
+        guarded(shared, || Ok(envoy::input(input)), request_id, budget, true).await;
     Explained { decision, call }
 }
 
@@ -225,13 +248,13 @@ pub async fn explain(shared: &Shared, input: CheckRequest, budget: Duration) -> 
 /// span (a disabled one unless trace export is on).
 async fn guarded(
     shared: &Shared,
-    input: CheckRequest,
+    read: impl FnOnce() -> Result<CheckInput, request::RequestError>,
+    // The id a panic or timeout answer carries (the normalised request may not exist then).
+    request_id: String,
     budget: Duration,
     keep_call: bool,
 ) -> (Decision, Option<CedarCall>, tracing::Span) {
     let now = unix_now();
-    // The id a panic or timeout answer carries (the normalised request may not exist then).
-    let request_id = envoy::request_id_hint(&input);
     let guard = |what: &str| {
         telemetry::panicked();
         Decision::early(
@@ -241,7 +264,12 @@ async fn guarded(
     };
     // Reading and normalising never waits: it runs before the span exists, under the guard.
     let prepared = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let input = envoy::input(input);
+        let input = read().map_err(|err| {
+            Box::new(Decision::early(
+                request_id.clone(),
+                DenyReason::BadRequest(err),
+            ))
+        })?;
         #[cfg(feature = "testutil")]
         #[allow(clippy::panic)]
         if input.extensions.contains_key(PANIC_EXTENSION) {
@@ -450,10 +478,14 @@ pub fn deadline(bound: Duration, metadata: &tonic::metadata::MetadataMap) -> Dur
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
-        .map_or(bound, |caller| {
-            let margin = (caller / 10).clamp(Duration::from_millis(1), Duration::from_millis(50));
-            caller.saturating_sub(margin).min(bound)
-        })
+        .map_or(bound, |caller| within(bound, caller))
+}
+
+/// `bound`, or the caller's own timeout less a margin (a tenth, between 1 and 50 ms) when that
+/// is shorter.
+pub(crate) fn within(bound: Duration, caller: Duration) -> Duration {
+    let margin = (caller / 10).clamp(Duration::from_millis(1), Duration::from_millis(50));
+    caller.saturating_sub(margin).min(bound)
 }
 
 /// `grpc-timeout` per the gRPC HTTP/2 spec: at most 8 ASCII digits and a unit (H M S m u n).
