@@ -292,6 +292,13 @@ pub fn panicked() {
 /// decision log line carries its trace id (so it joins the trace of the request it decided)
 /// and the check span takes it as its remote parent. Malformed or all-zero ids are ignored
 /// (W3C Trace Context §3.2).
+///
+/// Why not `opentelemetry_sdk`'s `TraceContextPropagator` (already in the tree): it reads the
+/// ids with `from_str_radix`, so `00-abc-+def-01` passes as trace id `0…0abc`, where W3C says a
+/// trace id is exactly 32 lowercase hex digits and a malformed header MUST be ignored. The
+/// decision log would then carry a trace id the caller never sent, joining the wrong trace.
+/// `opentelemetry_sdk_is_more_lenient_than_w3c` below pins the difference: if it ever fails,
+/// the propagator has become strict and can replace this.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceParent {
     /// 32 lowercase hex digits.
@@ -365,5 +372,24 @@ mod tests {
         ] {
             assert_eq!(TraceParent::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn opentelemetry_sdk_is_more_lenient_than_w3c() {
+        use opentelemetry::propagation::TextMapPropagator;
+        use opentelemetry::trace::TraceContextExt;
+        let header = "00-abc-+def-01";
+        let carrier =
+            std::collections::HashMap::from([("traceparent".to_owned(), header.to_owned())]);
+        let context =
+            opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+        let span = context.span();
+        let taken = span.span_context();
+        assert!(taken.is_valid(), "the propagator takes {header}");
+        assert_eq!(
+            taken.trace_id().to_string(),
+            "00000000000000000000000000000abc"
+        );
+        assert_eq!(TraceParent::parse(header), None, "W3C: ignore it");
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! - Keys are parsed once per fetch into `jsonwebtoken::DecodingKey`s; a check never parses a key.
 //! - The current set sits behind an `ArcSwap`: a refresh swaps it whole, readers never wait.
-//! - The refresher honours `Cache-Control: max-age` within configured bounds, retries failures
+//! - The refresher honours the server's freshness (`Cache-Control`, `Expires`, `Age`, read by
+//!   `http-cache-semantics`) within configured bounds, retries failures
 //!   with exponential backoff, and keeps serving the last good set meanwhile.
 //! - An unknown `kid` may ask for one early fetch per issuer per interval; every check that
 //!   asked waits on the same fetch (a generation counter), bounded by `fetch_wait`.
@@ -492,11 +493,7 @@ async fn get_bounded(
     if !response.status().is_success() {
         return Err(JwksError::Status(response.status().as_u16()));
     }
-    let max_age = response
-        .headers()
-        .get(reqwest::header::CACHE_CONTROL)
-        .and_then(|v| v.to_str().ok())
-        .and_then(max_age);
+    let max_age = freshness(uri, response.status(), response.headers());
     if response
         .content_length()
         .is_some_and(|len| len > max_bytes as u64)
@@ -534,12 +531,35 @@ fn fetch_error(err: reqwest::Error) -> JwksError {
     JwksError::Fetch(text)
 }
 
-fn max_age(cache_control: &str) -> Option<Duration> {
-    cache_control
-        .split(',')
-        .filter_map(|d| d.trim().strip_prefix("max-age="))
-        .find_map(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+/// How long the server says its answer stays fresh, as a private cache reads RFC 9111:
+/// `Cache-Control: max-age` (quoted or not), else `Expires` against `Date`,
+/// less the `Age` it has already spent; `no-store` and `no-cache` are no time at all.
+/// `None` when the answer says nothing about freshness (no `Cache-Control`, no `Expires`):
+/// the configured interval applies then, not a guess from `Last-Modified`. The caller clamps
+/// the result into `refresh_min..=refresh_max`.
+fn freshness(
+    uri: &str,
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+) -> Option<Duration> {
+    use http_cache_semantics::{CacheOptions, CachePolicy};
+    if !headers.contains_key(http::header::CACHE_CONTROL)
+        && !headers.contains_key(http::header::EXPIRES)
+    {
+        return None;
+    }
+    let request = http::Request::get(uri).body(()).ok()?;
+    let mut response = http::Response::new(());
+    *response.status_mut() = status;
+    *response.headers_mut() = headers.clone();
+    let options = CacheOptions {
+        shared: false,
+        cache_heuristic: 0.0,
+        ..CacheOptions::default()
+    };
+    let now = std::time::SystemTime::now();
+    let policy = CachePolicy::new_options(&request, &response, now, options);
+    Some(policy.time_to_live(now))
 }
 
 /// Keeps one issuer's key set fresh until the task is aborted.
@@ -671,6 +691,54 @@ pub fn describe(source: &JwksSource) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn freshness_is_read_as_a_private_cache_reads_it() {
+        let fresh = |headers: &[(&str, &str)]| {
+            let mut map = reqwest::header::HeaderMap::new();
+            for (name, value) in headers {
+                map.append(
+                    reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    value.parse().unwrap(),
+                );
+            }
+            freshness("https://idp.test/jwks", reqwest::StatusCode::OK, &map).map(|d| d.as_secs())
+        };
+        assert_eq!(
+            fresh(&[("cache-control", "public, max-age=600")]),
+            Some(600)
+        );
+        // The crate compares directive names case-sensitively (RFC 9111 §5.2 says not to):
+        // an upper-case spelling is no freshness, so the keys are fetched at the minimum
+        // interval; the safe direction, and IdPs send lower case.
+        assert_eq!(fresh(&[("cache-control", "Max-Age=600")]), Some(0));
+        assert_eq!(fresh(&[("cache-control", "max-age=\"600\"")]), Some(600));
+        assert_eq!(
+            fresh(&[("cache-control", "private, max-age=600")]),
+            Some(600)
+        );
+        // Time already spent in a cache on the way counts.
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=600"), ("age", "100")]),
+            Some(500)
+        );
+        assert_eq!(
+            fresh(&[("cache-control", "no-store, max-age=600")]),
+            Some(0)
+        );
+        assert_eq!(fresh(&[("cache-control", "no-cache")]), Some(0));
+        let now = std::time::SystemTime::now();
+        let date = httpdate::fmt_http_date(now);
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(300));
+        let expires = fresh(&[("date", &date), ("expires", &later)]).unwrap();
+        assert!((298..=300).contains(&expires), "{expires}");
+        // Saying nothing is not "no time": the configured interval applies.
+        assert_eq!(fresh(&[]), None);
+        assert_eq!(
+            fresh(&[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")]),
+            None
+        );
+    }
 
     const RFC8037_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
     const OTHER_X: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
