@@ -400,11 +400,17 @@ impl Config {
         } else {
             yaml_serde::from_str(text).map_err(|err| {
                 let (line, column) = err.location().map_or((0, 0), |l| (l.line(), l.column()));
+                // The position leads the message already: not "at line 9 column 5" again.
+                let text = err.to_string();
+                let message = text
+                    .strip_suffix(&format!(" at line {line} column {column}"))
+                    .unwrap_or(&text)
+                    .to_owned();
                 ConfigError::Parse {
                     path: path.to_owned(),
                     line,
                     column,
-                    message: err.to_string(),
+                    message,
                 }
             })?
         };
@@ -778,6 +784,19 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_yaml(Path::new("/etc/cedargate/cedargate.yaml"), text)
+    }
+
+    #[test]
+    fn a_yaml_error_names_its_position_once() {
+        let err = parse("issuers:\n  - issuer: https://idp.test\n    jwks_uri: x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/cedargate/cedargate.yaml:3:5: "),
+            "{err}"
+        );
+        assert!(err.contains("unknown field `jwks_uri`"), "{err}");
+        assert!(!err.contains("at line"), "{err}");
     }
 
     #[test]

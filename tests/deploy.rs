@@ -546,3 +546,52 @@ fn the_docker_build_context_holds_every_file_the_build_reads() {
         "the image's binary must be stripped"
     );
 }
+
+/// `rust-version` in Cargo.toml is the floor README states: no dependency in the lock file
+/// declares a newer one (cargo metadata, offline). CI builds with one newer toolchain only, so
+/// this is what holds the stated floor against a dependency update that raises it.
+#[test]
+fn no_dependency_declares_a_newer_rust_than_rust_version() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let version = |text: &str| -> (u64, u64) {
+        let mut parts = text.split('.').map(|p| p.parse::<u64>().unwrap());
+        (parts.next().unwrap(), parts.next().unwrap_or(0))
+    };
+    let used: std::collections::BTreeSet<&str> = metadata["resolve"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    let packages = metadata["packages"].as_array().unwrap();
+    let ours = packages
+        .iter()
+        .find(|p| p["name"] == "cedargate")
+        .and_then(|p| p["rust_version"].as_str())
+        .map(version)
+        .expect("Cargo.toml states rust-version");
+    let newer: Vec<String> = packages
+        .iter()
+        .filter(|p| used.contains(p["id"].as_str().unwrap()))
+        .filter_map(|p| {
+            let declared = p["rust_version"].as_str()?;
+            (version(declared) > ours).then(|| format!("{} {}", p["name"], declared))
+        })
+        .collect();
+    assert!(newer.len() < packages.len(), "metadata lists packages");
+    assert!(
+        newer.is_empty(),
+        "dependencies that need a newer Rust than rust-version {ours:?}: {newer:?}; raise rust-version and README's statement"
+    );
+}

@@ -77,6 +77,11 @@ impl IdentityHeaders {
 
 /// Headers cedargate never sets: what Envoy or the upstream needs to mean what the client or
 /// Envoy said (framing, routing, credentials, tracing).
+/// Families of such headers: Envoy's own, the forwarding family (`x-forwarded-uri`,
+/// `-method`, `-prefix`, … name the original request to forward-auth servers and frameworks),
+/// and the body's description.
+const FORBIDDEN_PREFIXES: &[&str] = &["x-envoy-", "x-forwarded-", "content-"];
+
 const FORBIDDEN: &[&str] = &[
     "host",
     "authorization",
@@ -155,7 +160,9 @@ pub(super) fn build(raw: RawIdentityHeaders, problems: &mut Vec<Problem>) -> Ide
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
             Some("a header name in lower case: letters, digits and `-`")
-        } else if FORBIDDEN.contains(&name.as_str()) || name.starts_with("x-envoy-") {
+        } else if FORBIDDEN.contains(&name.as_str())
+            || FORBIDDEN_PREFIXES.iter().any(|p| name.starts_with(p))
+        {
             Some(
                 "a header Envoy or the upstream reads as the client or Envoy said it (framing, routing, credentials, tracing): choose another name",
             )
@@ -228,5 +235,10 @@ mod tests {
                 "identity_headers.claims.c",
             ]
         );
+        // A whole family is refused, not only the names listed one by one.
+        for name in ["x-forwarded-uri", "x-forwarded-method", "content-encoding"] {
+            let (_, problems) = parse(&format!("subject: {name}\n"));
+            assert_eq!(problems.len(), 1, "{name}");
+        }
     }
 }

@@ -38,6 +38,9 @@ pub const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 /// Envoy's timeout for this authorization request, in milliseconds, when it sends one.
 const EXPECTED_TIMEOUT: &str = "x-envoy-expected-rq-timeout-ms";
 
+/// The forward-auth headers that name the original request (`request: forwarded`).
+const FORWARDED: [&str; 3] = ["x-forwarded-method", "x-forwarded-uri", "x-forwarded-host"];
+
 /// Headers that describe the hop from the proxy to cedargate, not the original request.
 const HOP_HEADERS: &[&str] = &[
     "host",
@@ -100,6 +103,20 @@ pub fn read(parts: &Parts, settings: &HttpService) -> Result<CheckInput, Request
             .get(name)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     };
+    // A header that says what the request is must say it once: with two, a proxy that appends
+    // rather than overwrites would let the client's copy be read first.
+    for name in ["host", "x-forwarded-proto"].into_iter().chain(
+        match settings.request {
+            OriginalRequest::Envoy => [].as_slice(),
+            OriginalRequest::Forwarded => FORWARDED.as_slice(),
+        }
+        .iter()
+        .copied(),
+    ) {
+        if parts.headers.get_all(name).iter().nth(1).is_some() {
+            return Err(RequestError::RepeatedHeader(name.to_owned()));
+        }
+    }
     let scheme = match header("x-forwarded-proto").as_deref() {
         Some(proto @ ("http" | "https")) => proto.to_owned(),
         _ => "http".to_owned(),
@@ -279,6 +296,18 @@ mod tests {
             ),
             ("POST", "/orders", "https")
         );
+        let twice = axum::http::Request::builder()
+            .uri("/auth")
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/public")
+            .header("x-forwarded-uri", "/admin")
+            .header("x-forwarded-host", "shop.example")
+            .body(())
+            .unwrap();
+        assert!(matches!(
+            read(&parts(twice), &settings),
+            Err(RequestError::RepeatedHeader(name)) if name == "x-forwarded-uri"
+        ));
         let request = axum::http::Request::builder()
             .uri("/orders")
             .header("x-forwarded-method", "GET")

@@ -49,7 +49,7 @@ pub(super) const HELP: &[(&str, Kind, &str)] = &[
     (
         AUTH_FAILURES_TOTAL,
         Kind::Counter,
-        "Bearer tokens refused, by reason (expired, bad_signature, unknown_kid, ...).",
+        "Checks refused for their credentials, by reason: a token (token_expired, bad_signature, unknown_kid, ...) or the peer (invalid_peer_certificate, untrusted_trust_domain, ...).",
     ),
     (IN_FLIGHT, Kind::Gauge, "Checks being decided now."),
     (
@@ -110,7 +110,7 @@ pub(super) const HELP: &[(&str, Kind, &str)] = &[
     (
         DECISION_CACHE_TOTAL,
         Kind::Counter,
-        "Decision cache lookups of checks with a token by result (hit: Cedar not asked; miss: evaluated and remembered).",
+        "Decision cache lookups of checks with a token by result (hit: Cedar not asked; miss: evaluated and remembered; full: evaluated, not remembered, the byte budget is spent).",
     ),
     (
         DECISION_CACHE_BYTES,
