@@ -50,8 +50,6 @@ pub enum AppError {
     Grpc(#[from] tonic::transport::Error),
     #[error("admin server failed: {0}")]
     Admin(#[source] std::io::Error),
-    #[error("HTTP authorization server failed: {0}")]
-    Http(#[source] std::io::Error),
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -88,7 +86,7 @@ pub struct App {
     admin: JoinHandle<std::io::Result<()>>,
     api: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     /// The HTTP authorization service, when `listen.http` is set; it drains with gRPC.
-    http: Option<JoinHandle<std::io::Result<()>>>,
+    http: Option<JoinHandle<()>>,
 }
 
 /// Installs aws-lc-rs as the process's rustls crypto provider (one TLS stack ships).
@@ -253,13 +251,33 @@ pub async fn build(config: Config) -> Result<App, AppError> {
             if !bound.ip().is_loopback() {
                 tracing::warn!(http_addr = %bound, "the HTTP authorization port is plaintext beyond loopback: anyone who can reach it can ask for decisions on any request and identity they claim; bind it to loopback or put a mesh sidecar's mTLS in front of it");
             }
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
+            let renamed: Vec<&String> = config
+                .identity_headers
+                .names()
+                .filter(|name| !name.starts_with(crate::decision::IDENTITY_HEADER_PREFIX))
+                .collect();
+            if !renamed.is_empty() {
+                let names = renamed
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                tracing::warn!(headers = %names, "identity headers renamed outside x-cedargate-*: over the HTTP authorization service, Envoy passes them upstream only when its http_service authorization_response.allowed_upstream_headers lists them; otherwise a client's own copy reaches the upstream. List them there");
+            }
             let router = crate::server::http::router(shared.clone(), config.http_service.clone());
-            let server =
-                axum::serve(listener, router).with_graceful_shutdown(stopped(signal.clone()));
-            (Some(tokio::spawn(async move { server.await })), Some(bound))
+            let limits = config.limits;
+            let stop = stopped(signal.clone());
+            let server = async move {
+                crate::server::http::serve(
+                    listener,
+                    router,
+                    &limits,
+                    limits.max_http_connections,
+                    stop,
+                )
+                .await;
+            };
+            (Some(tokio::spawn(server)), Some(bound))
         }
         None => (None, None),
     };
@@ -356,7 +374,7 @@ impl App {
         }
         if let Some(mut http) = http {
             match tokio::time::timeout_at(deadline, &mut http).await {
-                Ok(result) => result?.map_err(AppError::Http)?,
+                Ok(result) => result?,
                 Err(_) => {
                     tracing::warn!(
                         "drain timeout: closing HTTP authorization connections still open"

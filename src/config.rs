@@ -175,6 +175,9 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     /// Memory the decision cache may hold, in bytes (0 turns it off).
     pub decision_cache_bytes: usize,
+    /// Connections the HTTP authorization listener holds open at once; one more is closed at
+    /// once (`cedargate_rejected_total{reason="http_connections"}`).
+    pub max_http_connections: usize,
 }
 
 /// TLS on cedargate's own gRPC listener (the `tls:` section).
@@ -196,6 +199,11 @@ pub struct PeerSettings {
     /// Read `x-forwarded-client-cert` when no certificate is forwarded. Only safe when the
     /// Envoy in front sanitises the header (`forward_client_cert_details: SANITIZE_SET`).
     pub trust_xfcc: bool,
+    /// How many proxies in front of Envoy append to `x-forwarded-for` and are trusted: the
+    /// client's address (`context.peer.ip`) is then the address this many from the right of
+    /// that header. 0 (the default): the header is not read, and the address is Envoy's
+    /// `source.address` (which Envoy itself derives with its own `xff_num_trusted_hops`).
+    pub xff_trusted_hops: usize,
 }
 
 /// How log lines are written.
@@ -221,6 +229,7 @@ impl Default for Limits {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             decision_cache_bytes: 32 * 1024 * 1024,
+            max_http_connections: 1024,
         }
     }
 }
@@ -301,6 +310,8 @@ struct RawPeer {
     trust_domains: Vec<String>,
     #[serde(default)]
     trust_xfcc: bool,
+    #[serde(default)]
+    xff_trusted_hops: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -337,6 +348,8 @@ struct RawLimits {
     keepalive_interval: Option<String>,
     keepalive_timeout: Option<String>,
     decision_cache_bytes: Option<usize>,
+    #[serde(default)]
+    max_http_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -542,6 +555,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         keepalive_interval,
         keepalive_timeout,
         decision_cache_bytes,
+        max_http_connections,
     } = limits;
     let d = defaults.limits;
     let limits = Limits {
@@ -612,6 +626,12 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             d.keepalive_timeout,
             &mut problems,
         ),
+        max_http_connections: positive(
+            max_http_connections,
+            "limits.max_http_connections",
+            d.max_http_connections,
+            &mut problems,
+        ),
         // 0 is allowed here: it turns the cache off.
         decision_cache_bytes: match decision_cache_bytes {
             Some(0) => 0,
@@ -669,10 +689,12 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             let RawPeer {
                 trust_domains,
                 trust_xfcc,
+                xff_trusted_hops,
             } = peer;
             PeerSettings {
                 trust_domains,
                 trust_xfcc,
+                xff_trusted_hops,
             }
         },
         tls: tls.map(

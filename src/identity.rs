@@ -33,6 +33,34 @@ pub struct Peer {
     pub subject: Option<String>,
     /// SHA-256 of the peer certificate (from the certificate or a trusted XFCC `Hash`).
     pub cert_sha256: Option<[u8; 32]>,
+    /// The client's IP address ([`client_ip`]): `context.peer.ip`.
+    pub ip: Option<std::net::IpAddr>,
+}
+
+/// The client's IP address: with `trusted_hops` 0, the IP of Envoy's `source.address`
+/// (`ip:port` or a bare IP; a pipe has none); otherwise the entry `trusted_hops` from the
+/// right of `x-forwarded-for` (each trusted proxy appends the address it received from). A
+/// header too short, or an entry that is not an IP address, gives none: never a guess, and
+/// never the address of a proxy taken for the client's.
+pub fn client_ip(
+    address: &str,
+    forwarded_for: Option<&str>,
+    trusted_hops: usize,
+) -> Option<std::net::IpAddr> {
+    use std::net::{IpAddr, SocketAddr};
+    if trusted_hops == 0 {
+        return address
+            .parse::<SocketAddr>()
+            .map(|a| a.ip())
+            .or_else(|_| address.parse::<IpAddr>())
+            .ok();
+    }
+    let entries: Vec<&str> = forwarded_for?.split(',').map(str::trim).collect();
+    let entry = entries
+        .len()
+        .checked_sub(trusted_hops)
+        .and_then(|i| entries.get(i))?;
+    entry.parse::<IpAddr>().ok()
 }
 
 /// The peer as Envoy sent it, before it is checked.
@@ -233,5 +261,28 @@ impl Identity {
             (None, Some(id)) => Principal::Workload(id),
             (None, None) => Principal::Anonymous,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_ip;
+
+    #[test]
+    fn the_client_ip_is_envoys_source_or_a_trusted_forwarded_entry() {
+        let ip = |address: &str, xff: Option<&str>, hops| {
+            client_ip(address, xff, hops).map(|ip| ip.to_string())
+        };
+        assert_eq!(ip("10.0.0.1:443", None, 0).as_deref(), Some("10.0.0.1"));
+        assert_eq!(ip("[fd00::1]:443", None, 0).as_deref(), Some("fd00::1"));
+        assert_eq!(ip("fd00::1", None, 0).as_deref(), Some("fd00::1"));
+        assert_eq!(ip("/run/envoy.sock", None, 0), None);
+        assert_eq!(ip("", Some("10.0.0.1"), 0), None, "not read without hops");
+        let xff = Some("1.1.1.1, 2.2.2.2 ,3.3.3.3");
+        assert_eq!(ip("9.9.9.9:1", xff, 1).as_deref(), Some("3.3.3.3"));
+        assert_eq!(ip("9.9.9.9:1", xff, 3).as_deref(), Some("1.1.1.1"));
+        assert_eq!(ip("9.9.9.9:1", xff, 4), None, "never the proxy's address");
+        assert_eq!(ip("9.9.9.9:1", Some("1.1.1.1:80"), 1), None);
+        assert_eq!(ip("9.9.9.9:1", None, 1), None);
     }
 }

@@ -144,10 +144,22 @@ pub struct HttpRequest {
     pub request_id: String,
 }
 
+/// Where the checked request was going: Envoy's `destination` (the listener's local address
+/// and, under mTLS, its own identity).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Destination {
+    /// `ip:port` (or a pipe path), empty when Envoy sent none.
+    pub address: String,
+    /// The URI SAN (else subject) of the certificate Envoy presented downstream; empty without
+    /// TLS.
+    pub principal: String,
+}
+
 /// One check's request, normalised once: what the decision core reads of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub http: HttpRequest,
+    pub destination: Destination,
     /// Envoy's per-route `context_extensions` (`cedargate.action`, `cedargate.resource`).
     pub extensions: std::collections::HashMap<String, String>,
 }

@@ -350,6 +350,15 @@ async fn envoy_enforces_cedargate_decisions_over_the_http_service() {
     assert_eq!(reply.status(), 403);
     let body: serde_json::Value = serde_json::from_str(&reply.text().await.unwrap()).unwrap();
     assert_eq!(body["error"], "policy_denied");
+    // A header sent twice arrives twice (encode_raw_headers) and is refused, not joined.
+    let reply = client
+        .get(url("/healthz"))
+        .header("x-debug", "true")
+        .header("x-debug", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 400);
     assert_eq!(upstream.seen().len(), 1, "no deny reached the upstream");
     jwks.stop().await;
 }

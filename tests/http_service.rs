@@ -237,3 +237,69 @@ async fn forward_auth_reads_the_original_request_from_the_forwarded_headers() {
     assert_eq!(body["error"], "malformed_request", "{body}");
     jwks.stop().await;
 }
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed_and_headers_over_the_limit_get_cedargates_431() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let key = TestKey::generate(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut config: Config = test_config(PolicySource::Embedded);
+    config.issuers = vec![test_issuer(ISS, &jwks.uri())];
+    config.listen.http = Some(([127, 0, 0, 1], 0).into());
+    config.limits.max_http_connections = 2;
+    config.limits.max_headers = 20;
+    let server = TestServer::with_config(config).await;
+    server.ready().await;
+    let addr = server.app.http_addr.unwrap();
+
+    // Two idle connections hold both places; a third is closed without an answer.
+    let held = [
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+    ];
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: shop.example\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = third.read_to_end(&mut answer).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    let metrics = server.metrics().await;
+    assert!(
+        cedargate::testutil::metric_value(
+            &metrics,
+            "cedargate_rejected_total",
+            &[("reason", "http_connections")]
+        ) >= 1.0
+    );
+    drop(held);
+
+    // The places come back once those connections close.
+    let client = client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let reply = loop {
+        match client
+            .get(server.http_url("/healthz"))
+            .header("host", "shop.example")
+            .send()
+            .await
+        {
+            Ok(reply) => break reply,
+            Err(err) => assert!(std::time::Instant::now() < deadline, "{err}"),
+        }
+    };
+    assert_eq!(reply.status(), 200);
+
+    // Over limits.max_headers: cedargate's own 431 with its JSON body, not hyper's.
+    let mut many = client
+        .get(server.http_url("/healthz"))
+        .header("host", "shop.example");
+    for i in 0..25 {
+        many = many.header(format!("x-h{i}"), "v");
+    }
+    let reply = many.send().await.unwrap();
+    assert_eq!(reply.status(), 431);
+    let body: serde_json::Value = serde_json::from_str(&reply.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "headers_too_large");
+    jwks.stop().await;
+}

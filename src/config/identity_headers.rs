@@ -62,6 +62,11 @@ impl IdentityHeaders {
         names
     }
 
+    /// The names cedargate sets on an allowed request.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.own_names()
+    }
+
     fn own_names(&self) -> impl Iterator<Item = &String> {
         [
             &self.principal,

@@ -66,6 +66,11 @@ pub enum Input {
     Header,
     Query,
     Param,
+    PeerIp,
+    DestinationAddress,
+    DestinationPrincipal,
+    DestinationIp,
+    DestinationPort,
 }
 
 /// Collects the per-request values of one Cedar call as they are built.

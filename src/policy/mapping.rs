@@ -31,10 +31,10 @@ use cedar_policy::{
 use super::Snapshot;
 use super::decisions::{Decisions, Input, Kept, Key, KeyWriter};
 use super::engine::{CedarCall, Verdict};
-use super::reads::Reads;
+use super::reads::{Facts, Reads};
 use super::routes::{RouteMatch, action_uid};
 use crate::identity::{Identity, Principal};
-use crate::request::{HttpRequest, Request};
+use crate::request::{Destination, HttpRequest, Request};
 
 type CedarRequest = cedar_policy::Request;
 
@@ -317,12 +317,16 @@ fn parts(
     build: Build,
 ) -> Result<Parts, MappingError> {
     let names = names()?;
-    let everything = Reads::everything();
+    let everything = Reads::everything().with_facts(snapshot.reads.facts);
     let reads = match build {
         Build::Read => &snapshot.reads,
         Build::Everything => &everything,
     };
-    let Request { http, extensions } = request;
+    let Request {
+        http,
+        destination,
+        extensions,
+    } = request;
     let action = match extensions.get(EXTENSION_ACTION) {
         Some(name) => action_uid(name).ok_or_else(|| MappingError::BadExtension {
             key: EXTENSION_ACTION,
@@ -362,7 +366,7 @@ fn parts(
     let mut key = KeyWriter::default();
     let context = match &principal.context {
         Some(context) => context.clone(),
-        None => context(http, identity, now, reads, names, &mut key)?,
+        None => context(http, destination, identity, now, reads, names, &mut key)?,
     };
     // The helper entities whose tags carry request maps, when a policy can read their tags.
     let mut helpers = Vec::new();
@@ -493,9 +497,12 @@ fn principal_parts(
                 list.extend(entities.iter().cloned());
                 let store = Entities::from_entities(list, None).map_err(invalid)?;
                 // Nothing of the request is read when the context is the same for every one.
-                let unread = &HttpRequest::default();
+                let (unread, nowhere) = (&HttpRequest::default(), &Destination::default());
                 let context = (!reads.context_varies())
-                    .then(|| context(unread, identity, 0, reads, names, &mut KeyWriter::default()))
+                    .then(|| {
+                        let mut key = KeyWriter::default();
+                        context(unread, nowhere, identity, 0, reads, names, &mut key)
+                    })
                     .transpose()?;
                 let decisions = Decisions::new(std::sync::Arc::clone(&snapshot.decisions));
                 (
@@ -560,8 +567,26 @@ pub fn check_entity_shapes(schema: &Schema) -> Option<String> {
         .map(|err| err.to_string())
 }
 
-/// Checks that every action's context type in `schema` accepts the context cedargate builds.
-pub fn check_schema(schema: &Schema) -> Vec<(EntityUid, String)> {
+/// The optional context facts `schema` declares: each one is built only when every action's
+/// context accepts the context with it (a schema written before it existed does not, and
+/// still loads without it).
+pub fn supported_facts(schema: &Schema) -> Facts {
+    let only = |facts: Facts| check_schema(schema, facts).is_empty();
+    Facts {
+        peer_ip: only(Facts {
+            peer_ip: true,
+            ..Facts::default()
+        }),
+        destination: only(Facts {
+            destination: true,
+            ..Facts::default()
+        }),
+    }
+}
+
+/// Checks that every action's context type in `schema` accepts the context cedargate builds,
+/// with the optional `facts`.
+pub fn check_schema(schema: &Schema, facts: Facts) -> Vec<(EntityUid, String)> {
     let sample = HttpRequest {
         method: "GET".into(),
         host: "example.org".into(),
@@ -578,6 +603,12 @@ pub fn check_schema(schema: &Schema) -> Vec<(EntityUid, String)> {
         "127.0.0.1:1".into(),
     );
     peer.subject = Some("CN=sample".into());
+    peer.ip = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+    let destination = Destination {
+        address: "127.0.0.1:8443".into(),
+        principal: "spiffe://example.org/gateway".into(),
+    };
+    let everything = Reads::everything().with_facts(facts);
     let workload = Identity {
         peer: std::sync::Arc::new(peer),
         token: None,
@@ -606,9 +637,10 @@ pub fn check_schema(schema: &Schema) -> Vec<(EntityUid, String)> {
         .filter_map(|identity| {
             context(
                 &sample,
+                &destination,
                 identity,
                 0,
-                &Reads::everything(),
+                &everything,
                 names().ok()?,
                 &mut KeyWriter::default(),
             )
@@ -756,6 +788,7 @@ fn record(
 /// `key`; the token's are the same for every request of the token.
 fn context(
     http: &HttpRequest,
+    destination: &Destination,
     identity: &Identity,
     now: i64,
     reads: &Reads,
@@ -839,7 +872,45 @@ fn context(
                 peer_attrs.push((name, string(value)));
             }
         }
+        if let Some(ip) = peer.ip
+            && reads.facts.peer_ip
+            && read("ip")
+        {
+            let text = ip.to_string();
+            key.value(Input::PeerIp, &text);
+            peer_attrs.push(("ip", RestrictedExpression::new_ip(text)));
+        }
         pairs.push(("peer".to_owned(), record(peer_attrs)?));
+    }
+    if reads.facts.destination && reads.context(&["destination"]) {
+        let read = |name: &str| reads.context(&["destination", name]);
+        let mut attrs = Vec::with_capacity(4);
+        let texts = [
+            ("address", Input::DestinationAddress, &destination.address),
+            (
+                "principal",
+                Input::DestinationPrincipal,
+                &destination.principal,
+            ),
+        ];
+        for (name, input, value) in texts {
+            if read(name) {
+                key.value(input, value);
+                attrs.push((name, string(value)));
+            }
+        }
+        if let Ok(socket) = destination.address.parse::<std::net::SocketAddr>() {
+            if read("ip") {
+                let ip = socket.ip().to_string();
+                key.value(Input::DestinationIp, &ip);
+                attrs.push(("ip", RestrictedExpression::new_ip(ip)));
+            }
+            if read("port") {
+                key.value(Input::DestinationPort, &socket.port().to_string());
+                attrs.push(("port", RestrictedExpression::new_long(socket.port().into())));
+            }
+        }
+        pairs.push(("destination".to_owned(), record(attrs)?));
     }
     if reads.context(&["time"]) {
         key.unique();

@@ -29,15 +29,51 @@ pub struct Reads {
     /// context (`HttpHeaders::"request".hasTag(…)`, an attribute holding that uid): such a
     /// helper is built whenever tags are read, whether or not its context path is.
     named: BTreeSet<String>,
+    /// The optional context facts this snapshot's schema declares (and so cedargate builds).
+    pub facts: Facts,
+}
+
+/// Context attributes cedargate builds only for a schema that declares them, so that a schema
+/// written before they existed still loads: `context.peer.ip` (an `ipaddr`) and
+/// `context.destination`. Decided once per snapshot ([`super::mapping::supported_facts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub peer_ip: bool,
+    pub destination: bool,
+}
+
+impl Facts {
+    /// Both facts: for the schema check that decides which ones a schema declares.
+    pub const ALL: Self = Self {
+        peer_ip: true,
+        destination: true,
+    };
 }
 
 impl Reads {
+    /// The same reads, building the optional `facts` the schema declares.
+    #[must_use]
+    pub fn with_facts(self, facts: Facts) -> Self {
+        Self { facts, ..self }
+    }
+
+    /// True when some condition names the context attribute at `path` (or one below it)
+    /// itself; unlike [`Self::context`], a use of the whole context does not count.
+    pub fn names(&self, path: &[&str]) -> bool {
+        self.context.as_ref().is_some_and(|reads| {
+            reads.iter().any(|(read, _)| {
+                path.len() <= read.len() && path.iter().zip(read).all(|(a, b)| *a == b.as_str())
+            })
+        })
+    }
+
     /// Everything is read (no analysis): what the reference builds.
     pub fn everything() -> Self {
         Self {
             context: None,
             tags: None,
             named: BTreeSet::new(),
+            facts: Facts::default(),
         }
     }
 
@@ -56,6 +92,7 @@ impl Reads {
             context: Some(BTreeSet::new()),
             tags: Some(HashSet::new()),
             named: BTreeSet::new(),
+            facts: Facts::default(),
         };
         let forms = policies
             .policies()
@@ -122,6 +159,7 @@ impl Reads {
             .iter()
             .any(|field| self.context(&["request", field]))
             || self.context(&["peer"])
+            || (self.facts.destination && self.context(&["destination"]))
             || self.context(&["time"])
     }
 

@@ -294,7 +294,7 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
             ),
         );
     }
-    for (action, err) in mapping::check_schema(&schema) {
+    for (action, err) in mapping::check_schema(&schema, Default::default()) {
         problems.push(
             Problem::in_file(&schema_file, format!("action `{action}`: {err}")).hint(
                 "declare the context and the helper entity types cedargate builds, as policies/schema.cedarschema does (README: Cedar mapping)",
@@ -342,9 +342,41 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
                 principals.chain(resources).map(ToString::to_string)
             })
             .collect();
+        let facts = mapping::supported_facts(&schema);
         let reads = super::reads::Reads::of(&policies, &mapping::HELPER_TYPES, |helper| {
             applies_to.contains(helper) || static_entities.contains(helper)
-        });
+        })
+        .with_facts(facts);
+        // A policy that names an optional fact the schema declares otherwise (`ip: String`)
+        // would compare against a value cedargate never builds: refused, not left to deny.
+        let misdeclared = [
+            (
+                ["peer", "ip"].as_slice(),
+                facts.peer_ip,
+                "in the peer record: `ip?: ipaddr`",
+            ),
+            (
+                ["destination"].as_slice(),
+                facts.destination,
+                "in the context: `destination?: { address: String, principal: String, ip?: ipaddr, port?: Long }`",
+            ),
+        ];
+        let misdeclared: Vec<Problem> = misdeclared
+            .into_iter()
+            .filter(|(path, supported, _)| !supported && reads.names(path))
+            .map(|(path, _, declare)| {
+                Problem::in_file(
+                    &schema_file,
+                    format!("a policy reads `context.{}`, which this schema does not declare as cedargate builds it", path.join(".")),
+                )
+                .hint(format!("declare it {declare}, as policies/schema.cedarschema does"))
+            })
+            .collect();
+        if !misdeclared.is_empty() {
+            return Err(PolicyLoadError::Invalid {
+                problems: misdeclared,
+            });
+        }
         Ok(Snapshot {
             lenient_names: super::reads::LenientNames::of(&reads),
             reads,

@@ -529,6 +529,7 @@ pub fn prepare(
     let CheckInput {
         http,
         peer,
+        destination,
         extensions,
     } = input;
     let Some(raw) = http else {
@@ -547,16 +548,25 @@ pub fn prepare(
         .get("x-forwarded-client-cert")
         .map(String::as_str);
     let address = peer.address.clone();
-    let (peer, peer_refused) = match Peer::resolve(peer, xfcc, peer_settings, now) {
+    let (mut peer, peer_refused) = match Peer::resolve(peer, xfcc, peer_settings, now) {
         Ok(peer) => (peer, None),
         Err(err) => (Peer::from_envoy(String::new(), address), Some(err)),
     };
+    peer.ip = crate::identity::client_ip(
+        &peer.address,
+        http.headers.get("x-forwarded-for").map(String::as_str),
+        peer_settings.xff_trusted_hops,
+    );
     let trace = http
         .headers
         .get("traceparent")
         .and_then(|t| TraceParent::parse(t));
     Ok(Prepared {
-        request: Request { http, extensions },
+        request: Request {
+            http,
+            destination,
+            extensions,
+        },
         peer,
         peer_refused,
         trace,

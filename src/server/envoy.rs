@@ -31,6 +31,7 @@ pub struct CheckInput {
     /// The HTTP attributes; `None` when Envoy sent none (a network-filter check, or a bug).
     pub http: Option<RawHttp>,
     pub peer: PeerSource,
+    pub destination: crate::request::Destination,
     /// Envoy's per-route `context_extensions`.
     pub extensions: HashMap<String, String>,
 }
@@ -70,7 +71,7 @@ pub fn input(request: CheckRequest) -> CheckInput {
     };
     let AttributeContext {
         source,
-        destination: _,
+        destination,
         request,
         context_extensions,
         metadata_context: _,
@@ -78,12 +79,21 @@ pub fn input(request: CheckRequest) -> CheckInput {
         tls_session: _,
     } = attributes;
     let peer = source.map(peer).unwrap_or_default();
+    let destination = destination
+        .map(|d| {
+            let PeerSource {
+                principal, address, ..
+            } = self::peer(d);
+            crate::request::Destination { address, principal }
+        })
+        .unwrap_or_default();
     let http = request
         .and_then(|PbRequest { time: _, http }| http)
         .map(http);
     CheckInput {
         http,
         peer,
+        destination,
         extensions: context_extensions,
     }
 }
@@ -142,6 +152,10 @@ fn peer(source: PbPeer) -> PeerSource {
         .and_then(|a| a.address)
         .and_then(|a| match a {
             address::Address::SocketAddress(s) => Some(match s.port_specifier {
+                // `[::1]:8443`, not `::1:8443` (which reads as another IPv6 address).
+                Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(port)) if s.address.contains(':') => {
+                    format!("[{}]:{port}", s.address)
+                }
                 Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(port)) => {
                     format!("{}:{port}", s.address)
                 }

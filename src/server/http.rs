@@ -11,6 +11,11 @@
 //! `context_extensions` on this path: the peer is known only from `X-Forwarded-Client-Cert`
 //! when `peer.trust_xfcc` is on.
 //!
+//! The listener: HTTP/1.1 only, served by hyper with a connection cap
+//! (`limits.max_http_connections`; one more is closed at once and counted), a header read
+//! timeout, and header limits a little above `limits.max_headers` / `max_header_bytes` (so that
+//! cedargate's own 431 answers with its JSON body, not hyper's bare one).
+//!
 //! The answer out: 200 with the identity headers and `x-envoy-auth-headers-to-remove` (the
 //! client's copies of identity headers, the token when it is not forwarded) for an allow;
 //! the deny's status, headers and JSON body otherwise. A deny is never a 2xx.
@@ -55,6 +60,68 @@ const HOP_HEADERS: &[&str] = &[
 struct Service {
     shared: Arc<Shared>,
     settings: HttpService,
+}
+
+/// How long a client may take to send a request's headers (an idle kept-alive connection
+/// waits under the same bound): slow senders cannot hold connections.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Headers Envoy adds to the authorization request beyond the client's (`x-forwarded-*`,
+/// `x-envoy-*`, `content-length`, `x-request-id`): hyper's header count allows for them.
+const PROXY_HEADERS: usize = 16;
+
+/// Serves `router` on `listener` until `stop` resolves, then lets the open connections finish
+/// their request (keep-alive off) and returns once they are closed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: &crate::config::Limits,
+    max_connections: usize,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_headers(limits.max_headers.saturating_add(PROXY_HEADERS))
+        .max_buf_size(
+            limits
+                .max_header_bytes
+                .saturating_add(limits.max_path_bytes)
+                .saturating_add(16 * 1024),
+        );
+    let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => accepted,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(err) => {
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            crate::telemetry::rejected("http_connections");
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// Every method and path of the listener is an authorization request.
@@ -171,6 +238,7 @@ pub fn read(parts: &Parts, settings: &HttpService) -> Result<CheckInput, Request
             headers,
         }),
         peer: PeerSource::default(),
+        destination: crate::request::Destination::default(),
         extensions: std::collections::HashMap::new(),
     })
 }

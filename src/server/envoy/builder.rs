@@ -23,6 +23,7 @@ pub struct CheckBuilder {
     principal: String,
     certificate: String,
     address: (String, u32),
+    destination: (String, u32, String),
     extensions: HashMap<String, String>,
 }
 
@@ -40,6 +41,7 @@ impl CheckBuilder {
             principal: String::new(),
             certificate: String::new(),
             address: ("127.0.0.1".into(), 51234),
+            destination: ("127.0.0.1".into(), 8443, String::new()),
             extensions: HashMap::new(),
         }
     }
@@ -101,6 +103,12 @@ impl CheckBuilder {
         self
     }
 
+    /// Envoy's `destination`: the listener's address and the identity Envoy presented.
+    pub fn destination(mut self, ip: &str, port: u32, principal: &str) -> Self {
+        self.destination = (ip.into(), port, principal.into());
+        self
+    }
+
     pub fn build(self) -> CheckRequest {
         let request_id = self
             .headers
@@ -154,7 +162,8 @@ impl CheckBuilder {
                     ..Peer::default()
                 }),
                 destination: Some(Peer {
-                    address: Some(socket("127.0.0.1", 8443)),
+                    address: Some(socket(&self.destination.0, self.destination.1)),
+                    principal: self.destination.2,
                     ..Peer::default()
                 }),
                 request: Some(Request {
