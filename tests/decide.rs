@@ -674,3 +674,104 @@ fn nothing_is_remembered_when_a_policy_reads_the_time_or_the_request_id() {
         }
     }
 }
+
+/// The optional facts (`context.peer.ip`, `context.destination`, `context.request.extensions`)
+/// decided both ways over a grid of client addresses (Envoy's, and `x-forwarded-for` with one
+/// trusted hop), destinations and route extensions, twice with the same token `Arc`s so that
+/// recalled verdicts are compared too: an address, port or extension the policies read must
+/// never be recalled for another.
+#[test]
+fn the_core_decides_like_the_reference_on_network_and_route_facts() {
+    let snapshot = load(
+        r#"
+@id("inside")
+permit (principal, action, resource)
+when { context.peer has ip && context.peer.ip.isInRange(ip("10.0.0.0/8")) };
+@id("tls-port-only")
+forbid (principal, action, resource)
+when { context has destination && context.destination has port && context.destination.port != 8443 };
+@id("zone")
+forbid (principal, action, resource)
+when { context.request.extensions.hasTag("zone") && context.request.extensions.getTag("zone") == "closed" };
+@id("v6-error")
+forbid (principal, action, resource)
+when {
+  context.peer has ip && context.peer.ip.isIpv6() && context has destination &&
+  context.destination has port && context.destination.port * 4611686018427387904 > 0
+};
+"#,
+        ENTITIES,
+    );
+    let tokens = [
+        token("alice", &["admins"], &[]),
+        token("bob", &[], &[("tenant", "red")]),
+    ];
+    let addresses = ["10.1.1.1", "192.168.0.1", "fd00::1"];
+    let forwarded = [None, Some("10.2.2.2"), Some("10.2.2.2, 172.16.0.9")];
+    let ports = [8443, 9443];
+    let zones = [None, Some("open"), Some("closed")];
+    let mut seen = BTreeMap::new();
+    for pass in 0..2 {
+        for hops in [0, 1] {
+            let settings = cedargate::config::PeerSettings {
+                xff_trusted_hops: hops,
+                ..Default::default()
+            };
+            for token in &tokens {
+                for address in addresses {
+                    for xff in forwarded {
+                        for port in ports {
+                            for zone in zones {
+                                let mut builder = check("GET", "/orders")
+                                    .address(address, 40000)
+                                    .destination("10.9.9.9", port, "spiffe://shop.example/gw");
+                                if let Some(xff) = xff {
+                                    builder = builder.header("x-forwarded-for", xff);
+                                }
+                                if let Some(zone) = zone {
+                                    builder = builder.extension("zone", zone);
+                                }
+                                let prepared = prepare(
+                                    &Limits::default(),
+                                    &settings,
+                                    envoy::input(builder.build()),
+                                    NOW,
+                                )
+                                .unwrap();
+                                let presented = Presented {
+                                    peer: Arc::new(prepared.peer.clone()),
+                                    peer_refused: prepared.peer_refused.clone(),
+                                    token: Ok(Some(Arc::clone(token))),
+                                    token_required_by_default: false,
+                                };
+                                let core =
+                                    decide::evaluate(&snapshot, &prepared.request, &presented, NOW);
+                                let reference = decide::evaluate_reference(
+                                    &snapshot,
+                                    &prepared.request,
+                                    &presented,
+                                    NOW,
+                                );
+                                assert_eq!(
+                                    said(&core),
+                                    said(&reference),
+                                    "pass {pass} hops {hops} {address} {xff:?} {port} {zone:?}"
+                                );
+                                *seen.entry(said(&core).0).or_insert(0) += 1;
+                                if core.recall == Recall::Hit {
+                                    *seen.entry("recalled".to_owned()).or_insert(0) += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for reason in ["allow", "policy_denied", "policy_error", "recalled"] {
+        assert!(
+            seen.get(reason).copied().unwrap_or(0) > 0,
+            "{reason}: {seen:?}"
+        );
+    }
+}

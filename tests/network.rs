@@ -1,7 +1,8 @@
-//! Network facts as Cedar values, through the real gRPC server: `context.peer.ip` (an
-//! `ipaddr`, from Envoy's source address or, with `peer.xff_trusted_hops`, from
-//! `x-forwarded-for`) and `context.destination` (Envoy's destination address, port and
-//! principal); a schema written before these facts still loads, and a schema that declares one
+//! Network and route facts as Cedar values, through the real gRPC server: `context.peer.ip`
+//! (an `ipaddr`, from Envoy's source address or, with `peer.xff_trusted_hops`, from
+//! `x-forwarded-for`), `context.destination` (Envoy's destination address, port and
+//! principal) and `context.request.extensions` (Envoy's per-route `context_extensions` as
+//! tags); a schema written before these facts still loads, and a schema that declares one
 //! with another type than cedargate builds is refused at start-up.
 #![allow(
     clippy::unwrap_used,
@@ -149,4 +150,59 @@ async fn a_schema_that_declares_a_fact_with_another_type_is_refused() {
     let err = err.to_string();
     assert!(err.contains("context.peer.ip"), "{err}");
     assert!(err.contains("ip?: ipaddr"), "{err}");
+}
+
+#[tokio::test]
+async fn a_routes_context_extensions_are_tags_policies_read() {
+    let dir = policies_with(
+        r#"@id("internal-routes-only")
+           forbid (principal, action, resource == Path::"/healthz")
+           unless {
+             context.request.extensions.hasTag("zone") &&
+             context.request.extensions.getTag("zone") == "internal"
+           };"#,
+    );
+    let mut server = server(dir.path(), 0).await;
+    let health = || check("GET", "/healthz");
+    let code = |reply: cedargate::testutil::Reply| reply.code();
+    assert_eq!(
+        code(
+            server
+                .check(health().extension("zone", "internal").build())
+                .await
+        ),
+        Code::Ok
+    );
+    assert_eq!(
+        code(
+            server
+                .check(health().extension("zone", "external").build())
+                .await
+        ),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(server.check(health().build()).await),
+        Code::PermissionDenied
+    );
+}
+
+#[tokio::test]
+async fn a_schema_without_the_optional_facts_still_loads_and_decides() {
+    let dir = policies_with("");
+    let schema = dir.path().join("schema.cedarschema");
+    let text = std::fs::read_to_string(&schema)
+        .unwrap()
+        .replace("entity ContextExtensions tags String;", "")
+        .replace("  extensions: ContextExtensions,\n", "")
+        .replace("  ip?: ipaddr,\n};", "};")
+        .replace("  destination?: DestinationInfo,\n", "");
+    assert!(!text.contains("ContextExtensions") && !text.contains("destination?"));
+    std::fs::write(&schema, text).unwrap();
+    std::fs::remove_file(dir.path().join("network.cedar")).unwrap();
+    let mut server = server(dir.path(), 0).await;
+    let reply = server
+        .check(check("GET", "/healthz").extension("zone", "x").build())
+        .await;
+    assert_eq!(reply.code(), Code::Ok);
 }

@@ -71,6 +71,7 @@ pub enum Input {
     DestinationPrincipal,
     DestinationIp,
     DestinationPort,
+    Extension,
 }
 
 /// Collects the per-request values of one Cedar call as they are built.

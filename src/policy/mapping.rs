@@ -115,11 +115,19 @@ const HEADERS_TYPE: &str = "HttpHeaders";
 const QUERY_TYPE: &str = "HttpQuery";
 const PARAMS_TYPE: &str = "PathParams";
 const CLAIMS_TYPE: &str = "TokenClaims";
+/// Envoy's per-route `context_extensions` as tags (an optional fact).
+const EXTENSIONS_TYPE: &str = "ContextExtensions";
 /// The type of the fallback resource, a request path no route maps.
 pub const PATH_TYPE: &str = "Path";
 const HELPER_ID: &str = "request";
 /// The types of the entities cedargate builds per request to carry maps as tags.
-pub const HELPER_TYPES: [&str; 4] = [HEADERS_TYPE, QUERY_TYPE, PARAMS_TYPE, CLAIMS_TYPE];
+pub const HELPER_TYPES: [&str; 5] = [
+    HEADERS_TYPE,
+    QUERY_TYPE,
+    PARAMS_TYPE,
+    CLAIMS_TYPE,
+    EXTENSIONS_TYPE,
+];
 
 /// The pieces of a Cedar request before its entity store is assembled.
 struct Parts {
@@ -396,6 +404,14 @@ fn parts(
             Some((Input::Param, &mut key)),
         )?);
     }
+    if built.extensions {
+        helpers.push(tagged(
+            &names.extensions,
+            extensions,
+            reads,
+            Some((Input::Extension, &mut key)),
+        )?);
+    }
     Ok(Parts {
         principal,
         action,
@@ -412,6 +428,7 @@ struct Helpers {
     headers: bool,
     query: bool,
     params: bool,
+    extensions: bool,
 }
 
 impl Helpers {
@@ -421,6 +438,7 @@ impl Helpers {
             headers: wanted("headers", HEADERS_TYPE),
             query: wanted("query", QUERY_TYPE),
             params: wanted("params", PARAMS_TYPE),
+            extensions: reads.facts.extensions && wanted("extensions", EXTENSIONS_TYPE),
         }
     }
 
@@ -430,6 +448,7 @@ impl Helpers {
             (self.headers, &names.headers),
             (self.query, &names.query),
             (self.params, &names.params),
+            (self.extensions, &names.extensions),
         ]
         .into_iter()
         .filter_map(|(built, uid)| built.then_some(uid))
@@ -567,21 +586,38 @@ pub fn check_entity_shapes(schema: &Schema) -> Option<String> {
         .map(|err| err.to_string())
 }
 
-/// The optional context facts `schema` declares: each one is built only when every action's
-/// context accepts the context with it (a schema written before it existed does not, and
-/// still loads without it).
-pub fn supported_facts(schema: &Schema) -> Facts {
-    let only = |facts: Facts| check_schema(schema, facts).is_empty();
-    Facts {
-        peer_ip: only(Facts {
-            peer_ip: true,
-            ..Facts::default()
-        }),
-        destination: only(Facts {
-            destination: true,
-            ..Facts::default()
-        }),
-    }
+/// The optional context facts `schema` declares: the largest set of them with which every
+/// action's context accepts the context cedargate builds (a schema written before a fact
+/// existed does not accept it, and still loads without it; a schema may also require one).
+/// `None` when no set fits: the schema does not accept cedargate's context at all.
+pub fn supported_facts(schema: &Schema) -> Option<Facts> {
+    let extensions_fit = tags_fit(schema, EXTENSIONS_TYPE);
+    (0u8..8)
+        .map(|bits| Facts {
+            peer_ip: bits & 1 != 0,
+            destination: bits & 2 != 0,
+            extensions: bits & 4 != 0,
+        })
+        .filter(|facts| extensions_fit || !facts.extensions)
+        .filter(|facts| check_schema(schema, *facts).is_empty())
+        .max_by_key(|facts| {
+            u8::from(facts.peer_ip) + u8::from(facts.destination) + u8::from(facts.extensions)
+        })
+}
+
+/// True when `schema` declares `helper` as an entity type with string tags.
+fn tags_fit(schema: &Schema, helper: &str) -> bool {
+    let tags = [("name".to_owned(), "value".to_owned())];
+    uid(helper, HELPER_ID)
+        .and_then(|u| {
+            tagged(
+                &u,
+                tags.iter().map(|(k, v)| (k, v)),
+                &Reads::everything(),
+                None,
+            )
+        })
+        .is_ok_and(|entity| Entities::from_entities([entity], Some(schema)).is_ok())
 }
 
 /// Checks that every action's context type in `schema` accepts the context cedargate builds,
@@ -683,6 +719,7 @@ struct Names {
     query: EntityUid,
     params: EntityUid,
     claims: EntityUid,
+    extensions: EntityUid,
     workload: EntityTypeName,
     path: EntityTypeName,
     anonymous: EntityUid,
@@ -698,6 +735,7 @@ fn names() -> Result<&'static Names, MappingError> {
                 query: uid(QUERY_TYPE, HELPER_ID)?,
                 params: uid(PARAMS_TYPE, HELPER_ID)?,
                 claims: uid(CLAIMS_TYPE, HELPER_ID)?,
+                extensions: uid(EXTENSIONS_TYPE, HELPER_ID)?,
                 workload: type_name("Workload")?,
                 path: type_name(PATH_TYPE)?,
                 anonymous: uid("Anonymous", "anonymous")?,
@@ -811,7 +849,14 @@ fn context(
             ("headers", &names.headers),
             ("query", &names.query),
             ("params", &names.params),
-        ];
+        ]
+        .into_iter()
+        .chain(
+            reads
+                .facts
+                .extensions
+                .then_some(("extensions", &names.extensions)),
+        );
         let request = fields
             .into_iter()
             .filter(|(name, ..)| reads.context(&["request", name]))
@@ -824,7 +869,6 @@ fn context(
             })
             .chain(
                 helpers
-                    .into_iter()
                     .filter(|(name, _)| reads.context(&["request", name]))
                     .map(|(name, uid)| (name, entity(uid))),
             );

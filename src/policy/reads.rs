@@ -40,6 +40,9 @@ pub struct Reads {
 pub struct Facts {
     pub peer_ip: bool,
     pub destination: bool,
+    /// `context.request.extensions`: Envoy's per-route `context_extensions` as the tags of a
+    /// `ContextExtensions` entity.
+    pub extensions: bool,
 }
 
 impl Facts {
@@ -47,6 +50,7 @@ impl Facts {
     pub const ALL: Self = Self {
         peer_ip: true,
         destination: true,
+        extensions: true,
     };
 }
 

@@ -294,7 +294,9 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
             ),
         );
     }
-    for (action, err) in mapping::check_schema(&schema, Default::default()) {
+    let facts = mapping::supported_facts(&schema);
+    // Without any set of optional facts that fits, the errors of the plain context are shown.
+    for (action, err) in mapping::check_schema(&schema, facts.unwrap_or_default()) {
         problems.push(
             Problem::in_file(&schema_file, format!("action `{action}`: {err}")).hint(
                 "declare the context and the helper entity types cedargate builds, as policies/schema.cedarschema does (README: Cedar mapping)",
@@ -342,7 +344,7 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
                 principals.chain(resources).map(ToString::to_string)
             })
             .collect();
-        let facts = mapping::supported_facts(&schema);
+        let facts = facts.unwrap_or_default();
         let reads = super::reads::Reads::of(&policies, &mapping::HELPER_TYPES, |helper| {
             applies_to.contains(helper) || static_entities.contains(helper)
         })
@@ -359,6 +361,11 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
                 ["destination"].as_slice(),
                 facts.destination,
                 "in the context: `destination?: { address: String, principal: String, ip?: ipaddr, port?: Long }`",
+            ),
+            (
+                ["request", "extensions"].as_slice(),
+                facts.extensions,
+                "in the request record, with its type: `extensions: ContextExtensions` and `entity ContextExtensions tags String;`",
             ),
         ];
         let misdeclared: Vec<Problem> = misdeclared
