@@ -199,10 +199,10 @@ pub struct PeerSettings {
     /// Read `x-forwarded-client-cert` when no certificate is forwarded. Only safe when the
     /// Envoy in front sanitises the header (`forward_client_cert_details: SANITIZE_SET`).
     pub trust_xfcc: bool,
-    /// How many proxies in front of Envoy append to `x-forwarded-for` and are trusted: the
-    /// client's address (`context.peer.ip`) is then the address this many from the right of
-    /// that header. 0 (the default): the header is not read, and the address is Envoy's
-    /// `source.address` (which Envoy itself derives with its own `xff_num_trusted_hops`).
+    /// How many addresses trusted proxies (Envoy included, with `use_remote_address`) append
+    /// to `x-forwarded-for` after the client's: the client's address (`context.peer.ip`) is
+    /// the entry this many from the right. 0 (the default): the header is not read, and the
+    /// address is Envoy's `source.address`, the TCP peer of its downstream connection.
     pub xff_trusted_hops: usize,
 }
 

@@ -39,7 +39,8 @@ pub struct Peer {
 
 /// The client's IP address: with `trusted_hops` 0, the IP of Envoy's `source.address`
 /// (`ip:port` or a bare IP; a pipe has none); otherwise the entry `trusted_hops` from the
-/// right of `x-forwarded-for` (each trusted proxy appends the address it received from). A
+/// right of `x-forwarded-for` (each trusted proxy, Envoy with `use_remote_address` too,
+/// appends the address it received from). A
 /// header too short, or an entry that is not an IP address, gives none: never a guess, and
 /// never the address of a proxy taken for the client's.
 pub fn client_ip(
@@ -48,19 +49,25 @@ pub fn client_ip(
     trusted_hops: usize,
 ) -> Option<std::net::IpAddr> {
     use std::net::{IpAddr, SocketAddr};
+    // A dual-stack socket reports an IPv4 client as `::ffff:a.b.c.d`: that is the IPv4
+    // address (and Cedar refuses IPv4 embedded in IPv6).
     if trusted_hops == 0 {
         return address
             .parse::<SocketAddr>()
             .map(|a| a.ip())
             .or_else(|_| address.parse::<IpAddr>())
-            .ok();
+            .ok()
+            .map(|ip| ip.to_canonical());
     }
-    let entries: Vec<&str> = forwarded_for?.split(',').map(str::trim).collect();
+    let entries: Vec<&str> = forwarded_for?
+        .split(',')
+        .map(|e| e.trim_matches([' ', '\t']))
+        .collect();
     let entry = entries
         .len()
         .checked_sub(trusted_hops)
         .and_then(|i| entries.get(i))?;
-    entry.parse::<IpAddr>().ok()
+    entry.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
 /// The peer as Envoy sent it, before it is checked.
@@ -284,5 +291,18 @@ mod tests {
         assert_eq!(ip("9.9.9.9:1", xff, 4), None, "never the proxy's address");
         assert_eq!(ip("9.9.9.9:1", Some("1.1.1.1:80"), 1), None);
         assert_eq!(ip("9.9.9.9:1", None, 1), None);
+        assert_eq!(
+            ip("[::ffff:10.0.0.1]:443", None, 0).as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(
+            ip("", Some("::ffff:10.0.0.5"), 1).as_deref(),
+            Some("10.0.0.5")
+        );
+        assert_eq!(
+            ip("", Some("\u{a0}10.0.0.5"), 1),
+            None,
+            "only ASCII blanks are trimmed"
+        );
     }
 }

@@ -613,3 +613,52 @@ async fn envoy_reaches_cedargate_over_a_unix_socket() {
         .unwrap();
     assert_eq!(reply.status(), 503, "fails closed when the socket is gone");
 }
+
+/// What `peer.xff_trusted_hops` counts, through the real Envoy of the shipped configurations
+/// (`use_remote_address: true`): Envoy appends the address of its own downstream peer (here
+/// the test client, playing a load balancer that appended the client's address first), so
+/// with one proxy in front of Envoy the client's entry is 2 from the right over gRPC; over
+/// the HTTP service Envoy's ext_authz client appends Envoy's own address too, so it is 3.
+#[tokio::test]
+async fn trusted_hops_count_the_addresses_envoy_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(
+        dir.path().join("inside.cedar"),
+        r#"@id("health-inside") forbid (principal, action, resource == Path::"/healthz")
+           unless { context.peer has ip && context.peer.ip.isInRange(ip("10.0.0.0/8")) };"#,
+    )
+    .unwrap();
+    let upstream = Upstream::start().await;
+    let client = http_client();
+    for (shipped, hops) in [(LOCAL, 2), (HTTP, 2)] {
+        let mut config: Config = test_config(PolicySource::Dir(dir.path().to_owned()));
+        config.peer.xff_trusted_hops = hops;
+        config.listen.http = Some(([127, 0, 0, 1], 0).into());
+        config.http_service.path_prefix = "/authz".into();
+        let server = TestServer::with_config(config).await;
+        let mut ports = ports(Some(server.grpc_addr().port()), &upstream);
+        ports.insert(CEDARGATE_HTTP, server.app.http_addr.unwrap().port());
+        let envoy = Envoy::start(&render(shipped, &ports, &HashMap::new())).await;
+        let url = format!("http://127.0.0.1:{}/healthz", envoy.port());
+        let ask = |client_address: &'static str| {
+            client
+                .get(&url)
+                .header("x-forwarded-for", client_address)
+                .send()
+        };
+        assert_eq!(
+            ask("10.1.2.3").await.unwrap().status(),
+            200,
+            "{shipped}: {}",
+            envoy.log()
+        );
+        assert_eq!(ask("192.168.0.9").await.unwrap().status(), 403, "{shipped}");
+    }
+}

@@ -945,7 +945,7 @@ fn context(
         }
         if let Ok(socket) = destination.address.parse::<std::net::SocketAddr>() {
             if read("ip") {
-                let ip = socket.ip().to_string();
+                let ip = socket.ip().to_canonical().to_string();
                 key.value(Input::DestinationIp, &ip);
                 attrs.push(("ip", RestrictedExpression::new_ip(ip)));
             }
