@@ -615,3 +615,67 @@ fn test_reports_json_with_per_case_results_and_times() {
         assert!(case["line"].as_u64().is_some(), "{case}");
     }
 }
+
+/// Policy tests can say where a request came from and went to, and which route extensions it
+/// carried: a policy over the optional facts is testable offline, and a wrong expectation
+/// fails the run.
+#[test]
+fn policy_tests_can_give_the_peer_address_destination_and_extensions() {
+    let dir = example_copy();
+    std::fs::write(
+        dir.path().join("network.cedar"),
+        r#"@id("health-inside") forbid (principal, action, resource == Path::"/healthz")
+unless {
+  context.peer has ip && context.peer.ip.isInRange(ip("10.0.0.0/8")) &&
+  context has destination && context.destination has port && context.destination.port == 8443 &&
+  !(context.request.extensions.hasTag("zone") && context.request.extensions.getTag("zone") == "closed")
+};
+"#,
+    )
+    .unwrap();
+    let cases = |last: &str| {
+        format!(
+            r#"cases:
+  - name: inside
+    request: {{ path: /healthz }}
+    peer: {{ address: "10.1.2.3:4000" }}
+    expect: allow
+  - name: outside
+    request: {{ path: /healthz }}
+    peer: {{ address: "192.168.1.1:4000" }}
+    expect: {{ decision: deny, policies: [health-inside] }}
+  - name: another listener
+    request: {{ path: /healthz }}
+    peer: {{ address: "10.1.2.3:4000" }}
+    destination: {{ address: "10.9.9.9:9443" }}
+    expect: deny
+  - name: a closed route
+    request: {{ path: /healthz, context_extensions: {{ zone: closed }} }}
+    peer: {{ address: "10.1.2.3:4000" }}
+    expect: {last}
+"#
+        )
+    };
+    let file = dir.path().join("network.yaml");
+    std::fs::write(&file, cases("deny")).unwrap();
+    let output = cedargate(&["test", file.to_str().unwrap(), "--policies", path(&dir)]);
+    assert!(
+        output.status.success(),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert!(
+        stdout(&output).contains("4 passed, 0 failed"),
+        "{}",
+        stdout(&output)
+    );
+    std::fs::write(&file, cases("allow")).unwrap();
+    let output = cedargate(&["test", file.to_str().unwrap(), "--policies", path(&dir)]);
+    assert!(!output.status.success());
+    assert!(
+        stdout(&output).contains("3 passed, 1 failed"),
+        "{}",
+        stdout(&output)
+    );
+}

@@ -32,6 +32,9 @@ pub struct Case {
     pub raw_token: Option<String>,
     #[serde(default)]
     pub peer: Option<PeerSpec>,
+    /// Envoy's `destination`: where the request was going.
+    #[serde(default)]
+    pub destination: Option<DestinationSpec>,
     #[serde(default)]
     pub expect: Option<Expect>,
 }
@@ -93,6 +96,15 @@ pub struct PeerSpec {
     /// `ip:port` of the downstream connection.
     #[serde(default)]
     pub address: Option<String>,
+}
+
+/// Envoy's `destination`: the listener's `ip:port` and the identity Envoy presented.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationSpec {
+    pub address: String,
+    #[serde(default)]
+    pub principal: String,
 }
 
 /// What a test expects: `expect: allow` or a mapping.
@@ -199,6 +211,8 @@ pub enum CaseError {
     },
     #[error("peer.address `{0}` is not ip:port")]
     Address(String),
+    #[error("destination.address `{0}` is not ip:port")]
+    DestinationAddress(String),
     #[error(transparent)]
     Sign(#[from] OfflineError),
 }
@@ -258,6 +272,17 @@ impl Case {
                     .map_err(|_| CaseError::Address(address.clone()))?;
                 builder = builder.address(&parsed.ip().to_string(), u32::from(parsed.port()));
             }
+        }
+        if let Some(destination) = &self.destination {
+            let parsed: std::net::SocketAddr = destination
+                .address
+                .parse()
+                .map_err(|_| CaseError::DestinationAddress(destination.address.clone()))?;
+            builder = builder.destination(
+                &parsed.ip().to_string(),
+                u32::from(parsed.port()),
+                &destination.principal,
+            );
         }
         Ok(builder.build())
     }
