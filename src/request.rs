@@ -162,6 +162,9 @@ pub struct Request {
     pub destination: Destination,
     /// Envoy's per-route `context_extensions` (`cedargate.action`, `cedargate.resource`).
     pub extensions: std::collections::HashMap<String, String>,
+    /// The `cedargate` namespace of the route's metadata (Envoy's `route_metadata_context`):
+    /// strings as they are, other values as JSON text.
+    pub route_metadata: std::collections::HashMap<String, String>,
 }
 
 /// Refuses a request with more than `max_headers` headers, or whose header names and values

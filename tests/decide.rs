@@ -693,6 +693,9 @@ when { context has destination && context.destination has port && context.destin
 @id("zone")
 forbid (principal, action, resource)
 when { context.request.extensions.hasTag("zone") && context.request.extensions.getTag("zone") == "closed" };
+@id("tier")
+forbid (principal, action, resource)
+when { context.request.route_metadata.hasTag("zone") && context.request.route_metadata.getTag("zone") == "closed" };
 @id("v6-error")
 forbid (principal, action, resource)
 when {
@@ -728,8 +731,14 @@ when {
                                 if let Some(xff) = xff {
                                     builder = builder.header("x-forwarded-for", xff);
                                 }
+                                // The zone as an extension on one port and as route
+                                // metadata on the other: two maps, one key name.
                                 if let Some(zone) = zone {
-                                    builder = builder.extension("zone", zone);
+                                    builder = if port == 8443 {
+                                        builder.extension("zone", zone)
+                                    } else {
+                                        builder.route_metadata("zone", zone)
+                                    };
                                 }
                                 let prepared = prepare(
                                     &Limits::default(),

@@ -195,9 +195,15 @@ async fn a_schema_without_the_optional_facts_still_loads_and_decides() {
         .unwrap()
         .replace("entity ContextExtensions tags String;", "")
         .replace("  extensions: ContextExtensions,\n", "")
+        .replace("entity RouteMetadata tags String;", "")
+        .replace("  route_metadata: RouteMetadata,\n", "")
         .replace("  ip?: ipaddr,\n};", "};")
         .replace("  destination?: DestinationInfo,\n", "");
-    assert!(!text.contains("ContextExtensions") && !text.contains("destination?"));
+    assert!(
+        !text.contains("ContextExtensions")
+            && !text.contains("RouteMetadata")
+            && !text.contains("destination?")
+    );
     std::fs::write(&schema, text).unwrap();
     std::fs::remove_file(dir.path().join("network.cedar")).unwrap();
     let mut server = server(dir.path(), 0).await;
@@ -205,4 +211,31 @@ async fn a_schema_without_the_optional_facts_still_loads_and_decides() {
         .check(check("GET", "/healthz").extension("zone", "x").build())
         .await;
     assert_eq!(reply.code(), Code::Ok);
+}
+
+#[tokio::test]
+async fn a_routes_metadata_is_tags_policies_read() {
+    let dir = policies_with(
+        r#"@id("gold-only")
+           forbid (principal, action, resource == Path::"/healthz")
+           unless {
+             context.request.route_metadata.hasTag("tier") &&
+             context.request.route_metadata.getTag("tier") == "gold"
+           };"#,
+    );
+    let mut server = server(dir.path(), 0).await;
+    let health = || check("GET", "/healthz");
+    let gold = server
+        .check(health().route_metadata("tier", "gold").build())
+        .await;
+    assert_eq!(gold.code(), Code::Ok);
+    let silver = server
+        .check(health().route_metadata("tier", "silver").build())
+        .await;
+    assert_eq!(silver.code(), Code::PermissionDenied);
+    // Context extensions are another map: the same key there does not count.
+    let elsewhere = server
+        .check(health().extension("tier", "gold").build())
+        .await;
+    assert_eq!(elsewhere.code(), Code::PermissionDenied);
 }

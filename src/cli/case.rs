@@ -56,6 +56,9 @@ pub struct RequestSpec {
     /// Envoy's per-route `context_extensions` (`cedargate.action`, `cedargate.resource`).
     #[serde(default)]
     pub context_extensions: BTreeMap<String, String>,
+    /// String fields of the route's metadata in the `cedargate` namespace.
+    #[serde(default)]
+    pub route_metadata: BTreeMap<String, String>,
 }
 
 impl Default for RequestSpec {
@@ -67,6 +70,7 @@ impl Default for RequestSpec {
             scheme: default_scheme(),
             headers: BTreeMap::new(),
             context_extensions: BTreeMap::new(),
+            route_metadata: BTreeMap::new(),
         }
     }
 }
@@ -228,6 +232,7 @@ impl Case {
             scheme,
             headers,
             context_extensions,
+            route_metadata,
         } = &self.request;
         let mut builder = CheckBuilder::new(method, path).host(host).scheme(scheme);
         for (name, value) in headers {
@@ -235,6 +240,9 @@ impl Case {
         }
         for (key, value) in context_extensions {
             builder = builder.extension(key, value);
+        }
+        for (key, value) in route_metadata {
+            builder = builder.route_metadata(key, value);
         }
         let token = match (&self.token, &self.raw_token, offline) {
             (Some(_), Some(_), _) => return Err(CaseError::TwoTokens),

@@ -72,6 +72,7 @@ pub enum Input {
     DestinationIp,
     DestinationPort,
     Extension,
+    RouteMetadata,
 }
 
 /// Collects the per-request values of one Cedar call as they are built.

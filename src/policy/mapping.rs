@@ -117,16 +117,19 @@ const PARAMS_TYPE: &str = "PathParams";
 const CLAIMS_TYPE: &str = "TokenClaims";
 /// Envoy's per-route `context_extensions` as tags (an optional fact).
 const EXTENSIONS_TYPE: &str = "ContextExtensions";
+/// The `cedargate` namespace of Envoy's route metadata as tags (an optional fact).
+const ROUTE_METADATA_TYPE: &str = "RouteMetadata";
 /// The type of the fallback resource, a request path no route maps.
 pub const PATH_TYPE: &str = "Path";
 const HELPER_ID: &str = "request";
 /// The types of the entities cedargate builds per request to carry maps as tags.
-pub const HELPER_TYPES: [&str; 5] = [
+pub const HELPER_TYPES: [&str; 6] = [
     HEADERS_TYPE,
     QUERY_TYPE,
     PARAMS_TYPE,
     CLAIMS_TYPE,
     EXTENSIONS_TYPE,
+    ROUTE_METADATA_TYPE,
 ];
 
 /// The pieces of a Cedar request before its entity store is assembled.
@@ -334,6 +337,7 @@ fn parts(
         http,
         destination,
         extensions,
+        route_metadata,
     } = request;
     let action = match extensions.get(EXTENSION_ACTION) {
         Some(name) => action_uid(name).ok_or_else(|| MappingError::BadExtension {
@@ -412,6 +416,14 @@ fn parts(
             Some((Input::Extension, &mut key)),
         )?);
     }
+    if built.route_metadata {
+        helpers.push(tagged(
+            &names.route_metadata,
+            route_metadata,
+            reads,
+            Some((Input::RouteMetadata, &mut key)),
+        )?);
+    }
     Ok(Parts {
         principal,
         action,
@@ -429,6 +441,7 @@ struct Helpers {
     query: bool,
     params: bool,
     extensions: bool,
+    route_metadata: bool,
 }
 
 impl Helpers {
@@ -439,6 +452,8 @@ impl Helpers {
             query: wanted("query", QUERY_TYPE),
             params: wanted("params", PARAMS_TYPE),
             extensions: reads.facts.extensions && wanted("extensions", EXTENSIONS_TYPE),
+            route_metadata: reads.facts.route_metadata
+                && wanted("route_metadata", ROUTE_METADATA_TYPE),
         }
     }
 
@@ -449,6 +464,7 @@ impl Helpers {
             (self.query, &names.query),
             (self.params, &names.params),
             (self.extensions, &names.extensions),
+            (self.route_metadata, &names.route_metadata),
         ]
         .into_iter()
         .filter_map(|(built, uid)| built.then_some(uid))
@@ -592,16 +608,22 @@ pub fn check_entity_shapes(schema: &Schema) -> Option<String> {
 /// `None` when no set fits: the schema does not accept cedargate's context at all.
 pub fn supported_facts(schema: &Schema) -> Option<Facts> {
     let extensions_fit = tags_fit(schema, EXTENSIONS_TYPE);
-    (0u8..8)
+    let route_metadata_fit = tags_fit(schema, ROUTE_METADATA_TYPE);
+    (0u8..16)
         .map(|bits| Facts {
             peer_ip: bits & 1 != 0,
             destination: bits & 2 != 0,
             extensions: bits & 4 != 0,
+            route_metadata: bits & 8 != 0,
         })
         .filter(|facts| extensions_fit || !facts.extensions)
+        .filter(|facts| route_metadata_fit || !facts.route_metadata)
         .filter(|facts| check_schema(schema, *facts).is_empty())
         .max_by_key(|facts| {
-            u8::from(facts.peer_ip) + u8::from(facts.destination) + u8::from(facts.extensions)
+            u8::from(facts.peer_ip)
+                + u8::from(facts.destination)
+                + u8::from(facts.extensions)
+                + u8::from(facts.route_metadata)
         })
 }
 
@@ -720,6 +742,7 @@ struct Names {
     params: EntityUid,
     claims: EntityUid,
     extensions: EntityUid,
+    route_metadata: EntityUid,
     workload: EntityTypeName,
     path: EntityTypeName,
     anonymous: EntityUid,
@@ -736,6 +759,7 @@ fn names() -> Result<&'static Names, MappingError> {
                 params: uid(PARAMS_TYPE, HELPER_ID)?,
                 claims: uid(CLAIMS_TYPE, HELPER_ID)?,
                 extensions: uid(EXTENSIONS_TYPE, HELPER_ID)?,
+                route_metadata: uid(ROUTE_METADATA_TYPE, HELPER_ID)?,
                 workload: type_name("Workload")?,
                 path: type_name(PATH_TYPE)?,
                 anonymous: uid("Anonymous", "anonymous")?,
@@ -856,6 +880,12 @@ fn context(
                 .facts
                 .extensions
                 .then_some(("extensions", &names.extensions)),
+        )
+        .chain(
+            reads
+                .facts
+                .route_metadata
+                .then_some(("route_metadata", &names.route_metadata)),
         );
         let request = fields
             .into_iter()

@@ -43,6 +43,9 @@ pub struct Facts {
     /// `context.request.extensions`: Envoy's per-route `context_extensions` as the tags of a
     /// `ContextExtensions` entity.
     pub extensions: bool,
+    /// `context.request.route_metadata`: the `cedargate` namespace of Envoy's route metadata
+    /// as the tags of a `RouteMetadata` entity.
+    pub route_metadata: bool,
 }
 
 impl Facts {
@@ -51,6 +54,7 @@ impl Facts {
         peer_ip: true,
         destination: true,
         extensions: true,
+        route_metadata: true,
     };
 }
 

@@ -367,6 +367,11 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
                 facts.extensions,
                 "in the request record, with its type: `extensions: ContextExtensions` and `entity ContextExtensions tags String;`",
             ),
+            (
+                ["request", "route_metadata"].as_slice(),
+                facts.route_metadata,
+                "in the request record, with its type: `route_metadata: RouteMetadata` and `entity RouteMetadata tags String;`",
+            ),
         ];
         let misdeclared: Vec<Problem> = misdeclared
             .into_iter()

@@ -530,6 +530,7 @@ pub fn prepare(
         http,
         peer,
         destination,
+        route_metadata,
         extensions,
     } = input;
     let Some(raw) = http else {
@@ -566,6 +567,7 @@ pub fn prepare(
             http,
             destination,
             extensions,
+            route_metadata,
         },
         peer,
         peer_refused,

@@ -32,6 +32,8 @@ pub struct CheckInput {
     pub http: Option<RawHttp>,
     pub peer: PeerSource,
     pub destination: crate::request::Destination,
+    /// The `cedargate` namespace of Envoy's `route_metadata_context`, as text.
+    pub route_metadata: HashMap<String, String>,
     /// Envoy's per-route `context_extensions`.
     pub extensions: HashMap<String, String>,
 }
@@ -75,7 +77,7 @@ pub fn input(request: CheckRequest) -> CheckInput {
         request,
         context_extensions,
         metadata_context: _,
-        route_metadata_context: _,
+        route_metadata_context,
         tls_session: _,
     } = attributes;
     let peer = source.map(peer).unwrap_or_default();
@@ -90,10 +92,21 @@ pub fn input(request: CheckRequest) -> CheckInput {
     let http = request
         .and_then(|PbRequest { time: _, http }| http)
         .map(http);
+    let route_metadata = route_metadata_context
+        .and_then(|m| m.filter_metadata.get(ROUTE_METADATA_NAMESPACE).cloned())
+        .map(|fields| {
+            fields
+                .fields
+                .into_iter()
+                .map(|(k, v)| (k, metadata_text(v)))
+                .collect()
+        })
+        .unwrap_or_default();
     CheckInput {
         http,
         peer,
         destination,
+        route_metadata,
         extensions: context_extensions,
     }
 }
@@ -277,6 +290,41 @@ pub fn response(answer: Answer) -> CheckResponse {
         }),
         dynamic_metadata: Some(to_struct(metadata)),
         http_response: Some(http_response),
+    }
+}
+
+/// The route metadata namespace cedargate reads (`route_metadata_context_namespaces` in the
+/// ext_authz filter must name it).
+pub const ROUTE_METADATA_NAMESPACE: &str = "cedargate";
+
+/// A metadata value as a tag: a string as it is, anything else as its JSON text.
+fn metadata_text(value: PbValue) -> String {
+    match value.kind {
+        Some(Kind::StringValue(s)) => s,
+        kind => from_value(kind).to_string(),
+    }
+}
+
+fn from_value(kind: Option<Kind>) -> Value {
+    match kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(b),
+        Some(Kind::NumberValue(n)) => {
+            serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number)
+        }
+        Some(Kind::StringValue(s)) => Value::String(s),
+        Some(Kind::ListValue(list)) => Value::Array(
+            list.values
+                .into_iter()
+                .map(|v| from_value(v.kind))
+                .collect(),
+        ),
+        Some(Kind::StructValue(s)) => Value::Object(
+            s.fields
+                .into_iter()
+                .map(|(k, v)| (k, from_value(v.kind)))
+                .collect(),
+        ),
     }
 }
 

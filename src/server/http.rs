@@ -239,6 +239,7 @@ pub fn read(parts: &Parts, settings: &HttpService) -> Result<CheckInput, Request
         }),
         peer: PeerSource::default(),
         destination: crate::request::Destination::default(),
+        route_metadata: std::collections::HashMap::new(),
         extensions: std::collections::HashMap::new(),
     })
 }

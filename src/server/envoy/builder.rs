@@ -6,10 +6,12 @@
 use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, HeaderMap, HeaderValue, SocketAddress, address, socket_address::PortSpecifier,
+    Address, HeaderMap, HeaderValue, Metadata, SocketAddress, address,
+    socket_address::PortSpecifier,
 };
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 
 /// A CheckRequest under construction.
 #[derive(Debug, Clone)]
@@ -24,6 +26,7 @@ pub struct CheckBuilder {
     certificate: String,
     address: (String, u32),
     destination: (String, u32, String),
+    route_metadata: HashMap<String, String>,
     extensions: HashMap<String, String>,
 }
 
@@ -42,6 +45,7 @@ impl CheckBuilder {
             certificate: String::new(),
             address: ("127.0.0.1".into(), 51234),
             destination: ("127.0.0.1".into(), 8443, String::new()),
+            route_metadata: HashMap::new(),
             extensions: HashMap::new(),
         }
     }
@@ -100,6 +104,12 @@ impl CheckBuilder {
     /// An Envoy per-route `context_extensions` entry.
     pub fn extension(mut self, key: &str, value: &str) -> Self {
         self.extensions.insert(key.into(), value.into());
+        self
+    }
+
+    /// A string field of the route's metadata in the `cedargate` namespace.
+    pub fn route_metadata(mut self, key: &str, value: &str) -> Self {
+        self.route_metadata.insert(key.into(), value.into());
         self
     }
 
@@ -181,6 +191,25 @@ impl CheckBuilder {
                     }),
                 }),
                 context_extensions: self.extensions,
+                route_metadata_context: (!self.route_metadata.is_empty()).then(|| {
+                    let fields = self
+                        .route_metadata
+                        .into_iter()
+                        .map(|(k, v)| {
+                            let value = Value {
+                                kind: Some(Kind::StringValue(v)),
+                            };
+                            (k, value)
+                        })
+                        .collect();
+                    Metadata {
+                        filter_metadata: HashMap::from([(
+                            super::ROUTE_METADATA_NAMESPACE.to_owned(),
+                            Struct { fields },
+                        )]),
+                        ..Metadata::default()
+                    }
+                }),
                 ..AttributeContext::default()
             }),
         }
