@@ -662,3 +662,61 @@ async fn trusted_hops_count_the_addresses_envoy_appends() {
         assert_eq!(ask("192.168.0.9").await.unwrap().status(), 403, "{shipped}");
     }
 }
+
+/// The route's metadata reaches policies through the shipped gRPC configuration
+/// (`route_metadata_context_namespaces: [cedargate]`): a route for `/orders` that says
+/// `tier: gold` lets anonymous callers list orders, and the catch-all route, which says
+/// nothing, does not even reach the public health page under a policy that requires a tier.
+#[tokio::test]
+async fn a_routes_metadata_reaches_the_policies_through_envoy() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(
+        dir.path().join("tiers.cedar"),
+        r#"@id("gold-lists") permit (principal, action == Action::"orders:list", resource)
+           when { context.request.route_metadata.hasTag("tier") && context.request.route_metadata.getTag("tier") == "gold" };
+           @id("tiered-only") forbid (principal, action, resource == Path::"/healthz")
+           unless { context.request.route_metadata.hasTag("tier") };"#,
+    )
+    .unwrap();
+    let server =
+        TestServer::with_config(test_config(PolicySource::Dir(dir.path().to_owned()))).await;
+    let upstream = Upstream::start().await;
+    let rendered = render(
+        LOCAL,
+        &ports(Some(server.grpc_addr().port()), &upstream),
+        &HashMap::new(),
+    );
+    let mut config: yaml_serde::Value = yaml_serde::from_str(&rendered).unwrap();
+    let gold: yaml_serde::Value = yaml_serde::from_str(
+        "{ match: { prefix: /orders }, route: { cluster: upstream }, metadata: { filter_metadata: { cedargate: { tier: gold } } } }",
+    )
+    .unwrap();
+    fn prepend_route(value: &mut yaml_serde::Value, route: &yaml_serde::Value) -> bool {
+        match value {
+            yaml_serde::Value::Mapping(map) => {
+                if let Some(yaml_serde::Value::Sequence(routes)) = map.get_mut("routes") {
+                    routes.insert(0, route.clone());
+                    return true;
+                }
+                map.iter_mut().any(|(_, v)| prepend_route(v, route))
+            }
+            yaml_serde::Value::Sequence(items) => items.iter_mut().any(|v| prepend_route(v, route)),
+            _ => false,
+        }
+    }
+    assert!(prepend_route(&mut config, &gold));
+    let envoy = Envoy::start(&yaml_serde::to_string(&config).unwrap()).await;
+    let client = http_client();
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", envoy.port());
+    let orders = client.get(url("/orders")).send().await.unwrap();
+    assert_eq!(orders.status(), 200, "{}", envoy.log());
+    let health = client.get(url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 403);
+}

@@ -239,3 +239,35 @@ async fn a_routes_metadata_is_tags_policies_read() {
         .await;
     assert_eq!(elsewhere.code(), Code::PermissionDenied);
 }
+
+/// A schema may require one fact and lack the others: the largest set it accepts is built.
+#[tokio::test]
+async fn a_schema_that_requires_some_facts_and_lacks_others_gets_those_it_declares() {
+    let dir = policies_with(
+        r#"@id("internal-routes-only")
+           forbid (principal, action, resource == Path::"/healthz")
+           unless { context.request.extensions.hasTag("zone") };"#,
+    );
+    let schema = dir.path().join("schema.cedarschema");
+    let text = std::fs::read_to_string(&schema)
+        .unwrap()
+        .replace("entity RouteMetadata tags String;", "")
+        .replace("  route_metadata: RouteMetadata,\n", "")
+        .replace("  ip?: ipaddr,\n};", "};")
+        .replace("  destination?: DestinationInfo,\n", "");
+    assert!(text.contains("  extensions: ContextExtensions,\n"));
+    std::fs::write(&schema, text).unwrap();
+    let mut server = server(dir.path(), 0).await;
+    let health = || check("GET", "/healthz");
+    assert_eq!(
+        server
+            .check(health().extension("zone", "a").build())
+            .await
+            .code(),
+        Code::Ok
+    );
+    assert_eq!(
+        server.check(health().build()).await.code(),
+        Code::PermissionDenied
+    );
+}

@@ -609,6 +609,34 @@ pub fn check_entity_shapes(schema: &Schema) -> Option<String> {
 pub fn supported_facts(schema: &Schema) -> Option<Facts> {
     let extensions_fit = tags_fit(schema, EXTENSIONS_TYPE);
     let route_metadata_fit = tags_fit(schema, ROUTE_METADATA_TYPE);
+    let fits = |facts: &Facts| {
+        (extensions_fit || !facts.extensions)
+            && (route_metadata_fit || !facts.route_metadata)
+            && check_schema(schema, *facts).is_empty()
+    };
+    let all = Facts::ALL;
+    let none = Facts::default();
+    // Each check validates every action's context: a schema of thousands of actions makes
+    // them count at load. The common cases take one check (a schema with every fact) or six
+    // (a schema from before them); only a schema that requires some facts and lacks others
+    // searches every combination.
+    if fits(&all) {
+        return Some(all);
+    }
+    if fits(&none) {
+        let one = |pick: fn(&mut Facts)| {
+            let mut facts = none;
+            pick(&mut facts);
+            fits(&facts)
+        };
+        let union = Facts {
+            peer_ip: one(|f| f.peer_ip = true),
+            destination: one(|f| f.destination = true),
+            extensions: one(|f| f.extensions = true),
+            route_metadata: one(|f| f.route_metadata = true),
+        };
+        return Some(if fits(&union) { union } else { none });
+    }
     (0u8..16)
         .map(|bits| Facts {
             peer_ip: bits & 1 != 0,
@@ -616,9 +644,7 @@ pub fn supported_facts(schema: &Schema) -> Option<Facts> {
             extensions: bits & 4 != 0,
             route_metadata: bits & 8 != 0,
         })
-        .filter(|facts| extensions_fit || !facts.extensions)
-        .filter(|facts| route_metadata_fit || !facts.route_metadata)
-        .filter(|facts| check_schema(schema, *facts).is_empty())
+        .filter(fits)
         .max_by_key(|facts| {
             u8::from(facts.peer_ip)
                 + u8::from(facts.destination)
