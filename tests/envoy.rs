@@ -614,13 +614,8 @@ async fn envoy_reaches_cedargate_over_a_unix_socket() {
     assert_eq!(reply.status(), 503, "fails closed when the socket is gone");
 }
 
-/// What `peer.xff_trusted_hops` counts, through the real Envoy of the shipped configurations
-/// (`use_remote_address: true`): Envoy appends the address of its own downstream peer (here
-/// the test client, playing a load balancer that appended the client's address first), so
-/// with one proxy in front of Envoy the client's entry is 2 from the right over gRPC; over
-/// the HTTP service Envoy's ext_authz client appends Envoy's own address too, so it is 3.
-#[tokio::test]
-async fn trusted_hops_count_the_addresses_envoy_appends() {
+/// The example policy set with one more policy file, `extra.cedar`.
+fn policies_with(extra: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     for entry in std::fs::read_dir(&examples).unwrap() {
@@ -629,12 +624,21 @@ async fn trusted_hops_count_the_addresses_envoy_appends() {
             std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
         }
     }
-    std::fs::write(
-        dir.path().join("inside.cedar"),
+    std::fs::write(dir.path().join("extra.cedar"), extra).unwrap();
+    dir
+}
+
+/// What `peer.xff_trusted_hops` counts, through the real Envoy of the shipped configurations
+/// (`use_remote_address: true`): Envoy appends the address of its own downstream peer (here
+/// the test client, playing a load balancer that appended the client's address first), so
+/// with one proxy in front of Envoy the client's entry is 2 from the right, over gRPC and
+/// over the HTTP service alike (Envoy 1.40's HTTP ext_authz client adds no entry of its own).
+#[tokio::test]
+async fn trusted_hops_count_the_addresses_envoy_appends() {
+    let dir = policies_with(
         r#"@id("health-inside") forbid (principal, action, resource == Path::"/healthz")
            unless { context.peer has ip && context.peer.ip.isInRange(ip("10.0.0.0/8")) };"#,
-    )
-    .unwrap();
+    );
     let upstream = Upstream::start().await;
     let client = http_client();
     for (shipped, hops) in [(LOCAL, 2), (HTTP, 2)] {
@@ -669,22 +673,12 @@ async fn trusted_hops_count_the_addresses_envoy_appends() {
 /// nothing, does not even reach the public health page under a policy that requires a tier.
 #[tokio::test]
 async fn a_routes_metadata_reaches_the_policies_through_envoy() {
-    let dir = tempfile::tempdir().unwrap();
-    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    for entry in std::fs::read_dir(&examples).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    std::fs::write(
-        dir.path().join("tiers.cedar"),
+    let dir = policies_with(
         r#"@id("gold-lists") permit (principal, action == Action::"orders:list", resource)
            when { context.request.route_metadata.hasTag("tier") && context.request.route_metadata.getTag("tier") == "gold" };
            @id("tiered-only") forbid (principal, action, resource == Path::"/healthz")
            unless { context.request.route_metadata.hasTag("tier") };"#,
-    )
-    .unwrap();
+    );
     let server =
         TestServer::with_config(test_config(PolicySource::Dir(dir.path().to_owned()))).await;
     let upstream = Upstream::start().await;
