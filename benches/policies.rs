@@ -51,9 +51,11 @@ fn token() -> Arc<VerifiedToken> {
         expires_at: i64::MAX,
         issued_at: None,
         claims: Default::default(),
+        claims_json: Default::default(),
         cnf_x5t_s256: None,
         require_cert_binding: false,
         cedar: Default::default(),
+        typed_claims: Default::default(),
     })
 }
 

@@ -178,6 +178,11 @@ pub struct Limits {
     /// Connections the HTTP authorization listener holds open at once; one more is closed at
     /// once (`cedargate_rejected_total{reason="http_connections"}`).
     pub max_http_connections: usize,
+    /// Largest request body (Envoy's `with_request_body`) read as `context.request.body`;
+    /// a larger one is HTTP 413 `body_too_large`.
+    pub max_body_bytes: usize,
+    /// Deepest nesting of arrays and objects in such a body; deeper is HTTP 400 `bad_body`.
+    pub max_body_depth: usize,
 }
 
 /// TLS on cedargate's own gRPC listener (the `tls:` section).
@@ -230,6 +235,8 @@ impl Default for Limits {
             keepalive_timeout: Duration::from_secs(10),
             decision_cache_bytes: 32 * 1024 * 1024,
             max_http_connections: 1024,
+            max_body_bytes: 64 * 1024,
+            max_body_depth: 32,
         }
     }
 }
@@ -350,6 +357,8 @@ struct RawLimits {
     decision_cache_bytes: Option<usize>,
     #[serde(default)]
     max_http_connections: Option<usize>,
+    max_body_bytes: Option<usize>,
+    max_body_depth: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -556,6 +565,8 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         keepalive_timeout,
         decision_cache_bytes,
         max_http_connections,
+        max_body_bytes,
+        max_body_depth,
     } = limits;
     let d = defaults.limits;
     let limits = Limits {
@@ -630,6 +641,18 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             max_http_connections,
             "limits.max_http_connections",
             d.max_http_connections,
+            &mut problems,
+        ),
+        max_body_bytes: positive(
+            max_body_bytes,
+            "limits.max_body_bytes",
+            d.max_body_bytes,
+            &mut problems,
+        ),
+        max_body_depth: positive(
+            max_body_depth,
+            "limits.max_body_depth",
+            d.max_body_depth,
             &mut problems,
         ),
         // 0 is allowed here: it turns the cache off.

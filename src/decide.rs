@@ -103,7 +103,10 @@ fn run(
             }),
         );
     }
-    let identity = match presented.establish(requirement) {
+    let claims_fit = |token: &crate::identity::VerifiedToken| {
+        crate::policy::claims::typed(snapshot, token).map(drop)
+    };
+    let identity = match presented.establish(requirement, claims_fit) {
         Ok(identity) => identity,
         Err(Refused::Token(err)) => return deny(evaluation, DenyReason::Unauthenticated(err)),
         Err(Refused::Peer(err)) => return deny(evaluation, DenyReason::Peer(err)),
@@ -117,15 +120,32 @@ fn run(
             );
         }
     };
+    // A body the schema declares must be whole JSON of the declared shape (400, 413), judged
+    // after who is asking (401, 403) and before any policy reads it.
+    let body = match crate::policy::body::parse(snapshot, &request.body) {
+        Ok(body) => body,
+        Err(err) => return deny(evaluation, DenyReason::Body(err)),
+    };
+    let body = body.as_ref();
     let mapped = match mode {
-        Mode::Fast => mapping::map(snapshot, request, route, &identity, now, Build::Read),
+        Mode::Fast => mapping::map(snapshot, request, body, route, &identity, now, Build::Read),
         // Explain shows the whole context; what the fast path leaves out no policy can read.
-        Mode::Explain => mapping::map(snapshot, request, route, &identity, now, Build::Everything),
-        Mode::Reference => mapping::map_with_whole_store(snapshot, request, route, &identity, now)
-            .map(|call| Mapped::Call {
-                call,
-                remember: None,
-            }),
+        Mode::Explain => mapping::map(
+            snapshot,
+            request,
+            body,
+            route,
+            &identity,
+            now,
+            Build::Everything,
+        ),
+        Mode::Reference => mapping::map_with_whole_store(
+            snapshot, request, body, route, &identity, now,
+        )
+        .map(|call| Mapped::Call {
+            call,
+            remember: None,
+        }),
     };
     let (verdict, call) = match mapped {
         Ok(Mapped::Recalled {

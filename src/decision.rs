@@ -204,6 +204,8 @@ pub enum DenyReason {
     NoRoute(#[source] MappingError),
     #[error("malformed request: {0}")]
     BadRequest(#[source] RequestError),
+    #[error("request body refused: {0}")]
+    Body(#[source] crate::policy::body::BodyError),
     #[error("cannot map the request to Cedar: {0}")]
     Mapping(#[source] MappingError),
     #[error("internal error: {0}")]
@@ -228,6 +230,7 @@ impl DenyReason {
             Self::BadRequest(e) if e.is_too_long() => "path_too_long",
             Self::BadRequest(e) if e.is_headers_too_large() => "headers_too_large",
             Self::BadRequest(_) => "malformed_request",
+            Self::Body(e) => e.code(),
             Self::Mapping(_) => "mapping_error",
             Self::Internal(_) => "internal",
             Self::Timeout(_) => "timeout",
@@ -245,6 +248,7 @@ impl DenyReason {
             Self::BadRequest(e) if e.is_too_long() => (Code::InvalidArgument, 414),
             Self::BadRequest(e) if e.is_headers_too_large() => (Code::InvalidArgument, 431),
             Self::BadRequest(_) => (Code::InvalidArgument, 400),
+            Self::Body(e) => (Code::InvalidArgument, e.status()),
             Self::Mapping(_) | Self::Internal(_) => (Code::Internal, 500),
             Self::Timeout(_) | Self::Overloaded => (Code::Unavailable, 503),
         }
@@ -381,8 +385,16 @@ impl Decision {
             }
             (Outcome::Deny(reason), true) => {
                 let (code, status) = reason.status();
-                let body = json!({ "error": reason.code(), "request_id": envelope.request_id })
-                    .to_string();
+                let mut body = json!({ "error": reason.code(), "request_id": envelope.request_id });
+                // The claim's name (from the schema), never its value.
+                if let (
+                    DenyReason::Unauthenticated(TokenError::InvalidClaim { claim, .. }),
+                    Value::Object(fields),
+                ) = (reason, &mut body)
+                {
+                    fields.insert("claim".into(), crate::text::clip(claim).into());
+                }
+                let body = body.to_string();
                 let mut headers = vec![("content-type".into(), "application/json".into())];
                 // RFC 6750 §3: no error code when the request had no token at all.
                 match reason {

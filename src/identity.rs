@@ -224,13 +224,20 @@ impl Presented {
     /// - RFC 8705 §3: a certificate-bound token is valid only from the certificate it is bound
     ///   to, checked on every request (a cached token may be replayed from another workload);
     /// - a missing token is refused where the route (else the default) requires one;
+    /// - a present token's claims must fit what the policy set declares (`claims_fit`: typed
+    ///   claims, judged by the policy side);
     /// - then a refused peer (a bad certificate, a foreign trust domain) is a 403.
-    pub fn establish(&self, route: Option<TokenRequirement>) -> Result<Identity, Refused> {
+    pub fn establish(
+        &self,
+        route: Option<TokenRequirement>,
+        claims_fit: impl FnOnce(&VerifiedToken) -> Result<(), TokenError>,
+    ) -> Result<Identity, Refused> {
         let token = self.token.clone().map_err(Refused::Token)?;
         if let Some(token) = &token {
             token
                 .check_binding(self.peer.cert_sha256.as_ref())
                 .map_err(Refused::Token)?;
+            claims_fit(token).map_err(Refused::Token)?;
         }
         let required = route.map_or(self.token_required_by_default, |r| {
             r == TokenRequirement::Required

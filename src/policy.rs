@@ -6,6 +6,8 @@
 //! `engine` (the Cedar decision, on the slice of policies that can apply); `decisions` keeps
 //! a token's verdicts per snapshot so that the same inputs are not evaluated twice.
 
+pub mod body;
+pub mod claims;
 pub mod decisions;
 pub mod engine;
 pub mod index;
@@ -13,6 +15,7 @@ pub mod mapping;
 pub mod problem;
 pub mod reads;
 pub mod routes;
+pub mod shapes;
 pub mod slices;
 pub mod store;
 

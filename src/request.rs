@@ -123,6 +123,10 @@ pub struct RawHttp {
     /// Envoy's `http.id` (the `x-request-id` it generated or accepted).
     pub id: String,
     pub headers: Vec<RawHeader>,
+    /// The body, when Envoy sends it (`with_request_body`); empty otherwise.
+    pub body: Vec<u8>,
+    /// The body was not read whole (over the HTTP service's limit, or cut off).
+    pub body_cut: bool,
 }
 
 /// A normalised HTTP request, ready for route matching and the Cedar mapping.
@@ -165,6 +169,21 @@ pub struct Request {
     /// The `cedargate` namespace of the route's metadata (Envoy's `route_metadata_context`):
     /// strings as they are, other values as JSON text.
     pub route_metadata: std::collections::HashMap<String, String>,
+    /// The body Envoy sent (`with_request_body`), read only when the schema declares
+    /// `context.request.body` (`policy/body.rs`).
+    pub body: RequestBody,
+}
+
+/// A request's body as Envoy sent it, with the depth it may nest to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestBody {
+    pub bytes: Vec<u8>,
+    /// Envoy sent only the first bytes (`x-envoy-auth-partial-body: true`).
+    pub partial: bool,
+    /// Largest body accepted, in bytes (`limits.max_body_bytes`).
+    pub max_bytes: usize,
+    /// Deepest nesting of arrays and objects accepted (`limits.max_body_depth`).
+    pub max_depth: usize,
 }
 
 /// Refuses a request with more than `max_headers` headers, or whose header names and values
@@ -205,6 +224,8 @@ pub fn normalise(raw: RawHttp, max_path_bytes: usize) -> Result<HttpRequest, Req
         protocol,
         id,
         headers: raw_headers,
+        body: _,
+        body_cut: _,
     } = raw;
     if method.is_empty() || !method.bytes().all(is_tchar) {
         return Err(RequestError::BadMethod(crate::text::clip(&method)));

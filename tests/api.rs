@@ -131,7 +131,7 @@ async fn status_reports_the_policy_set_and_the_issuers_keys() {
         .unwrap()
         .into_inner();
     assert!(status.ready);
-    assert_eq!(status.policy_count, 8);
+    assert_eq!(status.policy_count, 10);
     assert_eq!(
         status.policy_version,
         server.app.shared.snapshot.load().version.as_ref()

@@ -91,13 +91,13 @@ fn the_example_policy_tests_pass() {
 fn validate_accepts_the_example_set() {
     let output = cedargate(&["validate", "--policies", "policies"]);
     assert!(output.status.success(), "{}", stdout(&output));
-    assert!(stdout(&output).contains("policies: valid (8 policies, 7 routes"));
+    assert!(stdout(&output).contains("policies: valid (10 policies, 7 routes"));
     assert_eq!(stderr(&output), "");
 
     let output = cedargate(&["validate", "--policies", "policies", "--format", "json"]);
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["valid"], true);
-    assert_eq!(report["policies"], 8);
+    assert_eq!(report["policies"], 10);
     assert_eq!(report["errors"], serde_json::json!([]));
     assert_eq!(report["version"].as_str().unwrap().len(), 12);
 }
@@ -440,7 +440,7 @@ fn a_bare_deny_means_denied_by_the_policies() {
     );
     assert!(out.contains("  ok    said so"), "{out}");
     let coverage = format!(
-        "coverage of {}: 0 of 8 policies determined a decision; never: foreign-workloads,",
+        "coverage of {}: 0 of 10 policies determined a decision; never: foreign-workloads,",
         dir.path().display()
     );
     assert!(out.contains(&coverage), "{out}");

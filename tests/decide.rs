@@ -29,7 +29,8 @@ use cedargate::server::check::prepare;
 use cedargate::server::envoy;
 use cedargate::testutil::{CHECKOUT, check};
 
-const SCHEMA: &str = include_str!("../policies/schema.cedarschema");
+/// The example schema: typed claims (`claims: Claims`, a record).
+const TYPED_SCHEMA: &str = include_str!("../policies/schema.cedarschema");
 const ROUTES: &str = include_str!("../policies/routes.yaml");
 const NOW: i64 = 1_700_000_000;
 
@@ -42,16 +43,32 @@ action "orders:purge" appliesTo {
 };
 "#;
 
+/// The example schema with the claims in the tag form (`TokenClaims`, string tags), which
+/// most sets here read.
+fn tag_schema() -> String {
+    let tags = TYPED_SCHEMA.replacen("claims: Claims,", "claims: TokenClaims,", 1);
+    assert_ne!(
+        tags, TYPED_SCHEMA,
+        "the example schema declares `claims: Claims,`"
+    );
+    format!("{tags}\nentity TokenClaims tags String;\n")
+}
+
 fn load(policies: &str, entities: &str) -> Snapshot {
     load_with("", "", policies, entities)
 }
 
 /// [`load`] with more schema declarations and routes.
 fn load_with(schema: &str, routes: &str, policies: &str, entities: &str) -> Snapshot {
+    load_on(&tag_schema(), schema, routes, policies, entities)
+}
+
+/// [`load_with`] on the `base` schema.
+fn load_on(base: &str, schema: &str, routes: &str, policies: &str, entities: &str) -> Snapshot {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("schema.cedarschema"),
-        format!("{SCHEMA}{USERS_ONLY}{schema}"),
+        format!("{base}{USERS_ONLY}{schema}"),
     )
     .unwrap();
     std::fs::write(
@@ -81,9 +98,36 @@ fn token(subject: &str, groups: &[&str], claims: &[(&str, &str)]) -> Arc<Verifie
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect::<BTreeMap<_, _>>(),
+        claims_json: Arc::new(
+            claims
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+                .collect(),
+        ),
         cnf_x5t_s256: None,
         require_cert_binding: false,
         cedar: Default::default(),
+        typed_claims: Default::default(),
+    })
+}
+
+/// A token whose claims are `claims` (JSON), as the verifier makes it.
+fn token_json(subject: &str, claims: serde_json::Value) -> Arc<VerifiedToken> {
+    let map = claims.as_object().unwrap().clone();
+    let texts: BTreeMap<String, String> = map
+        .iter()
+        .map(|(k, v)| {
+            let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            (k.clone(), text)
+        })
+        .collect();
+    let base = token(subject, &[], &[]);
+    Arc::new(VerifiedToken {
+        claims: texts,
+        claims_json: Arc::new(map),
+        cedar: Default::default(),
+        typed_claims: Default::default(),
+        ..VerifiedToken::clone(&base)
     })
 }
 
@@ -156,6 +200,11 @@ fn compare(snapshot: &Snapshot) -> BTreeMap<String, usize> {
         Caller::Workload,
         Caller::Anonymous,
     ];
+    compare_callers(snapshot, &callers)
+}
+
+/// [`compare`] for these callers.
+fn compare_callers(snapshot: &Snapshot, callers: &[Caller]) -> BTreeMap<String, usize> {
     let targets = [
         ("GET", "/orders"),
         ("POST", "/orders"),
@@ -174,7 +223,7 @@ fn compare(snapshot: &Snapshot) -> BTreeMap<String, usize> {
     ];
     let mut seen = BTreeMap::new();
     for pass in 0..2 {
-        for caller in &callers {
+        for caller in callers {
             for (method, path) in targets {
                 for headers in header_sets {
                     let (core, reference) = decide_both(snapshot, method, path, headers, caller);
@@ -783,4 +832,129 @@ when {
             "{reason}: {seen:?}"
         );
     }
+}
+
+/// Typed claims (the example schema's `claims: Claims` record): sets, booleans and strings
+/// read as Cedar values, on the hot path and the reference alike; a token whose declared claim
+/// has another type is a 401 before anything else, whatever the request.
+#[test]
+fn the_core_decides_like_the_reference_with_typed_claims() {
+    let snapshot = load_on(
+        TYPED_SCHEMA,
+        "",
+        "",
+        r#"
+@id("readers")
+permit (principal, action == Action::"orders:list", resource)
+when { context has token && context.token.claims has roles && context.token.claims.roles.contains("reader") };
+@id("tenant")
+permit (principal, action == Action::"orders:read", resource)
+when {
+  context has token && context.token.claims has tenant &&
+  context.request.headers.hasTag("x-tenant") &&
+  context.token.claims.tenant == context.request.headers.getTag("x-tenant")
+};
+@id("unverified")
+forbid (principal, action, resource)
+when { context has token && context.token.claims has email_verified && !context.token.claims.email_verified };
+@id("block")
+forbid (principal, action, resource)
+when { context.request.headers.hasTag("x-block") };
+"#,
+        ENTITIES,
+    );
+    assert!(
+        snapshot.reads.claims.is_some(),
+        "the example schema types the claims"
+    );
+    let callers = [
+        Caller::Token(token_json(
+            "alice",
+            serde_json::json!({ "tenant": "blue", "roles": ["reader", "viewer"], "email_verified": true }),
+        )),
+        Caller::Token(token_json(
+            "bob",
+            serde_json::json!({ "tenant": "red", "roles": [], "email_verified": false, "other": { "x": [1] } }),
+        )),
+        Caller::Token(token_json(
+            "carol",
+            serde_json::json!({ "roles": "reader" }),
+        )),
+        Caller::Token(token_json("dave", serde_json::json!({}))),
+        Caller::Workload,
+        Caller::Anonymous,
+    ];
+    let seen = compare_callers(&snapshot, &callers);
+    for reason in [
+        "allow",
+        "policy_denied",
+        "invalid_claim",
+        "no_route",
+        "recalled",
+    ] {
+        assert!(
+            seen.get(reason).copied().unwrap_or(0) > 0,
+            "{reason}: {seen:?}"
+        );
+    }
+    // carol's token fails on every one of the grid's requests (8 targets × 4 header sets,
+    // twice), unrouted ones included: authentication comes first.
+    assert_eq!(seen["invalid_claim"], 64, "{seen:?}");
+}
+
+/// A typed-claims failure is a 401 even when the peer would be refused (403): every token
+/// rule before any peer rule.
+#[test]
+fn an_invalid_claim_is_judged_before_a_refused_peer() {
+    let snapshot = load_on(
+        TYPED_SCHEMA,
+        "",
+        "",
+        r#"permit (principal, action == Action::"orders:list", resource);"#,
+        ENTITIES,
+    );
+    let prepared = prepare(
+        &Limits::default(),
+        &Default::default(),
+        envoy::input(check("GET", "/orders").build()),
+        NOW,
+    )
+    .unwrap();
+    let presented = |token: Arc<VerifiedToken>| Presented {
+        peer: Arc::new(prepared.peer.clone()),
+        peer_refused: Some(cedargate::identity::peer::PeerError::Expired),
+        token: Ok(Some(token)),
+        token_required_by_default: true,
+    };
+    let bad = token_json("alice", serde_json::json!({ "email_verified": "yes" }));
+    let evaluation = decide::evaluate(&snapshot, &prepared.request, &presented(bad), NOW);
+    assert_eq!(said(&evaluation).0, "invalid_claim");
+    let fine = token_json("alice", serde_json::json!({ "email_verified": true }));
+    let evaluation = decide::evaluate(&snapshot, &prepared.request, &presented(fine), NOW);
+    assert_ne!(said(&evaluation).0, "invalid_claim");
+    assert!(!evaluation.is_allow());
+}
+
+/// The same token (one `Arc`, as the token cache hands it out) against a reloaded schema that
+/// declares its claim with another type: judged against the new declaration.
+#[test]
+fn a_reload_that_retypes_a_claim_is_seen_by_the_next_check() {
+    let policies = r#"
+@id("readers")
+permit (principal, action == Action::"orders:list", resource)
+when { context has token && context.token.claims has roles && context.token.claims.roles.contains("reader") };
+"#;
+    let token = token_json(
+        "alice",
+        serde_json::json!({ "roles": ["reader"], "tenant": "7" }),
+    );
+    let before = load_on(TYPED_SCHEMA, "", "", policies, ENTITIES);
+    assert!(evaluate(&before, "/orders", &token).is_allow());
+    let retyped = TYPED_SCHEMA.replacen("tenant?: String", "tenant?: Long", 1);
+    assert_ne!(retyped, TYPED_SCHEMA);
+    let after = load_on(&retyped, "", "", policies, ENTITIES);
+    let evaluation = evaluate(&after, "/orders", &token);
+    assert_eq!(said(&evaluation).0, "invalid_claim");
+    // And back: the first set's verdict again.
+    assert!(evaluate(&before, "/orders", &token).is_allow());
 }

@@ -616,16 +616,21 @@ async fn envoy_reaches_cedargate_over_a_unix_socket() {
 
 /// The example policy set with one more policy file, `extra.cedar`.
 fn policies_with(extra: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    for entry in std::fs::read_dir(&examples).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    std::fs::write(dir.path().join("extra.cedar"), extra).unwrap();
-    dir
+    support::policies::example_with(&[("extra.cedar", extra)])
+}
+
+/// A cedargate on the policies in `dir`, an upstream, and the local Envoy configuration
+/// rendered for them, as YAML to change before Envoy starts.
+async fn local_setup(dir: &std::path::Path) -> (TestServer, Upstream, yaml_serde::Value) {
+    let server = TestServer::with_config(test_config(PolicySource::Dir(dir.to_owned()))).await;
+    let upstream = Upstream::start().await;
+    let rendered = render(
+        LOCAL,
+        &ports(Some(server.grpc_addr().port()), &upstream),
+        &HashMap::new(),
+    );
+    let config = yaml_serde::from_str(&rendered).unwrap();
+    (server, upstream, config)
 }
 
 /// What `peer.xff_trusted_hops` counts, through the real Envoy of the shipped configurations
@@ -679,15 +684,7 @@ async fn a_routes_metadata_reaches_the_policies_through_envoy() {
            @id("tiered-only") forbid (principal, action, resource == Path::"/healthz")
            unless { context.request.route_metadata.hasTag("tier") };"#,
     );
-    let server =
-        TestServer::with_config(test_config(PolicySource::Dir(dir.path().to_owned()))).await;
-    let upstream = Upstream::start().await;
-    let rendered = render(
-        LOCAL,
-        &ports(Some(server.grpc_addr().port()), &upstream),
-        &HashMap::new(),
-    );
-    let mut config: yaml_serde::Value = yaml_serde::from_str(&rendered).unwrap();
+    let (_server, _upstream, mut config) = local_setup(dir.path()).await;
     let gold: yaml_serde::Value = yaml_serde::from_str(
         "{ match: { prefix: /orders }, route: { cluster: upstream }, metadata: { filter_metadata: { cedargate: { tier: gold } } } }",
     )
@@ -713,4 +710,67 @@ async fn a_routes_metadata_reaches_the_policies_through_envoy() {
     assert_eq!(orders.status(), 200, "{}", envoy.log());
     let health = client.get(url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 403);
+}
+
+/// Request bodies through Envoy: the local configuration with the ext_authz option the shipped
+/// configurations document (`with_request_body`, partial bodies allowed so that cedargate,
+/// not Envoy, answers for a body over the limit): a JSON body reaches the policies as typed
+/// values, a body that is not JSON is a 400 and a body cut short is a 413, from cedargate.
+#[tokio::test]
+async fn a_json_body_reaches_the_policies_through_envoy() {
+    let dir = policies_with(
+        r#"@id("euros") permit (principal, action == Action::"orders:create", resource)
+           when { context.request has body && context.request.body has currency && context.request.body.currency == "EUR" };"#,
+    );
+    let (_server, _upstream, mut config) = local_setup(dir.path()).await;
+    fn ext_authz(value: &mut yaml_serde::Value) -> Option<&mut yaml_serde::Mapping> {
+        match value {
+            yaml_serde::Value::Mapping(map) => {
+                let is_ext_authz = map
+                    .get("@type")
+                    .and_then(|t| t.as_str())
+                    .is_some_and(|t| t.ends_with("ext_authz.v3.ExtAuthz"));
+                if is_ext_authz {
+                    return Some(map);
+                }
+                map.iter_mut().find_map(|(_, v)| ext_authz(v))
+            }
+            yaml_serde::Value::Sequence(items) => items.iter_mut().find_map(ext_authz),
+            _ => None,
+        }
+    }
+    let filter = ext_authz(&mut config).expect("the local configuration has ext_authz");
+    filter.insert(
+        "with_request_body".into(),
+        yaml_serde::from_str("{ max_request_bytes: 256, allow_partial_message: true }").unwrap(),
+    );
+    let envoy = Envoy::start(&yaml_serde::to_string(&config).unwrap()).await;
+    let client = http_client();
+    let post = |body: String| {
+        client
+            .post(format!("http://127.0.0.1:{}/orders", envoy.port()))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let euros = post(r#"{"total": 2500, "currency": "EUR"}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(euros.status(), 200, "{}", envoy.log());
+    let dollars = post(r#"{"total": 2500, "currency": "USD"}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(dollars.status(), 403);
+    // The example set's forbid reads the total: a large order needs a role.
+    let large = post(r#"{"total": 250000, "currency": "EUR"}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(large.status(), 403);
+    let form = post("total=2500&currency=EUR".into()).await.unwrap();
+    assert_eq!(form.status(), 400);
+    assert!(form.text().await.unwrap().contains("bad_body"));
+    let long = format!(r#"{{"currency": "EUR", "note": "{}"}}"#, "x".repeat(400));
+    let cut = post(long).await.unwrap();
+    assert_eq!(cut.status(), 413, "{}", envoy.log());
+    assert!(cut.text().await.unwrap().contains("body_too_large"));
 }

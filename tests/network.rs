@@ -11,6 +11,8 @@
     clippy::indexing_slicing
 )]
 
+mod support;
+
 use std::path::Path;
 
 use cedargate::app;
@@ -20,16 +22,7 @@ use tonic::Code;
 
 /// The example set, plus `extra` as one more policy file.
 fn policies_with(extra: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    for entry in std::fs::read_dir(&examples).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    std::fs::write(dir.path().join("network.cedar"), extra).unwrap();
-    dir
+    support::policies::example_with(&[("network.cedar", extra)])
 }
 
 const ADMIN_FROM_INSIDE: &str = r#"

@@ -166,7 +166,8 @@ log:
   decisions:
     include_headers: [x-tenant, authorization, cookie, x-auth-token, x-secret-ish]
     include_claims: [email, tenant]
-    redact: [email, x-secret-ish]
+    include_body: [currency, card]
+    redact: [email, x-secret-ish, card]
 "#,
             jwks.uri()
         ),
@@ -199,6 +200,14 @@ log:
         .header("x-auth-token", &token)
         .without_header("x-request-id")
         .header("x-request-id", "rid-deny-1")
+        .build();
+    let reply = Reply(client.check(request).await.unwrap().into_inner());
+    assert_eq!(reply.http_status(), Some(403));
+    // A body: only the listed fields, the redacted one hidden.
+    let request = check("POST", "/orders")
+        .body(r#"{"currency": "EUR", "card": "4111-SECRET-CARD", "note": "BODY-SECRET-NOTE"}"#)
+        .without_header("x-request-id")
+        .header("x-request-id", "rid-body-1")
         .build();
     let reply = Reply(client.check(request).await.unwrap().into_inner());
     assert_eq!(reply.http_status(), Some(403));
@@ -247,6 +256,12 @@ log:
     let deny_attributes = &deny["attributes"];
     assert_eq!(deny_attributes["claim.tenant"], "blue");
     assert!(deny_attributes.get("header.x-auth-token").is_none());
+    let body = server
+        .log_line("the body", |v| v["request_id"] == "rid-body-1")
+        .await;
+    assert_eq!(body["attributes"]["body.currency"], "EUR", "{body}");
+    assert_eq!(body["attributes"]["body.card"], "[redacted]", "{body}");
+    assert!(body["attributes"].get("body.note").is_none(), "{body}");
 
     let logs = server.all_logs();
     for secret in [
@@ -255,6 +270,8 @@ log:
         "SECRET-COOKIE-VALUE",
         "alice@example.org",
         "hidden-value",
+        "4111-SECRET-CARD",
+        "BODY-SECRET-NOTE",
     ] {
         assert!(!logs.contains(secret), "`{secret}` leaked into the logs");
     }

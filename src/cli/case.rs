@@ -59,6 +59,10 @@ pub struct RequestSpec {
     /// String fields of the route's metadata in the `cedargate` namespace.
     #[serde(default)]
     pub route_metadata: BTreeMap<String, String>,
+    /// The request body as Envoy's `with_request_body` sends it: text, or YAML/JSON that is
+    /// sent as its JSON text (`body: { amount: 5 }`).
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
 }
 
 impl Default for RequestSpec {
@@ -71,6 +75,7 @@ impl Default for RequestSpec {
             headers: BTreeMap::new(),
             context_extensions: BTreeMap::new(),
             route_metadata: BTreeMap::new(),
+            body: None,
         }
     }
 }
@@ -233,6 +238,7 @@ impl Case {
             headers,
             context_extensions,
             route_metadata,
+            body,
         } = &self.request;
         let mut builder = CheckBuilder::new(method, path).host(host).scheme(scheme);
         for (name, value) in headers {
@@ -243,6 +249,11 @@ impl Case {
         }
         for (key, value) in route_metadata {
             builder = builder.route_metadata(key, value);
+        }
+        match body {
+            None => {}
+            Some(serde_json::Value::String(text)) => builder = builder.body(text),
+            Some(json) => builder = builder.body(&json.to_string()),
         }
         let token = match (&self.token, &self.raw_token, offline) {
             (Some(_), Some(_), _) => return Err(CaseError::TwoTokens),

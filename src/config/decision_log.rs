@@ -1,5 +1,6 @@
-//! The `log.decisions` section: how many allows are logged, and which request headers and
-//! token claims a decision line may carry. Credentials are never logged, whatever is listed.
+//! The `log.decisions` section: how many allows are logged, and which request headers, token
+//! claims and body fields a decision line may carry. Credentials are never logged, whatever
+//! is listed; a request body never, but for the top-level fields listed.
 
 use serde::Deserialize;
 
@@ -14,7 +15,9 @@ pub struct DecisionLogSettings {
     pub include_headers: Vec<String>,
     /// Token claims whose values a decision line carries.
     pub include_claims: Vec<String>,
-    /// Included headers or claims logged as `[redacted]`: present, value hidden.
+    /// Top-level fields of a JSON request body whose values a decision line carries.
+    pub include_body: Vec<String>,
+    /// Included headers, claims or body fields logged as `[redacted]`: present, value hidden.
     pub redact: Vec<String>,
 }
 
@@ -24,6 +27,7 @@ impl Default for DecisionLogSettings {
             sample_allow: 1.0,
             include_headers: Vec::new(),
             include_claims: Vec::new(),
+            include_body: Vec::new(),
             redact: Vec::new(),
         }
     }
@@ -47,6 +51,8 @@ pub(super) struct RawDecisionLog {
     #[serde(default)]
     include_claims: Vec<String>,
     #[serde(default)]
+    include_body: Vec<String>,
+    #[serde(default)]
     redact: Vec<String>,
 }
 
@@ -55,6 +61,7 @@ pub(super) fn build(raw: RawDecisionLog, problems: &mut Vec<Problem>) -> Decisio
         sample_allow,
         include_headers,
         include_claims,
+        include_body,
         redact,
     } = raw;
     let sample_allow = match sample_allow {
@@ -74,6 +81,7 @@ pub(super) fn build(raw: RawDecisionLog, problems: &mut Vec<Problem>) -> Decisio
         sample_allow,
         include_headers: lower(include_headers),
         include_claims,
+        include_body,
         redact: lower(redact),
     }
 }

@@ -60,6 +60,11 @@ pub enum TokenError {
     Audience,
     #[error("claim `{0}` is missing")]
     MissingClaim(String),
+    /// A claim the schema declares (typed claims) has another type, or a required one is
+    /// missing (`problem`: "is not a Set of String", "is missing"); names the claim
+    /// (`realm_access.roles`), never its value.
+    #[error("claim `{claim}` {problem}")]
+    InvalidClaim { claim: String, problem: String },
     #[error("the token is not bound to the peer's certificate")]
     CertBinding,
     #[error("the token's `cnf` names a proof of possession cedargate cannot check")]
@@ -90,6 +95,7 @@ impl TokenError {
             Self::TooOld => "token_too_old",
             Self::Audience => "audience_mismatch",
             Self::MissingClaim(_) => "missing_claim",
+            Self::InvalidClaim { .. } => "invalid_claim",
             Self::CertBinding => "cert_binding_mismatch",
             Self::UnsupportedBinding => "unsupported_binding",
             Self::Type => "wrong_token_type",
@@ -118,8 +124,10 @@ pub struct VerifiedToken {
     pub groups: Vec<String>,
     pub expires_at: i64,
     pub issued_at: Option<i64>,
-    /// Every claim, strings as they are and other values as JSON text.
+    /// Every claim, strings as they are and other values as JSON text (the tag form).
     pub claims: BTreeMap<String, String>,
+    /// Every claim as the token carried it, for the typed form the schema declares.
+    pub claims_json: std::sync::Arc<serde_json::Map<String, Value>>,
     /// RFC 8705 `cnf.x5t#S256`, when the token is bound to a certificate.
     pub cnf_x5t_s256: Option<String>,
     /// The issuer requires the binding to be checked against the peer on every request.
@@ -127,6 +135,9 @@ pub struct VerifiedToken {
     /// The Cedar parts of this token's principal, built once per policy snapshot by the
     /// mapping and cached with the token (they leave the token cache with it).
     pub cedar: super::memo::Memo,
+    /// The claims converted to the record the snapshot's schema declares (or why they do not
+    /// fit it), once per policy snapshot (`policy/claims.rs`).
+    pub typed_claims: super::memo::Memo,
 }
 
 impl VerifiedToken {
@@ -511,6 +522,7 @@ impl IssuerPolicy {
             cnf_x5t_s256: certificate_binding(claims.get("cnf"))?,
             require_cert_binding: self.config.require_cert_binding,
             cedar: Default::default(),
+            typed_claims: Default::default(),
             claims: claims
                 .iter()
                 .map(|(k, v)| {
@@ -521,6 +533,7 @@ impl IssuerPolicy {
                     (k.clone(), text)
                 })
                 .collect(),
+            claims_json: std::sync::Arc::new(claims),
         };
         Ok((verified, key.clone()))
     }

@@ -23,16 +23,19 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use cedar_policy::{
     Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression, Schema,
 };
 
 use super::Snapshot;
+use super::body::Body;
 use super::decisions::{Decisions, Input, Kept, Key, KeyWriter};
 use super::engine::{CedarCall, Verdict};
 use super::reads::{Facts, Reads};
 use super::routes::{RouteMatch, action_uid};
+use super::shapes::Record;
 use crate::identity::{Identity, Principal};
 use crate::request::{Destination, HttpRequest, Request};
 
@@ -198,12 +201,13 @@ pub enum Build {
 pub fn map(
     snapshot: &Snapshot,
     request: &Request,
+    body: Option<&Body>,
     route: Option<RouteMatch<'_>>,
     identity: &Identity,
     now: i64,
     build: Build,
 ) -> Result<Mapped, MappingError> {
-    let mut parts = parts(snapshot, request, route, identity, now, build)?;
+    let mut parts = parts(snapshot, request, body, route, identity, now, build)?;
     if !snapshot.index.applies(
         &parts.action,
         parts.principal.uid.type_name(),
@@ -306,11 +310,20 @@ pub fn map(
 pub fn map_with_whole_store(
     snapshot: &Snapshot,
     request: &Request,
+    body: Option<&Body>,
     route: Option<RouteMatch<'_>>,
     identity: &Identity,
     now: i64,
 ) -> Result<CedarCall, MappingError> {
-    let parts = parts(snapshot, request, route, identity, now, Build::Everything)?;
+    let parts = parts(
+        snapshot,
+        request,
+        body,
+        route,
+        identity,
+        now,
+        Build::Everything,
+    )?;
     let entities = snapshot
         .entities
         .clone()
@@ -322,13 +335,14 @@ pub fn map_with_whole_store(
 fn parts(
     snapshot: &Snapshot,
     request: &Request,
+    body: Option<&Body>,
     route: Option<RouteMatch<'_>>,
     identity: &Identity,
     now: i64,
     build: Build,
 ) -> Result<Parts, MappingError> {
     let names = names()?;
-    let everything = Reads::everything().with_facts(snapshot.reads.facts);
+    let everything = snapshot.reads.widened();
     let reads = match build {
         Build::Read => &snapshot.reads,
         Build::Everything => &everything,
@@ -338,6 +352,7 @@ fn parts(
         destination,
         extensions,
         route_metadata,
+        body: _,
     } = request;
     let action = match extensions.get(EXTENSION_ACTION) {
         Some(name) => action_uid(name).ok_or_else(|| MappingError::BadExtension {
@@ -378,7 +393,22 @@ fn parts(
     let mut key = KeyWriter::default();
     let context = match &principal.context {
         Some(context) => context.clone(),
-        None => context(http, destination, identity, now, reads, names, &mut key)?,
+        None => {
+            let values = Values {
+                claims: principal.claims.as_ref(),
+                body,
+            };
+            context(
+                http,
+                destination,
+                identity,
+                values,
+                now,
+                reads,
+                names,
+                &mut key,
+            )?
+        }
     };
     // The helper entities whose tags carry request maps, when a policy can read their tags.
     let mut helpers = Vec::new();
@@ -488,6 +518,9 @@ struct PrincipalParts {
     store: Option<std::sync::Arc<Entities>>,
     /// The whole context, when it is the same for every request of this token.
     context: Option<Context>,
+    /// The typed claims record of `context.token.claims` (only what a policy can read), when
+    /// the schema declares one.
+    claims: Option<RestrictedExpression>,
     /// The verdicts this token got under this snapshot; cached with `store`.
     decisions: Option<Decisions>,
 }
@@ -506,10 +539,15 @@ fn principal_parts(
             .transpose()?
             .into_iter()
             .collect();
-        if let Some(token) = &identity.token
-            && reads.helper(&["token", "claims"], CLAIMS_TYPE)
-        {
-            entities.push(tagged(&names.claims, &token.claims, reads, None)?);
+        let mut claims = None;
+        if let Some(token) = &identity.token {
+            if reads.claims.is_some() {
+                // Judged before the mapping (`decide.rs`): a token that does not fit is a 401.
+                let typed = super::claims::typed(snapshot, token).map_err(invalid)?;
+                claims = typed.and_then(|typed| typed.record(reads));
+            } else if reads.helper(&["token", "claims"], CLAIMS_TYPE) {
+                entities.push(tagged(&names.claims, &token.claims, reads, None)?);
+            }
         }
         let (statics, store, context, decisions) = match (cached, &identity.token) {
             (true, Some(_)) => {
@@ -536,7 +574,11 @@ fn principal_parts(
                 let context = (!reads.context_varies())
                     .then(|| {
                         let mut key = KeyWriter::default();
-                        context(unread, nowhere, identity, 0, reads, names, &mut key)
+                        let values = Values {
+                            claims: claims.as_ref(),
+                            body: None,
+                        };
+                        context(unread, nowhere, identity, values, 0, reads, names, &mut key)
                     })
                     .transpose()?;
                 let decisions = Decisions::new(std::sync::Arc::clone(&snapshot.decisions));
@@ -556,6 +598,7 @@ fn principal_parts(
             statics,
             store,
             context,
+            claims,
             decisions,
         })
     };
@@ -575,11 +618,13 @@ fn principal_parts(
 /// Checks that the entities cedargate builds per request (the helper entities with string
 /// tags, a workload with its trust domain) conform to `schema`, so that they need no
 /// validation per request. `None` when they do.
-pub fn check_entity_shapes(schema: &Schema) -> Option<String> {
+pub fn check_entity_shapes(schema: &Schema, typed_claims: bool) -> Option<String> {
     let tags = [("name".to_owned(), "value".to_owned())];
     let everything = Reads::everything();
-    let mut samples: Vec<Entity> = [HEADERS_TYPE, QUERY_TYPE, PARAMS_TYPE, CLAIMS_TYPE]
-        .iter()
+    let claims = (!typed_claims).then_some(CLAIMS_TYPE);
+    let mut samples: Vec<Entity> = [HEADERS_TYPE, QUERY_TYPE, PARAMS_TYPE]
+        .into_iter()
+        .chain(claims)
         .filter_map(|t| uid(t, HELPER_ID).ok())
         .filter_map(|u| tagged(&u, tags.iter().map(|(k, v)| (k, v)), &everything, None).ok())
         .collect();
@@ -606,13 +651,13 @@ pub fn check_entity_shapes(schema: &Schema) -> Option<String> {
 /// action's context accepts the context cedargate builds (a schema written before a fact
 /// existed does not accept it, and still loads without it; a schema may also require one).
 /// `None` when no set fits: the schema does not accept cedargate's context at all.
-pub fn supported_facts(schema: &Schema) -> Option<Facts> {
+pub fn supported_facts(schema: &Schema, claims: Option<&Arc<Record>>) -> Option<Facts> {
     let extensions_fit = tags_fit(schema, EXTENSIONS_TYPE);
     let route_metadata_fit = tags_fit(schema, ROUTE_METADATA_TYPE);
     let fits = |facts: &Facts| {
         (extensions_fit || !facts.extensions)
             && (route_metadata_fit || !facts.route_metadata)
-            && check_schema(schema, *facts).is_empty()
+            && check_schema(schema, *facts, claims).is_empty()
     };
     let all = Facts::ALL;
     let none = Facts::default();
@@ -669,8 +714,12 @@ fn tags_fit(schema: &Schema, helper: &str) -> bool {
 }
 
 /// Checks that every action's context type in `schema` accepts the context cedargate builds,
-/// with the optional `facts`.
-pub fn check_schema(schema: &Schema, facts: Facts) -> Vec<(EntityUid, String)> {
+/// with the optional `facts` and the typed `claims` record the schema declares (if any).
+pub fn check_schema(
+    schema: &Schema,
+    facts: Facts,
+    claims: Option<&Arc<Record>>,
+) -> Vec<(EntityUid, String)> {
     let sample = HttpRequest {
         method: "GET".into(),
         host: "example.org".into(),
@@ -692,7 +741,10 @@ pub fn check_schema(schema: &Schema, facts: Facts) -> Vec<(EntityUid, String)> {
         address: "127.0.0.1:8443".into(),
         principal: "spiffe://example.org/gateway".into(),
     };
-    let everything = Reads::everything().with_facts(facts);
+    let everything = Reads::everything()
+        .with_facts(facts)
+        .with_claims(claims.cloned());
+    let sample_claims = claims.map(|record| record.sample());
     let workload = Identity {
         peer: std::sync::Arc::new(peer),
         token: None,
@@ -710,9 +762,11 @@ pub fn check_schema(schema: &Schema, facts: Facts) -> Vec<(EntityUid, String)> {
             expires_at: 0,
             issued_at: None,
             claims: Default::default(),
+            claims_json: Default::default(),
             cnf_x5t_s256: None,
             require_cert_binding: false,
             cedar: Default::default(),
+            typed_claims: Default::default(),
         })),
         ..Identity::default()
     };
@@ -723,6 +777,10 @@ pub fn check_schema(schema: &Schema, facts: Facts) -> Vec<(EntityUid, String)> {
                 &sample,
                 &destination,
                 identity,
+                Values {
+                    claims: sample_claims.as_ref(),
+                    body: None,
+                },
                 0,
                 &everything,
                 names().ok()?,
@@ -871,13 +929,24 @@ fn record(
         .map_err(invalid)
 }
 
+/// The values of the context that are built elsewhere: the token's typed claims record (when
+/// the schema declares one; else the claims are the tag entity) and the request's body.
+#[derive(Clone, Copy)]
+struct Values<'a> {
+    claims: Option<&'a RestrictedExpression>,
+    body: Option<&'a Body>,
+}
+
 /// The context record, with only the attributes a policy can read (all with
 /// [`Reads::everything`]). Each value of the request and the peer it holds is written to
 /// `key`; the token's are the same for every request of the token.
+// One argument per source of the context: grouping them would only move the list.
+#[allow(clippy::too_many_arguments)]
 fn context(
     http: &HttpRequest,
     destination: &Destination,
     identity: &Identity,
+    values: Values<'_>,
     now: i64,
     reads: &Reads,
     names: &Names,
@@ -913,6 +982,16 @@ fn context(
                 .route_metadata
                 .then_some(("route_metadata", &names.route_metadata)),
         );
+        let body = values
+            .body
+            .filter(|_| reads.body.is_some() && reads.context(&["request", "body"]))
+            .map(|body| {
+                // The body differs per request: such a call is not remembered.
+                key.unique();
+                body.record(reads)
+                    .ok_or_else(|| invalid("the request body's record was not built"))
+            })
+            .transpose()?;
         let request = fields
             .into_iter()
             .filter(|(name, ..)| reads.context(&["request", name]))
@@ -927,7 +1006,8 @@ fn context(
                 helpers
                     .filter(|(name, _)| reads.context(&["request", name]))
                     .map(|(name, uid)| (name, entity(uid))),
-            );
+            )
+            .chain(body.map(|body| ("body", body)));
         pairs.push(("request".to_owned(), record(request)?));
     }
     if reads.context(&["peer"]) {
@@ -1029,8 +1109,16 @@ fn context(
                 "expires_at",
                 RestrictedExpression::new_long(token.expires_at),
             ),
-            ("claims", entity(&names.claims)),
         ];
+        if reads.context(&["token", "claims"]) {
+            let value = match (&reads.claims, values.claims) {
+                (None, _) => entity(&names.claims),
+                (Some(_), Some(record)) => record.clone(),
+                // Never expected: a typed record is always built for a token.
+                (Some(_), None) => return Err(invalid("the token's typed claims were not built")),
+            };
+            token_attrs.push(("claims", value));
+        }
         token_attrs.retain(|(name, _)| reads.context(&["token", name]));
         pairs.push(("token".to_owned(), record(token_attrs)?));
     }

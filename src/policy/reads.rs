@@ -31,6 +31,12 @@ pub struct Reads {
     named: BTreeSet<String>,
     /// The optional context facts this snapshot's schema declares (and so cedargate builds).
     pub facts: Facts,
+    /// The record the schema declares for `context.token.claims` (typed claims), or `None`
+    /// for the tag form (`claims: TokenClaims`).
+    pub claims: Option<std::sync::Arc<super::shapes::Record>>,
+    /// The record the schema declares for `context.request.body` (request bodies), or `None`
+    /// when it declares none (bodies are not read).
+    pub body: Option<std::sync::Arc<super::shapes::Record>>,
 }
 
 /// Context attributes cedargate builds only for a schema that declares them, so that a schema
@@ -65,6 +71,28 @@ impl Reads {
         Self { facts, ..self }
     }
 
+    /// The same reads, with the typed claims record the schema declares.
+    #[must_use]
+    pub fn with_claims(self, claims: Option<std::sync::Arc<super::shapes::Record>>) -> Self {
+        Self { claims, ..self }
+    }
+
+    /// The same reads, with the request body record the schema declares.
+    #[must_use]
+    pub fn with_body(self, body: Option<std::sync::Arc<super::shapes::Record>>) -> Self {
+        Self { body, ..self }
+    }
+
+    /// Everything read (what Explain and the reference build), with the facts, the claims
+    /// form and the body of these reads.
+    #[must_use]
+    pub fn widened(&self) -> Self {
+        Self::everything()
+            .with_facts(self.facts)
+            .with_claims(self.claims.clone())
+            .with_body(self.body.clone())
+    }
+
     /// True when some condition names the context attribute at `path` (or one below it)
     /// itself; unlike [`Self::context`], a use of the whole context does not count.
     pub fn names(&self, path: &[&str]) -> bool {
@@ -82,6 +110,8 @@ impl Reads {
             tags: None,
             named: BTreeSet::new(),
             facts: Facts::default(),
+            claims: None,
+            body: None,
         }
     }
 
@@ -101,6 +131,8 @@ impl Reads {
             tags: Some(HashSet::new()),
             named: BTreeSet::new(),
             facts: Facts::default(),
+            claims: None,
+            body: None,
         };
         let forms = policies
             .policies()
@@ -168,6 +200,7 @@ impl Reads {
             .any(|field| self.context(&["request", field]))
             || self.context(&["peer"])
             || (self.facts.destination && self.context(&["destination"]))
+            || (self.body.is_some() && self.context(&["request", "body"]))
             || self.context(&["time"])
     }
 

@@ -231,6 +231,10 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
         }
     };
 
+    let (claims, body) = match (&schema, schemas.as_slice()) {
+        (Some(_), [file]) => declared_records(file, &mut problems),
+        _ => (None, None),
+    };
     let (policies, policy_files) = parse_policies(of_kind(Kind::Policies), &mut problems);
     let Some(schema) = schema else {
         return Err(PolicyLoadError::Invalid { problems });
@@ -287,16 +291,17 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
     let schema_file = schemas
         .first()
         .map_or(PathBuf::from("?"), |f| f.path.clone());
-    if let Some(err) = mapping::check_entity_shapes(&schema) {
+    if let Some(err) = mapping::check_entity_shapes(&schema, claims.is_some()) {
         problems.push(
             Problem::in_file(&schema_file, format!("the entities cedargate builds per request do not fit the schema: {err}")).hint(
                 "declare HttpHeaders, HttpQuery, PathParams and TokenClaims with `tags String`, and Workload with `trust_domain: String`, as policies/schema.cedarschema does",
             ),
         );
     }
-    let facts = mapping::supported_facts(&schema);
+    let facts = mapping::supported_facts(&schema, claims.as_ref());
     // Without any set of optional facts that fits, the errors of the plain context are shown.
-    for (action, err) in mapping::check_schema(&schema, facts.unwrap_or_default()) {
+    for (action, err) in mapping::check_schema(&schema, facts.unwrap_or_default(), claims.as_ref())
+    {
         problems.push(
             Problem::in_file(&schema_file, format!("action `{action}`: {err}")).hint(
                 "declare the context and the helper entity types cedargate builds, as policies/schema.cedarschema does (README: Cedar mapping)",
@@ -348,7 +353,9 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
         let reads = super::reads::Reads::of(&policies, &mapping::HELPER_TYPES, |helper| {
             applies_to.contains(helper) || static_entities.contains(helper)
         })
-        .with_facts(facts);
+        .with_facts(facts)
+        .with_claims(claims)
+        .with_body(body);
         // A policy that names an optional fact the schema declares otherwise (`ip: String`)
         // would compare against a value cedargate never builds: refused, not left to deny.
         let misdeclared = [
@@ -476,6 +483,63 @@ fn parse_schema(file: &SourceFile, problems: &mut Vec<Problem>) -> Option<Schema
         }
     }
 }
+
+/// The records the schema declares for `context.token.claims` (typed claims; `None` for the
+/// tag form or a schema without claims) and `context.request.body` (`None`: bodies are not
+/// read); a declaration cedargate cannot build is a problem.
+fn declared_records(file: &SourceFile, problems: &mut Vec<Problem>) -> (Shared, Shared) {
+    use super::shapes::{DeclarationError, Declared, declaration_offset, declared_at, json_form};
+    let mut problem = |err: DeclarationError, what: &str, near: &str, hint: &str| {
+        // The field's declaration, else the record's, for the position.
+        let offset = err
+            .field
+            .as_deref()
+            .and_then(|field| declaration_offset(&file.text, field))
+            .or_else(|| declaration_offset(&file.text, near));
+        let mut problem = located(offset, &file.path, &file.text, format!("{what}: {err}"));
+        problem.hint = Some(hint.to_owned());
+        problems.push(problem);
+    };
+    let json = match json_form(&file.text) {
+        Ok(json) => json,
+        // Cedar's own parse error is reported by `parse_schema`.
+        Err(_) => return (None, None),
+    };
+    let claims = match declared_at(&json, &["token", "claims"]) {
+        Ok(Declared::Record(record)) => Some(std::sync::Arc::new(record)),
+        Ok(Declared::Entity(_) | Declared::Absent) => None,
+        Err(err) => {
+            problem(
+                err,
+                "typed claims",
+                "claims",
+                "declare the claims as a record of String, Long, Bool, Set<…> and records of these (`claims: { tenant?: String, roles?: Set<String> }`), or as `claims: TokenClaims` with `entity TokenClaims tags String;` (README: Typed claims)",
+            );
+            None
+        }
+    };
+    let body_hint = "declare the body in the request record as an optional record of String, Long, Bool, Set<…> and records of these: `body?: { amount?: Long, currency?: String }` (README: Request bodies)";
+    let body = match declared_at(&json, &["request", "body"]) {
+        Ok(Declared::Record(record)) => Some(std::sync::Arc::new(record)),
+        Ok(Declared::Absent) => None,
+        Ok(Declared::Entity(name)) => {
+            let err = DeclarationError {
+                message: format!("`context.request.body` is declared as entity {name}"),
+                field: None,
+            };
+            problem(err, "request body", "body", body_hint);
+            None
+        }
+        Err(err) => {
+            problem(err, "request body", "body", body_hint);
+            None
+        }
+    };
+    (claims, body)
+}
+
+/// A declared record, shared by the snapshot's reads.
+type Shared = Option<std::sync::Arc<super::shapes::Record>>;
 
 /// Parses every policy file; ids come from `@id("…")` or else `<file name>#<index>`.
 fn parse_policies<'a>(

@@ -432,15 +432,18 @@ fn identity_headers(
     headers
 }
 
-/// The request headers and token claims `log.decisions` asks for; credentials never, values
-/// listed under `redact` as `[redacted]`.
+/// The request headers, token claims and body fields `log.decisions` asks for; credentials
+/// never, values listed under `redact` as `[redacted]`.
 fn log_attributes(
     options: &CheckOptions,
     request: &Request,
     presented: &Presented,
 ) -> Vec<(String, String)> {
     let settings = &options.decision_log;
-    if settings.include_headers.is_empty() && settings.include_claims.is_empty() {
+    if settings.include_headers.is_empty()
+        && settings.include_claims.is_empty()
+        && settings.include_body.is_empty()
+    {
         return Vec::new();
     }
     let secret = |name: &str| {
@@ -463,6 +466,22 @@ fn log_attributes(
         for name in &settings.include_claims {
             if let Some(value) = token.claims.get(name) {
                 attributes.push((format!("claim.{name}"), shown(name, value)));
+            }
+        }
+    }
+    // Parsed again only when fields are listed; a body that is not a JSON object shows none.
+    let body = &request.body.bytes;
+    if !settings.include_body.is_empty() && !body.is_empty() && !request.body.partial {
+        let parsed = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body);
+        if let Ok(fields) = parsed {
+            for name in &settings.include_body {
+                if let Some(value) = fields.get(name) {
+                    let text = match value {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    attributes.push((format!("body.{name}"), shown(name, &text)));
+                }
             }
         }
     }
@@ -540,6 +559,9 @@ pub fn prepare(
         )));
     };
     let fallback_id = raw.id.clone();
+    let mut raw = raw;
+    let body = std::mem::take(&mut raw.body);
+    let body_cut = raw.body_cut;
     request::check_header_bounds(&raw, limits.max_headers, limits.max_header_bytes)
         .map_err(|err| Box::new(Decision::early(String::new(), DenyReason::BadRequest(err))))?;
     let http = request::normalise(raw, limits.max_path_bytes)
@@ -562,12 +584,23 @@ pub fn prepare(
         .headers
         .get("traceparent")
         .and_then(|t| TraceParent::parse(t));
+    let body = request::RequestBody {
+        bytes: body,
+        partial: body_cut
+            || http
+                .headers
+                .get("x-envoy-auth-partial-body")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+        max_bytes: limits.max_body_bytes,
+        max_depth: limits.max_body_depth,
+    };
     Ok(Prepared {
         request: Request {
             http,
             destination,
             extensions,
             route_metadata,
+            body,
         },
         peer,
         peer_refused,

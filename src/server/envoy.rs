@@ -198,9 +198,15 @@ fn http(http: PbHttp) -> RawHttp {
         fragment: _,
         size: _,
         protocol,
-        body: _,
-        raw_body: _,
+        body,
+        raw_body,
     } = http;
+    // `raw_body` with `pack_as_bytes` (any bytes), else the body as UTF-8 text.
+    let body = if raw_body.is_empty() {
+        body.into_bytes()
+    } else {
+        raw_body
+    };
     // Envoy fills `header_map` instead of `headers` when `encode_raw_headers` is on; a raw
     // value is bytes (possibly not UTF-8), a text value is in `value`.
     let headers = match header_map {
@@ -243,6 +249,8 @@ fn http(http: PbHttp) -> RawHttp {
         protocol,
         id,
         headers,
+        body,
+        body_cut: false,
     }
 }
 

@@ -132,8 +132,7 @@ pub fn router(shared: Arc<Shared>, settings: HttpService) -> Router {
 }
 
 async fn authorize(State(service): State<Arc<Service>>, request: Request) -> Response {
-    // The body (Envoy's `with_request_body`) is not read: policies do not see bodies yet.
-    let (parts, _body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     let shared = &*service.shared;
     let request_id = parts
         .headers
@@ -146,8 +145,24 @@ async fn authorize(State(service): State<Arc<Service>>, request: Request) -> Res
     };
     let budget = deadline(shared.limits.check_timeout, &parts);
     let settings = &service.settings;
-    let decision =
-        check::decide_counted(shared, || read(&parts, settings), request_id, budget).await;
+    // The body Envoy's `with_request_body` sends, up to the limit, within the check's
+    // deadline; one over the limit (or cut off) is marked cut short, and only a schema that
+    // declares `context.request.body` cares (413 `body_too_large`).
+    let limit = shared.limits.max_body_bytes;
+    let body = tokio::time::timeout(budget, axum::body::to_bytes(body, limit)).await;
+    let (body, cut) = match body {
+        Ok(Ok(bytes)) => (bytes.to_vec(), false),
+        Ok(Err(_)) | Err(_) => (Vec::new(), true),
+    };
+    let input = || {
+        let mut input = read(&parts, settings)?;
+        if let Some(http) = input.http.as_mut() {
+            http.body = body;
+            http.body_cut = cut;
+        }
+        Ok(input)
+    };
+    let decision = check::decide_counted(shared, input, request_id, budget).await;
     respond(decision.answer())
 }
 
@@ -236,6 +251,8 @@ pub fn read(parts: &Parts, settings: &HttpService) -> Result<CheckInput, Request
                 .filter(|id| crate::request::is_request_id(id))
                 .unwrap_or_default(),
             headers,
+            body: Vec::new(),
+            body_cut: false,
         }),
         peer: PeerSource::default(),
         destination: crate::request::Destination::default(),

@@ -1,7 +1,8 @@
-//! Shared by the Envoy end-to-end tests: a real Envoy binary (found or installed once), Envoy
-//! processes running the shipped configurations with test ports and files, and a recording
-//! upstream on 127.0.0.1.
+//! Shared by the tests over real sockets: a real Envoy binary (found or installed once), Envoy
+//! processes running the shipped configurations with test ports and files, a recording
+//! upstream on 127.0.0.1, and copies of the example policy set.
 #![allow(dead_code)]
 
 pub mod envoy;
+pub mod policies;
 pub mod upstream;

@@ -28,6 +28,7 @@ pub struct CheckBuilder {
     destination: (String, u32, String),
     route_metadata: HashMap<String, String>,
     extensions: HashMap<String, String>,
+    body: String,
 }
 
 impl CheckBuilder {
@@ -47,7 +48,14 @@ impl CheckBuilder {
             destination: ("127.0.0.1".into(), 8443, String::new()),
             route_metadata: HashMap::new(),
             extensions: HashMap::new(),
+            body: String::new(),
         }
+    }
+
+    /// The request body, as Envoy's `with_request_body` sends it (text in `body`).
+    pub fn body(mut self, body: &str) -> Self {
+        self.body = body.into();
+        self
     }
 
     pub fn host(mut self, host: &str) -> Self {
@@ -187,6 +195,8 @@ impl CheckBuilder {
                         host: self.host,
                         scheme: self.scheme,
                         protocol: "HTTP/1.1".into(),
+                        size: i64::try_from(self.body.len()).unwrap_or(i64::MAX),
+                        body: self.body,
                         ..HttpRequest::default()
                     }),
                 }),
