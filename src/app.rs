@@ -31,6 +31,12 @@ pub enum AppError {
         "issuer `{issuer}`: `{entity_type}` (its principal_type or group_type) is not an entity type of the schema; declare it or change the issuer's setting"
     )]
     IssuerType { issuer: String, entity_type: String },
+    #[error(
+        "entity_source.types: `{0}` is not an entity type of the schema; declare it, or fetch a type the schema has"
+    )]
+    EntityType(String),
+    #[error(transparent)]
+    EntitySource(#[from] crate::entities::http::SetupError),
     #[cfg(unix)]
     #[error(transparent)]
     Unix(#[from] crate::server::unix::UnixError),
@@ -123,11 +129,30 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         .map(crate::server::tls::ReloadingConfig::load)
         .transpose()?
         .map(Arc::new);
+    let entities = match &config.entity_source {
+        Some(settings) => {
+            if let Some(missing) = settings.types.keys().find(|name| {
+                !snapshot
+                    .schema
+                    .entity_types()
+                    .any(|t| &t.to_string() == *name)
+            }) {
+                return Err(AppError::EntityType(missing.clone()));
+            }
+            let source = crate::entities::http::HttpSource::new(settings)?;
+            Some(crate::entities::cache::EntityCache::new(
+                Arc::new(source),
+                settings,
+            ))
+        }
+        None => None,
+    };
     let options = CheckOptions {
         dry_run: config.dry_run,
         decision_log: config.decision_log.clone(),
         trace_spans: config.otel.is_some(),
         identity_headers: config.identity_headers.clone(),
+        entities,
         ..CheckOptions::with_secrets(&config.auth.token_source)
     };
     let exposed = config.plaintext_check_port_exposed();

@@ -13,12 +13,14 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod decision_log;
+mod entity_source;
 mod http_service;
 mod identity_headers;
 mod issuers;
 mod otel;
 
 pub use decision_log::{DecisionLogSettings, NEVER_LOGGED};
+pub use entity_source::{EntitySourceSettings, EntityTypeSettings};
 pub use http_service::{HttpService, OriginalRequest};
 pub use identity_headers::{DRY_RUN_HEADER, IdentityHeaders};
 pub use issuers::{AuthSettings, FetchOptions, IssuerConfig, JwksSource, TokenSource, uri_allowed};
@@ -76,6 +78,9 @@ pub struct Config {
     pub identity_headers: IdentityHeaders,
     /// How the HTTP authorization listener (`listen.http`) reads a request.
     pub http_service: HttpService,
+    /// Where entities a check needs are fetched from at run time (`entity_source`); off when
+    /// absent.
+    pub entity_source: Option<EntitySourceSettings>,
     /// Evaluate and record every decision, but allow all requests (`dry_run: true`): a new
     /// policy set can be watched on real traffic before it is enforced.
     pub dry_run: bool,
@@ -263,6 +268,7 @@ impl Default for Config {
             decision_log: DecisionLogSettings::default(),
             identity_headers: IdentityHeaders::default(),
             http_service: HttpService::default(),
+            entity_source: None,
             dry_run: false,
             watch_policies: true,
             otel: None,
@@ -297,6 +303,8 @@ struct RawConfig {
     identity_headers: identity_headers::RawIdentityHeaders,
     #[serde(default)]
     http_service: http_service::RawHttpService,
+    #[serde(default)]
+    entity_source: Option<entity_source::RawEntitySource>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -469,6 +477,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         tls,
         identity_headers,
         http_service,
+        entity_source,
     } = raw;
     let defaults = Config::default();
     let mut problems = Vec::new();
@@ -685,6 +694,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         decision_log,
         identity_headers: identity_headers::build(identity_headers, &mut problems),
         http_service: http_service::build(http_service, &mut problems),
+        entity_source: entity_source.map(|raw| entity_source::build(raw, base, &mut problems)),
         dry_run,
         watch_policies,
         otel: otel::build(tracing, &mut problems),
@@ -864,6 +874,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown variant"), "{err}");
+    }
+
+    #[test]
+    fn an_entity_source_names_its_url_types_and_caches() {
+        let config = parse(
+            "entity_source:\n  url: https://orders.internal/entities\n  bearer_token_file: token\n  types:\n    Order: { ttl: 10s, max_stale: 1m }\n",
+        )
+        .unwrap();
+        let source = config.entity_source.unwrap();
+        assert_eq!(source.url, "https://orders.internal/entities");
+        assert_eq!(
+            source.bearer_token_file,
+            Some(PathBuf::from("/etc/cedargate/token")),
+            "relative to the file"
+        );
+        let order = source.types["Order"];
+        assert_eq!(order.ttl, Duration::from_secs(10));
+        assert_eq!(order.negative_ttl, Duration::from_secs(5), "the default");
+        assert_eq!(order.max_stale, Duration::from_secs(60));
+        assert_eq!(source.timeout, Duration::from_millis(250));
+        assert!(parse("").unwrap().entity_source.is_none(), "off unless set");
+        for (text, field) in [
+            (
+                "url: http://orders.internal/e\n  types: { Order: {} }",
+                "entity_source.url",
+            ),
+            ("url: https://o/e\n  types: {}", "entity_source.types"),
+            (
+                "url: https://o/e\n  client_cert: c.pem\n  types: { Order: {} }",
+                "entity_source.client_cert",
+            ),
+            (
+                "url: https://o/e\n  types: { Order: { max_entries: 0 } }",
+                "entity_source.types.Order.max_entries",
+            ),
+            (
+                "url: https://o/e\n  types: { Order: { ttl: forever } }",
+                "entity_source.types.Order.ttl",
+            ),
+        ] {
+            let err = parse(&format!("entity_source:\n  {text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("`{field}`")), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -60,6 +60,35 @@ pub fn evaluate_reference(
     run(snapshot, request, presented, now, Mode::Reference).0
 }
 
+/// The entities a check of `request` may need from the entity source: its resource (as the
+/// route, a context extension or the path fallback names it), and nothing when [`evaluate`]
+/// would refuse the request before the policies (a misspelt name, a refused token or peer,
+/// a near miss of a route, a bad body): a caller that is refused never makes cedargate ask
+/// the source. Pure; the caller fetches them and puts them in [`Request::fetched`].
+pub fn wanted(
+    snapshot: &Snapshot,
+    request: &Request,
+    presented: &Presented,
+) -> Vec<cedar_policy::EntityUid> {
+    let http = &request.http;
+    let Ok(route) = snapshot.routes.resolve(&http.method, &http.path) else {
+        return Vec::new();
+    };
+    let requirement = route.as_ref().and_then(|r| r.token);
+    let claims_fit = |token: &crate::identity::VerifiedToken| {
+        crate::policy::claims::typed(snapshot, token).map(drop)
+    };
+    if snapshot.lenient_names.near_miss(http).is_some()
+        || presented.establish(requirement, claims_fit).is_err()
+        || crate::policy::body::parse(snapshot, &request.body).is_err()
+    {
+        return Vec::new();
+    }
+    mapping::resource_of(snapshot, request, route.as_ref())
+        .into_iter()
+        .collect()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Fast,
@@ -127,6 +156,16 @@ fn run(
         Err(err) => return deny(evaluation, DenyReason::Body(err)),
     };
     let body = body.as_ref();
+    // Entity data the policies may need and the source could not give: never decided
+    // without it.
+    let fetched = &request.fetched;
+    if !fetched.unavailable.is_empty() {
+        return deny(
+            evaluation,
+            DenyReason::EntityUnavailable(fetched.unavailable.clone()),
+        );
+    }
+    evaluation.fetched = fetched.entities.iter().map(|f| f.entity.uid()).collect();
     let mapped = match mode {
         Mode::Fast => mapping::map(snapshot, request, body, route, &identity, now, Build::Read),
         // Explain shows the whole context; what the fast path leaves out no policy can read.

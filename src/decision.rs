@@ -88,6 +88,8 @@ pub struct Evaluation {
     pub route_dry_run: bool,
     /// Whether the verdict came from the token's decision cache.
     pub recall: Recall,
+    /// The entities fetched from the entity source that the decision was made with.
+    pub fetched: Vec<EntityUid>,
 }
 
 /// The decision cache's part in an evaluation ([`crate::policy::decisions`]).
@@ -156,6 +158,7 @@ impl Evaluation {
             version: None,
             route_dry_run: false,
             recall: Recall::Uncached,
+            fetched: Vec::new(),
         }
     }
 
@@ -214,6 +217,8 @@ pub enum DenyReason {
     Timeout(std::time::Duration),
     #[error("cedargate is over its in-flight limit")]
     Overloaded,
+    #[error("the entity source could not answer for {}", .0.iter().map(|u| crate::text::clip(&u.to_string())).collect::<Vec<_>>().join(", "))]
+    EntityUnavailable(Vec<EntityUid>),
 }
 
 impl DenyReason {
@@ -231,6 +236,7 @@ impl DenyReason {
             Self::BadRequest(e) if e.is_headers_too_large() => "headers_too_large",
             Self::BadRequest(_) => "malformed_request",
             Self::Body(e) => e.code(),
+            Self::EntityUnavailable(_) => "entity_unavailable",
             Self::Mapping(_) => "mapping_error",
             Self::Internal(_) => "internal",
             Self::Timeout(_) => "timeout",
@@ -250,7 +256,9 @@ impl DenyReason {
             Self::BadRequest(_) => (Code::InvalidArgument, 400),
             Self::Body(e) => (Code::InvalidArgument, e.status()),
             Self::Mapping(_) | Self::Internal(_) => (Code::Internal, 500),
-            Self::Timeout(_) | Self::Overloaded => (Code::Unavailable, 503),
+            Self::Timeout(_) | Self::Overloaded | Self::EntityUnavailable(_) => {
+                (Code::Unavailable, 503)
+            }
         }
     }
 }
@@ -439,6 +447,7 @@ mod tests {
                 version: None,
                 route_dry_run: false,
                 recall: Recall::Uncached,
+                fetched: Vec::new(),
             },
             envelope: Envelope {
                 client_identity_headers: vec![

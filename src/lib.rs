@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod decide;
 pub mod decision;
+pub mod entities;
 pub mod identity;
 pub mod policy;
 pub mod reload;

@@ -172,6 +172,9 @@ pub struct Request {
     /// The body Envoy sent (`with_request_body`), read only when the schema declares
     /// `context.request.body` (`policy/body.rs`).
     pub body: RequestBody,
+    /// Entities fetched for this request from the entity source (`entities/`), before the
+    /// decision: the decision core adds them to its store and does no I/O itself.
+    pub fetched: crate::entities::Fetched,
 }
 
 /// A request's body as Envoy sent it, with the depth it may nest to.

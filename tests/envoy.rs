@@ -774,3 +774,80 @@ async fn a_json_body_reaches_the_policies_through_envoy() {
     assert_eq!(cut.status(), 413, "{}", envoy.log());
     assert!(cut.text().await.unwrap().contains("body_too_large"));
 }
+
+/// The example entity source (`examples/entity-source/entity_service.py`) behind a real
+/// Envoy: `GET /orders/{id}` is allowed only for the order's owner, ownership fetched from the
+/// service (orders 2001 and 2002 are not in `entities.json`), with the example's bearer token.
+#[tokio::test]
+async fn an_order_fetched_from_the_example_service_is_read_only_by_its_owner() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/entity-source");
+    let mut service = Command::new("python3")
+        .arg(example.join("entity_service.py"))
+        .args(["--port", "0", "--token", "example-token"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs the example entity service");
+    let mut first = String::new();
+    BufReader::new(service.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let address = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("the service says where it listens: {first}"))
+        .to_owned();
+    let key = TestKey::generate(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    // The example's configuration, with the service's port and absolute paths.
+    let text = std::fs::read_to_string(example.join("config.yaml")).unwrap();
+    let edited = text
+        .replace("127.0.0.1:8081", &address)
+        .replace(
+            "dir: ../../policies",
+            &format!("dir: {}/../../policies", example.display()),
+        )
+        .replace(
+            "bearer_token_file: source-token",
+            &format!("bearer_token_file: {}/source-token", example.display()),
+        );
+    assert_eq!(
+        edited.matches(&*example.display().to_string()).count(),
+        2,
+        "{edited}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.yaml"), edited).unwrap();
+    let mut config = Config::load(&dir.path().join("config.yaml")).unwrap();
+    config.listen = test_config(PolicySource::Embedded).listen;
+    config.issuers = vec![test_issuer(ISS, &jwks.uri())];
+    let server = TestServer::with_config(config).await;
+    server.ready().await;
+    let upstream = Upstream::start().await;
+    let (envoy, port) =
+        envoy_for(LOCAL, server.grpc_addr().port(), &upstream, &HashMap::new()).await;
+    let client = http_client();
+    let read = |user: &str, order: &str| {
+        client
+            .get(format!("http://127.0.0.1:{port}/orders/{order}"))
+            .bearer_auth(key.sign(&claims(ISS, "orders", user)))
+            .send()
+    };
+    assert_eq!(
+        read("alice", "2001").await.unwrap().status(),
+        200,
+        "{}",
+        envoy.log()
+    );
+    assert_eq!(read("bob", "2001").await.unwrap().status(), 403);
+    assert_eq!(read("bob", "2002").await.unwrap().status(), 200);
+    assert_eq!(read("alice", "2002").await.unwrap().status(), 403);
+    // An order the application does not have.
+    assert_eq!(read("alice", "2999").await.unwrap().status(), 403);
+    // The service gone: answers kept within max_stale still serve, a new order is a 503.
+    service.kill().unwrap();
+    service.wait().unwrap();
+    assert_eq!(read("alice", "2001").await.unwrap().status(), 200);
+    let gone = read("alice", "2003").await.unwrap();
+    assert_eq!(gone.status(), 503);
+    assert!(gone.text().await.unwrap().contains("entity_unavailable"));
+}

@@ -231,6 +231,11 @@ pub fn map(
             group.type_name()
         )));
     }
+    // Data fetched from the application may change between two checks with the same inputs:
+    // a check that asked for any is not remembered.
+    if request.fetched.consulted {
+        parts.key.unique();
+    }
     // Only a token's cached parts have decisions; the key holds every value built above.
     let remember = match &parts.principal.decisions {
         Some(decisions) => {
@@ -255,13 +260,11 @@ pub fn map(
         // computed: only the action's and the resource's statics and the helpers are added,
         // and Cedar repairs the closure of what was added, not of the whole store.
         (Some(store), Some(statics)) => {
+            let mut seeds = vec![parts.action.clone(), parts.resource.clone()];
+            seeds.extend(fetched_names(request));
             let mut extra: Vec<Entity> = snapshot
                 .graph
-                .subset_beyond(
-                    &snapshot.entities,
-                    vec![parts.action.clone(), parts.resource.clone()],
-                    statics,
-                )
+                .subset_beyond(&snapshot.entities, seeds, statics)
                 .into_iter()
                 .filter(|e| {
                     store.get(&e.uid()).is_none()
@@ -269,6 +272,11 @@ pub fn map(
                 })
                 .collect();
             extra.append(&mut parts.helpers);
+            let fetched: Vec<Entity> = fetched_entities(snapshot, request, |uid| {
+                store.get(uid).is_some() || extra.iter().any(|e| &e.uid() == uid)
+            })
+            .collect();
+            extra.extend(fetched);
             if extra.is_empty() {
                 std::sync::Arc::clone(store)
             } else {
@@ -287,12 +295,18 @@ pub fn map(
                 parts.resource.clone(),
             ]);
             seeds.extend(parts.principal.groups.iter().cloned());
+            seeds.extend(fetched_names(request));
             let mut list = snapshot.graph.subset(&snapshot.entities, seeds);
             // The request's own entities replace static ones of the same uid (the principal
             // is already merged with its static entry).
             let own = parts.own_entities();
             list.retain(|e| !own.iter().any(|p| p.uid() == e.uid()));
             list.extend(own);
+            let fetched: Vec<Entity> = fetched_entities(snapshot, request, |uid| {
+                list.iter().any(|e| &e.uid() == uid)
+            })
+            .collect();
+            list.extend(fetched);
             std::sync::Arc::new(Entities::from_entities(list, None).map_err(invalid)?)
         }
     };
@@ -324,10 +338,13 @@ pub fn map_with_whole_store(
         now,
         Build::Everything,
     )?;
+    let own = parts.own_entities();
+    let fetched: Vec<Entity> =
+        fetched_entities(snapshot, request, |uid| own.iter().any(|e| &e.uid() == uid)).collect();
     let entities = snapshot
         .entities
         .clone()
-        .upsert_entities(parts.own_entities(), Some(&snapshot.schema))
+        .upsert_entities(own.into_iter().chain(fetched), Some(&snapshot.schema))
         .map_err(invalid)?;
     parts.into_call(std::sync::Arc::new(entities), Some(&snapshot.schema))
 }
@@ -353,6 +370,7 @@ fn parts(
         extensions,
         route_metadata,
         body: _,
+        fetched: _,
     } = request;
     let action = match extensions.get(EXTENSION_ACTION) {
         Some(name) => action_uid(name).ok_or_else(|| MappingError::BadExtension {
@@ -372,21 +390,7 @@ fn parts(
         )));
     }
 
-    let resource = match extensions.get(EXTENSION_RESOURCE) {
-        Some(text) => EntityUid::from_str(text).map_err(|_| MappingError::BadExtension {
-            key: EXTENSION_RESOURCE,
-            value: text.clone(),
-            what: "entity uid",
-        })?,
-        None => match route.as_ref().and_then(|m| m.resource.clone()) {
-            Some(uid) => uid,
-            // A path that a `Path::` literal of the set names but for case is refused.
-            None if snapshot.path_literals.near_miss(&http.path) => {
-                return Err(MappingError::NearMiss(crate::text::clip(&http.path)));
-            }
-            None => EntityUid::from_type_name_and_id(names.path.clone(), EntityId::new(&http.path)),
-        },
-    };
+    let resource = resource(snapshot, request, route.as_ref(), names)?;
     let params = route.map(|m| m.params).unwrap_or_default();
 
     let principal = principal_parts(snapshot, identity, reads, build)?;
@@ -462,6 +466,71 @@ fn parts(
         helpers,
         key,
     })
+}
+
+/// The request's resource: Envoy's `cedargate.resource` context extension, else the route's
+/// resource, else `Path::"<path>"`; a path a `Path::` literal names but for case is refused.
+fn resource(
+    snapshot: &Snapshot,
+    request: &Request,
+    route: Option<&RouteMatch<'_>>,
+    names: &Names,
+) -> Result<EntityUid, MappingError> {
+    let path = &request.http.path;
+    match request.extensions.get(EXTENSION_RESOURCE) {
+        Some(text) => EntityUid::from_str(text).map_err(|_| MappingError::BadExtension {
+            key: EXTENSION_RESOURCE,
+            value: text.clone(),
+            what: "entity uid",
+        }),
+        None => match route.and_then(|m| m.resource.clone()) {
+            Some(uid) => Ok(uid),
+            None if snapshot.path_literals.near_miss(path) => {
+                Err(MappingError::NearMiss(crate::text::clip(path)))
+            }
+            None => Ok(EntityUid::from_type_name_and_id(
+                names.path.clone(),
+                EntityId::new(path),
+            )),
+        },
+    }
+}
+
+/// The request's resource as the mapping will name it, when it can be named.
+pub fn resource_of(
+    snapshot: &Snapshot,
+    request: &Request,
+    route: Option<&RouteMatch<'_>>,
+) -> Option<EntityUid> {
+    resource(snapshot, request, route, names().ok()?).ok()
+}
+
+/// The fetched entities a check adds to its store: those without a static entry of the same
+/// uid (a static entity wins) and not among `taken` (already in the store).
+fn fetched_entities<'a>(
+    snapshot: &'a Snapshot,
+    request: &'a Request,
+    taken: impl Fn(&EntityUid) -> bool + 'a,
+) -> impl Iterator<Item = Entity> + 'a {
+    request
+        .fetched
+        .entities
+        .iter()
+        .map(|f| &f.entity)
+        .filter(move |e| {
+            let uid = e.uid();
+            snapshot.entities.get(&uid).is_none() && !taken(&uid)
+        })
+        .cloned()
+}
+
+/// The uids the fetched entities name, whose static entries join the store.
+fn fetched_names(request: &Request) -> impl Iterator<Item = EntityUid> + '_ {
+    request
+        .fetched
+        .entities
+        .iter()
+        .flat_map(|f| f.names.iter().cloned())
 }
 
 /// Which request helper entities a check builds: those whose tags a policy can read. The same

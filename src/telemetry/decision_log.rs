@@ -56,6 +56,9 @@ struct Line<'a> {
     /// The verdict came from the token's decision cache.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     cached: bool,
+    /// Entities fetched from the entity source that the decision used.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    fetched: Vec<String>,
     latency_us: u64,
 }
 
@@ -112,6 +115,7 @@ pub fn write(decision: &Decision, detail: Option<&str>, elapsed: Duration) -> bo
         attributes: Attributes(&envelope.log_attributes),
         detail,
         cached: evaluation.recall == crate::decision::Recall::Hit,
+        fetched: evaluation.fetched.iter().map(ToString::to_string).collect(),
         latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
     };
     let mut text = Vec::with_capacity(512);
@@ -158,6 +162,7 @@ mod tests {
             attributes: Attributes(&decision.envelope.log_attributes),
             detail: None,
             cached: false,
+            fetched: Vec::new(),
             latency_us: 7,
         };
         let json = serde_json::to_value(&line).unwrap();

@@ -23,9 +23,33 @@ pub const DECISION_CACHE_TOTAL: &str = "cedargate_decision_cache_total";
 pub const DECISION_CACHE_BYTES: &str = "cedargate_decision_cache_bytes";
 pub const TLS_RELOADS_TOTAL: &str = "cedargate_tls_reloads_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "cedargate_tls_handshake_failures_total";
+pub const ENTITY_CACHE_TOTAL: &str = "cedargate_entity_cache_total";
+pub const ENTITY_FETCH_DURATION: &str = "cedargate_entity_fetch_duration_seconds";
+pub const ENTITY_FETCH_FAILURES_TOTAL: &str = "cedargate_entity_fetch_failures_total";
+pub const ENTITY_STALE_SECONDS: &str = "cedargate_entity_stale_seconds";
 
 /// The `# HELP` text of every cedargate metric (README, "Operations", has the same table).
 pub(super) const HELP: &[(&str, Kind, &str)] = &[
+    (
+        ENTITY_CACHE_TOTAL,
+        Kind::Counter,
+        "Entity lookups of fetched types by type and result: hit, negative_hit (known not to exist), miss (asked of the source), stale (a kept copy served while the source failed).",
+    ),
+    (
+        ENTITY_FETCH_DURATION,
+        Kind::Histogram,
+        "Time of one fetch from the entity source, in seconds.",
+    ),
+    (
+        ENTITY_FETCH_FAILURES_TOTAL,
+        Kind::Counter,
+        "Failed entity fetches by reason: timeout, status, too_large, invalid, unreachable, schema (an entity that does not fit the schema).",
+    ),
+    (
+        ENTITY_STALE_SECONDS,
+        Kind::Gauge,
+        "Age in seconds of the last kept entity served while the source failed, by type.",
+    ),
     (
         DECISIONS_TOTAL,
         Kind::Counter,

@@ -1,0 +1,313 @@
+//! The entity cache in front of an [`EntitySource`]: per type a bounded cache
+//! (`quick_cache`, `max_entries`) of answers, found or not; an answer is used for `ttl` (a
+//! "no such entity" for `negative_ttl`), then asked again. Every uid is fetched by at most one
+//! request at a time, which every check wanting it awaits (single-flight); the uids one check
+//! misses are asked in one batch. A fetch runs as its own task, so a check that gives up (its
+//! deadline) does not cancel it for the others, and its answer fills the cache. When a fetch
+//! fails or does not answer within the check's budget, a kept answer no older than
+//! `ttl + max_stale` is used (keep-last-good); else the uid is unavailable and the check is
+//! denied. A kept answer is parsed against the schema of the snapshot in force, once per
+//! snapshot.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cedar_policy::{Entity, EntityUid};
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+
+use super::{EntitySource, Fetched, FetchedEntity, SourceError};
+use crate::config::{EntitySourceSettings, EntityTypeSettings};
+use crate::identity::memo::Memo;
+use crate::policy::Snapshot;
+use crate::telemetry::names::{
+    ENTITY_CACHE_TOTAL, ENTITY_FETCH_DURATION, ENTITY_FETCH_FAILURES_TOTAL, ENTITY_STALE_SECONDS,
+};
+
+/// The answer of one fetch: each asked uid's JSON, or none when the source does not have it.
+type Answer = Result<Arc<HashMap<EntityUid, serde_json::Value>>, SourceError>;
+type InFlight = Shared<BoxFuture<'static, Answer>>;
+
+/// Entities fetched from a source, cached.
+#[derive(Clone)]
+pub struct EntityCache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EntityCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntityCache")
+            .field("types", &self.inner.types.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    source: Arc<dyn EntitySource>,
+    types: HashMap<String, TypeCache>,
+    inflight: Mutex<HashMap<EntityUid, InFlight>>,
+    timeout: Duration,
+}
+
+struct TypeCache {
+    settings: EntityTypeSettings,
+    entries: quick_cache::sync::Cache<String, Arc<Entry>>,
+}
+
+/// One kept answer.
+struct Entry {
+    json: Option<serde_json::Value>,
+    at: Instant,
+    /// The entity parsed against one snapshot's schema (or why it does not fit).
+    parsed: Memo,
+}
+
+type Parsed = Result<FetchedEntity, String>;
+
+impl EntityCache {
+    pub fn new(source: Arc<dyn EntitySource>, settings: &EntitySourceSettings) -> Self {
+        let types = settings
+            .types
+            .iter()
+            .map(|(name, settings)| {
+                let entries = quick_cache::sync::Cache::new(settings.max_entries);
+                let cache = TypeCache {
+                    settings: *settings,
+                    entries,
+                };
+                (name.clone(), cache)
+            })
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                source,
+                types,
+                inflight: Mutex::new(HashMap::new()),
+                timeout: settings.timeout,
+            }),
+        }
+    }
+
+    /// True when entities of this type are fetched.
+    pub fn fetches(&self, uid: &EntityUid) -> bool {
+        self.inner.types.contains_key(&uid.type_name().to_string())
+    }
+
+    /// The entities among `wanted` of fetched types, from the cache or the source, within
+    /// `budget` (and the source's own timeout).
+    pub async fn get(
+        &self,
+        snapshot: &Snapshot,
+        wanted: &[EntityUid],
+        budget: Duration,
+    ) -> Fetched {
+        let inner = &self.inner;
+        let now = Instant::now();
+        let mut fetched = Fetched::default();
+        // Uids to wait for, each with the kept answer to fall back on.
+        let mut waits: Vec<(EntityUid, InFlight, Option<Arc<Entry>>)> = Vec::new();
+        let mut missed: Vec<(EntityUid, Option<Arc<Entry>>)> = Vec::new();
+        let mut seen: Vec<&EntityUid> = Vec::new();
+        for uid in wanted {
+            if seen.contains(&uid) {
+                continue;
+            }
+            seen.push(uid);
+            let type_name = uid.type_name().to_string();
+            let Some(cache) = inner.types.get(&type_name) else {
+                continue;
+            };
+            fetched.consulted = true;
+            let kept = cache.entries.get(uid.id().unescaped());
+            if let Some(entry) = &kept {
+                let ttl = match entry.json {
+                    Some(_) => cache.settings.ttl,
+                    None => cache.settings.negative_ttl,
+                };
+                if now.duration_since(entry.at) < ttl {
+                    count(
+                        &type_name,
+                        if entry.json.is_some() {
+                            "hit"
+                        } else {
+                            "negative_hit"
+                        },
+                    );
+                    use_entry(&mut fetched, snapshot, uid, entry);
+                    continue;
+                }
+            }
+            count(&type_name, "miss");
+            missed.push((uid.clone(), kept));
+        }
+        if !missed.is_empty() {
+            // Under one lock: joining a fetch in flight, or starting one and registering it,
+            // so that two checks missing the same uid never both fetch it.
+            let mut inflight = lock(&inner.inflight);
+            let mut batch = Vec::new();
+            for (uid, kept) in missed {
+                match inflight.get(&uid) {
+                    Some(flight) => waits.push((uid, flight.clone(), kept)),
+                    None => batch.push((uid, kept)),
+                }
+            }
+            if !batch.is_empty() {
+                let uids: Vec<EntityUid> = batch.iter().map(|(uid, _)| uid.clone()).collect();
+                // The task removes its uids under this lock when it ends: after they are in.
+                let flight = Inner::start(inner, uids);
+                for (uid, kept) in batch {
+                    inflight.insert(uid.clone(), flight.clone());
+                    waits.push((uid, flight.clone(), kept));
+                }
+            }
+        }
+        if waits.is_empty() {
+            return fetched;
+        }
+        let budget = budget.min(inner.timeout);
+        let answers = tokio::time::timeout(
+            budget,
+            futures_util::future::join_all(waits.iter().map(|(_, flight, _)| flight.clone())),
+        )
+        .await
+        .unwrap_or_else(|_| vec![Err(SourceError::Timeout); waits.len()]);
+        for ((uid, _, kept), answer) in waits.into_iter().zip(answers) {
+            match answer {
+                Ok(map) => {
+                    let entry = Entry {
+                        json: map.get(&uid).cloned(),
+                        at: now,
+                        parsed: Memo::default(),
+                    };
+                    use_entry(&mut fetched, snapshot, &uid, &entry);
+                }
+                Err(_) => {
+                    let type_name = uid.type_name().to_string();
+                    let max_stale = inner
+                        .types
+                        .get(&type_name)
+                        .map_or(Duration::ZERO, |c| c.settings.ttl + c.settings.max_stale);
+                    match kept.filter(|entry| now.duration_since(entry.at) < max_stale) {
+                        Some(entry) => {
+                            count(&type_name, "stale");
+                            metrics::gauge!(ENTITY_STALE_SECONDS, "type" => type_name)
+                                .set(now.duration_since(entry.at).as_secs_f64());
+                            use_entry(&mut fetched, snapshot, &uid, &entry);
+                        }
+                        None => fetched.unavailable.push(uid),
+                    }
+                }
+            }
+        }
+        fetched
+    }
+}
+
+impl Inner {
+    /// Starts one fetch of `uids` as its own task, which fills the cache and, when it ends,
+    /// removes the uids from the in-flight table (the caller registers them, holding its lock).
+    fn start(this: &Arc<Self>, uids: Vec<EntityUid>) -> InFlight {
+        let inner = Arc::clone(this);
+        let asked = uids;
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = inner.source.fetch(&asked).await;
+            metrics::histogram!(ENTITY_FETCH_DURATION).record(started.elapsed().as_secs_f64());
+            let answer: Answer = answer.map(|items| Arc::new(index(items, &asked)));
+            match &answer {
+                Ok(map) => {
+                    let at = Instant::now();
+                    for uid in &asked {
+                        if let Some(cache) = inner.types.get(&uid.type_name().to_string()) {
+                            let entry = Entry {
+                                json: map.get(uid).cloned(),
+                                at,
+                                parsed: Memo::default(),
+                            };
+                            cache
+                                .entries
+                                .insert(uid.id().unescaped().to_owned(), Arc::new(entry));
+                        }
+                    }
+                }
+                Err(err) => {
+                    metrics::counter!(ENTITY_FETCH_FAILURES_TOTAL, "reason" => err.code())
+                        .increment(1);
+                    tracing::warn!(error = %err, uids = asked.len(), "entity fetch failed");
+                }
+            }
+            let mut inflight = lock(&inner.inflight);
+            for uid in &asked {
+                inflight.remove(uid);
+            }
+            answer
+        });
+        async move {
+            task.await
+                .unwrap_or_else(|err| Err(SourceError::Unreachable(err.to_string())))
+        }
+        .boxed()
+        .shared()
+    }
+}
+
+/// The asked uids' entities of an answer, by uid; anything else in it is ignored (a source
+/// answers only for what it was asked).
+fn index(
+    items: Vec<serde_json::Value>,
+    asked: &[EntityUid],
+) -> HashMap<EntityUid, serde_json::Value> {
+    items
+        .into_iter()
+        .filter_map(|item| {
+            let uid = item.get("uid")?;
+            let uid = uid.get("__entity").unwrap_or(uid);
+            let ty = uid.get("type")?.as_str()?.parse().ok()?;
+            let id = cedar_policy::EntityId::new(uid.get("id")?.as_str()?);
+            let uid = EntityUid::from_type_name_and_id(ty, id);
+            asked.contains(&uid).then_some((uid, item))
+        })
+        .collect()
+}
+
+/// Adds a kept or fetched answer for `uid` to what the check gets: the entity parsed against
+/// the snapshot's schema, nothing for "no such entity", or `unavailable` for an entity that
+/// does not fit the schema.
+fn use_entry(fetched: &mut Fetched, snapshot: &Snapshot, uid: &EntityUid, entry: &Entry) {
+    let Some(json) = &entry.json else { return };
+    let parsed = match entry.parsed.get::<Parsed>(snapshot.id) {
+        Some(parsed) => parsed,
+        None => {
+            let parsed: Parsed = Entity::from_json_value(json.clone(), Some(&snapshot.schema))
+                .map(|entity| FetchedEntity {
+                    entity,
+                    names: super::named_uids(json),
+                })
+                .map_err(|err| err.to_string());
+            let parsed = Arc::new(parsed);
+            entry.parsed.set(snapshot.id, Arc::clone(&parsed));
+            parsed
+        }
+    };
+    match parsed.as_ref() {
+        Ok(entity) => fetched.entities.push(entity.clone()),
+        Err(err) => {
+            metrics::counter!(ENTITY_FETCH_FAILURES_TOTAL, "reason" => "schema").increment(1);
+            tracing::warn!(uid = %uid, error = %crate::text::clip(err), "a fetched entity does not fit the schema");
+            fetched.unavailable.push(uid.clone());
+        }
+    }
+}
+
+fn count(type_name: &str, result: &'static str) {
+    metrics::counter!(ENTITY_CACHE_TOTAL, "type" => type_name.to_owned(), "result" => result)
+        .increment(1);
+}
+
+/// The in-flight table's lock; a poisoned one (a panic while it was held) is still a table.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,374 @@
+//! Entity data from the application, through the real gRPC server and a real entity source on
+//! 127.0.0.1: orders are not in `entities.json` but fetched (`entity_source`, type `Order`),
+//! so "users may read only the orders they own" is decided on the application's data. The
+//! cache answers repeated checks, concurrent misses on one uid cost one fetch, a source that
+//! fails (500, garbage, too large, hanging, entities that do not fit the schema) denies with
+//! `entity_unavailable` (503) unless a copy within `max_stale` is kept, and an answer cannot
+//! add entities it was not asked for.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use cedargate::config::{EntitySourceSettings, EntityTypeSettings, PolicySource};
+use cedargate::testutil::jwt::{JwksServer, TestKey, claims};
+use cedargate::testutil::{TestServer, check, metric_value, test_config, test_issuer};
+use jsonwebtoken::Algorithm;
+use serde_json::{Value, json};
+use tonic::Code;
+
+const ISS: &str = "https://idp.test";
+
+/// How the test entity source answers.
+#[derive(Debug, Clone)]
+enum Mode {
+    Serve,
+    Status(u16),
+    Garbage,
+    Huge,
+}
+
+#[derive(Clone)]
+struct SourceState {
+    entities: Arc<Mutex<HashMap<String, Value>>>,
+    extra: Arc<Mutex<Vec<Value>>>,
+    mode: Arc<Mutex<Mode>>,
+    fetches: Arc<AtomicUsize>,
+    asked: Arc<Mutex<Vec<Value>>>,
+    bearer: Arc<Mutex<Vec<String>>>,
+    /// Held by a test to keep every answer waiting (a slow or hanging source).
+    gate: Arc<tokio::sync::RwLock<()>>,
+}
+
+/// An entity source on 127.0.0.1 answering `POST /entities` with the orders it was given.
+struct EntitySource {
+    addr: std::net::SocketAddr,
+    state: SourceState,
+}
+
+async fn answer(
+    State(state): State<SourceState>,
+    headers: HeaderMap,
+    body: String,
+) -> (axum::http::StatusCode, String) {
+    state.fetches.fetch_add(1, Ordering::SeqCst);
+    let _open = state.gate.read().await;
+    if let Some(auth) = headers.get("authorization") {
+        state
+            .bearer
+            .lock()
+            .unwrap()
+            .push(auth.to_str().unwrap().to_owned());
+    }
+    let request: Value = serde_json::from_str(&body).unwrap();
+    state.asked.lock().unwrap().push(request.clone());
+    let mode = state.mode.lock().unwrap().clone();
+    let ok = axum::http::StatusCode::OK;
+    match mode {
+        Mode::Status(code) => (axum::http::StatusCode::from_u16(code).unwrap(), "{}".into()),
+        Mode::Garbage => (ok, "{not json".into()),
+        Mode::Huge => (ok, format!("[{}]", "0,".repeat(600_000) + "0")),
+        Mode::Serve => {
+            let entities = state.entities.lock().unwrap();
+            let mut found: Vec<Value> = request["uids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|uid| entities.get(uid["id"].as_str().unwrap()).cloned())
+                .collect();
+            found.extend(state.extra.lock().unwrap().iter().cloned());
+            (ok, Value::Array(found).to_string())
+        }
+    }
+}
+
+impl EntitySource {
+    async fn start() -> Self {
+        let state = SourceState {
+            entities: Arc::new(Mutex::new(HashMap::new())),
+            extra: Arc::new(Mutex::new(Vec::new())),
+            mode: Arc::new(Mutex::new(Mode::Serve)),
+            fetches: Arc::new(AtomicUsize::new(0)),
+            asked: Arc::new(Mutex::new(Vec::new())),
+            bearer: Arc::new(Mutex::new(Vec::new())),
+            gate: Arc::new(tokio::sync::RwLock::new(())),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route("/entities", post(answer))
+            .with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { addr, state }
+    }
+
+    fn order(&self, id: &str, owner: Value) {
+        let entity = json!({ "uid": { "type": "Order", "id": id }, "attrs": { "owner": owner }, "parents": [] });
+        self.state
+            .entities
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), entity);
+    }
+
+    fn mode(&self, mode: Mode) {
+        *self.state.mode.lock().unwrap() = mode;
+    }
+
+    fn fetches(&self) -> usize {
+        self.state.fetches.load(Ordering::SeqCst)
+    }
+}
+
+fn owned_by(user: &str) -> Value {
+    json!({ "__entity": { "type": "User", "id": user } })
+}
+
+struct Fixture {
+    server: TestServer,
+    source: EntitySource,
+    key: TestKey,
+    _jwks: JwksServer,
+    _dir: tempfile::TempDir,
+}
+
+/// The example set without its static orders, an issuer, and an entity source for `Order`.
+async fn fixture(ttl: &str, max_stale: &str, timeout: Duration) -> Fixture {
+    let dir = support::policies::example_with(&[(
+        "entities.json",
+        r#"[{ "uid": { "type": "Group", "id": "admins" }, "attrs": {}, "parents": [] }]"#,
+    )]);
+    let token_file = dir.path().join("source-token");
+    std::fs::write(&token_file, "s3cret-source-token\n").unwrap();
+    let source = EntitySource::start().await;
+    let key = TestKey::generate(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut config = test_config(PolicySource::Dir(dir.path().to_owned()));
+    config.issuers = vec![test_issuer(ISS, &jwks.uri())];
+    let parse = |text: &str| humantime::parse_duration(text).unwrap();
+    config.entity_source = Some(EntitySourceSettings {
+        url: format!("http://{}/entities", source.addr),
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+        bearer_token_file: Some(token_file),
+        timeout,
+        max_response_bytes: 64 * 1024,
+        types: [(
+            "Order".to_owned(),
+            EntityTypeSettings {
+                ttl: parse(ttl),
+                negative_ttl: parse(ttl),
+                max_entries: 100,
+                max_stale: parse(max_stale),
+            },
+        )]
+        .into(),
+    });
+    let server = TestServer::with_config(config).await;
+    server.ready().await;
+    Fixture {
+        server,
+        source,
+        key,
+        _jwks: jwks,
+        _dir: dir,
+    }
+}
+
+impl Fixture {
+    async fn read(&mut self, user: &str, order: &str) -> cedargate::testutil::Reply {
+        let token = self.key.sign(&claims(ISS, "orders", user));
+        self.server
+            .check(
+                check("GET", &format!("/orders/{order}"))
+                    .bearer(&token)
+                    .build(),
+            )
+            .await
+    }
+}
+
+#[tokio::test]
+async fn an_owner_reads_an_order_fetched_from_the_application() {
+    let mut f = fixture("1h", "1h", Duration::from_secs(2)).await;
+    f.source.order("2001", owned_by("alice"));
+    let alice = f.read("alice", "2001").await;
+    assert_eq!(alice.code(), Code::Ok, "{}", alice.body_text());
+    assert_eq!(f.source.fetches(), 1);
+    // The source was asked for that uid, with the configured credentials.
+    let asked = f.source.state.asked.lock().unwrap().clone();
+    assert_eq!(
+        asked,
+        [json!({ "uids": [{ "type": "Order", "id": "2001" }] })]
+    );
+    assert_eq!(
+        f.source.state.bearer.lock().unwrap().clone(),
+        ["Bearer s3cret-source-token"]
+    );
+    // Another user: denied on the same (cached) data, no second fetch.
+    let bob = f.read("bob", "2001").await;
+    assert_eq!(bob.code(), Code::PermissionDenied);
+    assert_eq!(bob.body()["error"], "policy_denied");
+    assert_eq!(f.source.fetches(), 1, "answered from the cache");
+    // An order the application does not have: a policy deny (not 503), remembered.
+    let missing = f.read("alice", "9999").await;
+    assert_eq!(missing.code(), Code::PermissionDenied);
+    assert_eq!(f.read("alice", "9999").await.code(), Code::PermissionDenied);
+    assert_eq!(f.source.fetches(), 2, "a missing entity is cached too");
+    let metrics = f.server.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "cedargate_entity_cache_total",
+            &[("type", "Order"), ("result", "hit")]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric_value(
+            &metrics,
+            "cedargate_entity_cache_total",
+            &[("type", "Order"), ("result", "negative_hit")]
+        ) >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_misses_on_one_uid_cost_one_fetch() {
+    let f = fixture("1h", "1h", Duration::from_secs(5)).await;
+    f.source.order("3001", owned_by("alice"));
+    // Every answer waits until the checks are all in.
+    let gate = f.source.state.gate.clone().write_owned().await;
+    let token = f.key.sign(&claims(ISS, "orders", "alice"));
+    let channel = f.server.channel().await;
+    let mut checks = Vec::new();
+    for _ in 0..16 {
+        let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(channel.clone());
+        let request = check("GET", "/orders/3001").bearer(&token).build();
+        checks.push(tokio::spawn(async move {
+            cedargate::testutil::Reply(client.check(request).await.unwrap().into_inner())
+        }));
+    }
+    // The first check's fetch reaches the source and waits at the gate; the others join it.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while f.source.fetches() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    drop(gate);
+    for check in checks {
+        assert_eq!(check.await.unwrap().code(), Code::Ok);
+    }
+    assert_eq!(
+        f.source.fetches(),
+        1,
+        "one fetch for sixteen concurrent misses"
+    );
+}
+
+#[tokio::test]
+async fn a_source_that_cannot_answer_denies_with_entity_unavailable() {
+    let mut f = fixture("1h", "1h", Duration::from_millis(300)).await;
+    f.source.order("4001", owned_by("alice"));
+    for (mode, reason) in [
+        (Mode::Status(500), "status"),
+        (Mode::Garbage, "invalid"),
+        (Mode::Huge, "too_large"),
+    ] {
+        f.source.mode(mode.clone());
+        let id = format!("40{}", f.source.fetches() + 10);
+        f.source.order(&id, owned_by("alice"));
+        let reply = f.read("alice", &id).await;
+        assert_eq!(reply.code(), Code::Unavailable, "{mode:?}");
+        assert_eq!(reply.http_status(), Some(503), "{mode:?}");
+        assert_eq!(reply.body()["error"], "entity_unavailable", "{mode:?}");
+        let metrics = f.server.metrics().await;
+        assert!(
+            metric_value(
+                &metrics,
+                "cedargate_entity_fetch_failures_total",
+                &[("reason", reason)]
+            ) >= 1.0,
+            "{mode:?}: {metrics}"
+        );
+    }
+    // A source that hangs: the fetch's timeout, inside the check's deadline.
+    f.source.mode(Mode::Serve);
+    let gate = f.source.state.gate.clone().write_owned().await;
+    let reply = f.read("alice", "4999").await;
+    assert_eq!(reply.body()["error"], "entity_unavailable");
+    drop(gate);
+    // An entity that does not fit the schema (owner is not a User) is not used.
+    f.source.order("4500", json!("alice"));
+    let reply = f.read("alice", "4500").await;
+    assert_eq!(reply.body()["error"], "entity_unavailable");
+}
+
+#[tokio::test]
+async fn a_kept_answer_serves_while_the_source_is_down_within_max_stale() {
+    let mut f = fixture("1ms", "1h", Duration::from_millis(300)).await;
+    f.source.order("5001", owned_by("alice"));
+    assert_eq!(f.read("alice", "5001").await.code(), Code::Ok);
+    f.source.mode(Mode::Status(503));
+    // The 1 ms TTL has passed by the next check (a real round trip); this waits for time to
+    // pass, not for another task.
+    std::thread::sleep(Duration::from_millis(5));
+    let stale = f.read("alice", "5001").await;
+    assert_eq!(stale.code(), Code::Ok, "{}", stale.body_text());
+    assert_eq!(
+        f.source.fetches(),
+        2,
+        "asked again, failed, served the kept copy"
+    );
+    let metrics = f.server.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "cedargate_entity_cache_total",
+            &[("type", "Order"), ("result", "stale")]
+        ) >= 1.0,
+        "{metrics}"
+    );
+
+    let mut f = fixture("1ms", "1ms", Duration::from_millis(300)).await;
+    f.source.order("5002", owned_by("alice"));
+    assert_eq!(f.read("alice", "5002").await.code(), Code::Ok);
+    f.source.mode(Mode::Status(503));
+    std::thread::sleep(Duration::from_millis(5));
+    let expired = f.read("alice", "5002").await;
+    assert_eq!(expired.body()["error"], "entity_unavailable");
+}
+
+#[tokio::test]
+async fn an_answer_cannot_add_entities_it_was_not_asked_for() {
+    let mut f = fixture("1h", "1h", Duration::from_secs(2)).await;
+    // The source also returns bob as a member of the admins, and an order nobody asked for.
+    f.source.state.extra.lock().unwrap().extend([
+        json!({ "uid": { "type": "User", "id": "bob" }, "attrs": {}, "parents": [{ "type": "Group", "id": "admins" }] }),
+        json!({ "uid": { "type": "Order", "id": "6002" }, "attrs": { "owner": owned_by("bob") }, "parents": [] }),
+    ]);
+    f.source.order("6001", owned_by("alice"));
+    let bob = f.read("bob", "6001").await;
+    assert_eq!(
+        bob.code(),
+        Code::PermissionDenied,
+        "bob did not become an admin"
+    );
+}
