@@ -80,7 +80,7 @@ pub fn wanted(
     };
     if snapshot.lenient_names.near_miss(http).is_some()
         || presented.establish(requirement, claims_fit).is_err()
-        || crate::policy::body::parse(snapshot, &request.body).is_err()
+        || crate::policy::body::parse(snapshot, request).is_err()
     {
         return Vec::new();
     }
@@ -151,7 +151,7 @@ fn run(
     };
     // A body the schema declares must be whole JSON of the declared shape (400, 413), judged
     // after who is asking (401, 403) and before any policy reads it.
-    let body = match crate::policy::body::parse(snapshot, &request.body) {
+    let body = match crate::policy::body::parse(snapshot, request) {
         Ok(body) => body,
         Err(err) => return deny(evaluation, DenyReason::Body(err)),
     };

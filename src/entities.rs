@@ -64,12 +64,14 @@ impl SourceError {
 pub struct Fetched {
     /// Entities the source gave (or a kept copy), each with the uids its attributes and
     /// parents name (so that their static entries join the store).
-    pub entities: Vec<FetchedEntity>,
+    /// Shared with the cache that keeps them: a check takes a reference, not a copy.
+    pub entities: Vec<std::sync::Arc<FetchedEntity>>,
     /// Uids of fetched types the source could not answer for: the check is denied.
     pub unavailable: Vec<EntityUid>,
-    /// Some uid of a fetched type was looked up (found or not): the decision depends on
-    /// data that may change, and is not remembered in the decision cache.
-    pub consulted: bool,
+    /// Every uid of a fetched type looked up (found or not), with the generation of the
+    /// answer used: each answer the cache keeps has its own, so a verdict remembered on one
+    /// answer is never recalled on another (they enter the decision cache's key).
+    pub consulted: Vec<(EntityUid, u64)>,
 }
 
 /// One fetched entity.

@@ -45,9 +45,17 @@ async fn server(dir: &Path, edit: impl Fn(&mut Config)) -> TestServer {
     server
 }
 
-/// (gRPC code, HTTP status of a deny, reason) for `POST /orders` with `body`.
+/// (gRPC code, HTTP status of a deny, reason) for `POST /orders` with a JSON `body`.
 async fn create(server: &mut TestServer, body: &str, partial: bool) -> (Code, Option<i32>, String) {
-    let mut request = check("POST", "/orders").body(body);
+    let request = check("POST", "/orders").header("content-type", "application/json");
+    send(server, request.body(body), partial).await
+}
+
+async fn send(
+    server: &mut TestServer,
+    mut request: cedargate::testutil::Check,
+    partial: bool,
+) -> (Code, Option<i32>, String) {
     if partial {
         request = request.header("x-envoy-auth-partial-body", "true");
     }
@@ -159,6 +167,54 @@ async fn a_json_body_reaches_policies_as_typed_values() {
             "{body} (partial: {partial})"
         );
     }
+}
+
+/// A body is read one way only: what an upstream's parser could read otherwise is refused.
+#[tokio::test]
+async fn a_body_an_upstream_could_read_otherwise_is_refused() {
+    let dir = policies_with(EUROS, |s| s);
+    let mut server = server(dir.path(), |_| {}).await;
+    let bad = (Code::InvalidArgument, Some(400), "bad_body".to_owned());
+    for body in [
+        // A key twice: parsers differ on which one counts.
+        r#"{"currency": "EUR", "total": 250000, "total": 5}"#,
+        r#"{"currency": "EUR", "total": 250000, "total": null}"#,
+        // A declared field spelt otherwise (Go's encoding/json matches keys ignoring case).
+        r#"{"currency": "EUR", "Total": 250000}"#,
+        r#"{"currency": "EUR", "total": 5, "TOTAL": 250000}"#,
+        // A key with a control character (a C parser could end it at the NUL).
+        "{\"currency\": \"EUR\", \"total\\u0000\": 250000}",
+    ] {
+        assert_eq!(create(&mut server, body, false).await, bad, "{body}");
+    }
+    // The body must say it is JSON: a form reads otherwise.
+    let form = check("POST", "/orders")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(r#"{"currency": "EUR", "a": "&total=250000&"}"#);
+    assert_eq!(send(&mut server, form, false).await, bad);
+    let untyped = check("POST", "/orders").body(r#"{"currency": "EUR"}"#);
+    assert_eq!(send(&mut server, untyped, false).await, bad);
+    let vendor = check("POST", "/orders")
+        .header("content-type", "application/vnd.shop+json; charset=utf-8")
+        .body(r#"{"currency": "EUR"}"#);
+    assert_eq!(send(&mut server, vendor, false).await.0, Code::Ok);
+    // A body the request announces but Envoy did not send (with_request_body off): a 500
+    // naming the gateway's setting, not a check without the body.
+    let unsent = check("POST", "/orders")
+        .header("content-type", "application/json")
+        .header("content-length", "30");
+    let said = send(&mut server, unsent, false).await;
+    assert_eq!(
+        said,
+        (Code::InvalidArgument, Some(500), "body_not_sent".into())
+    );
+    let chunked = check("POST", "/orders").header("transfer-encoding", "chunked");
+    assert_eq!(send(&mut server, chunked, false).await.2, "body_not_sent");
+    // A route whose bodies are not JSON says so in Envoy: no body is read there.
+    let upload = check("POST", "/orders")
+        .header("content-length", "30")
+        .extension("cedargate.body", "off");
+    assert_eq!(send(&mut server, upload, false).await.2, "policy_denied");
 }
 
 #[tokio::test]

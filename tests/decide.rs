@@ -989,51 +989,74 @@ when { resource has owner && resource.owner in Group::"banned" };
             "attrs": { "owner": { "__entity": { "type": "User", "id": owner } } },
             "parents": []
         });
-        cedargate::entities::FetchedEntity {
+        Arc::new(cedargate::entities::FetchedEntity {
             entity: cedar_policy::Entity::from_json_value(json.clone(), Some(&snapshot.schema))
                 .unwrap(),
             names: cedargate::entities::named_uids(&json),
-        }
+        })
     };
     let mut seen = BTreeMap::new();
+    let tokens: BTreeMap<&str, Arc<VerifiedToken>> = ["alice", "bob", "mallory"]
+        .into_iter()
+        .map(|user| (user, token(user, &[], &[])))
+        .collect();
+    let decide_fetched = |user: &str, path: &str, owner: &str, generation: u64| {
+        let id = path.rsplit('/').next().unwrap();
+        let mut prepared = prepare(
+            &Limits::default(),
+            &Default::default(),
+            envoy::input(check("GET", path).build()),
+            NOW,
+        )
+        .unwrap();
+        let entity = fetched(id, owner);
+        prepared.request.fetched = cedargate::entities::Fetched {
+            consulted: vec![(entity.entity.uid(), generation)],
+            entities: vec![entity],
+            unavailable: Vec::new(),
+        };
+        let presented = Presented {
+            peer: Arc::new(prepared.peer.clone()),
+            peer_refused: None,
+            token: Ok(Some(Arc::clone(&tokens[user]))),
+            token_required_by_default: true,
+        };
+        (
+            decide::evaluate(&snapshot, &prepared.request, &presented, NOW),
+            decide::evaluate_reference(&snapshot, &prepared.request, &presented, NOW),
+        )
+    };
     for pass in 0..2 {
         for user in ["alice", "bob", "mallory"] {
-            let token = token(user, &[], &[]);
             for (path, owner) in [
                 ("/orders/2001", "alice"),
                 ("/orders/2002", "mallory"),
                 // A static Order 1002 (owned by alice) wins over the fetched one (bob's).
                 ("/orders/1002", "bob"),
             ] {
-                let id = path.rsplit('/').next().unwrap();
-                let mut prepared = prepare(
-                    &Limits::default(),
-                    &Default::default(),
-                    envoy::input(check("GET", path).build()),
-                    NOW,
-                )
-                .unwrap();
-                prepared.request.fetched = cedargate::entities::Fetched {
-                    entities: vec![fetched(id, owner)],
-                    unavailable: Vec::new(),
-                    consulted: true,
-                };
-                let presented = Presented {
-                    peer: Arc::new(prepared.peer.clone()),
-                    peer_refused: None,
-                    token: Ok(Some(Arc::clone(&token))),
-                    token_required_by_default: true,
-                };
-                let core = decide::evaluate(&snapshot, &prepared.request, &presented, NOW);
-                let reference =
-                    decide::evaluate_reference(&snapshot, &prepared.request, &presented, NOW);
+                let (core, reference) = decide_fetched(user, path, owner, 1);
                 assert_eq!(said(&core), said(&reference), "pass {pass}: {user} {path}");
-                assert_ne!(core.recall, Recall::Hit, "fetched data is never recalled");
                 let outcome = format!("{user} {path} {}", said(&core).0);
                 *seen.entry(outcome).or_insert(0) += 1;
+                if core.recall == Recall::Hit {
+                    *seen.entry("recalled".to_owned()).or_insert(0) += 1;
+                }
             }
         }
     }
+    assert!(
+        seen.contains_key("recalled"),
+        "the same answer may be recalled: {seen:?}"
+    );
+    // Another answer (a new generation) for the same uid: decided on it, not recalled.
+    let (core, reference) = decide_fetched("alice", "/orders/2001", "bob", 2);
+    assert_eq!(said(&core), said(&reference));
+    assert_eq!(
+        said(&core).0,
+        "policy_denied",
+        "alice no longer owns the order"
+    );
+    assert_ne!(core.recall, Recall::Hit);
     // alice reads her fetched order; mallory's own order is forbidden by her static group;
     // order 1002 is alice's (static), not bob's (fetched).
     for expected in [

@@ -205,6 +205,7 @@ log:
     assert_eq!(reply.http_status(), Some(403));
     // A body: only the listed fields, the redacted one hidden.
     let request = check("POST", "/orders")
+        .header("content-type", "application/json")
         .body(r#"{"currency": "EUR", "card": "4111-SECRET-CARD", "note": "BODY-SECRET-NOTE"}"#)
         .without_header("x-request-id")
         .header("x-request-id", "rid-body-1")

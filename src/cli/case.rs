@@ -253,7 +253,16 @@ impl Case {
         match body {
             None => {}
             Some(serde_json::Value::String(text)) => builder = builder.body(text),
-            Some(json) => builder = builder.body(&json.to_string()),
+            Some(json) => {
+                // A body written as YAML is JSON, and says so unless the case says otherwise.
+                if !headers
+                    .keys()
+                    .any(|k| k.eq_ignore_ascii_case("content-type"))
+                {
+                    builder = builder.header("content-type", "application/json");
+                }
+                builder = builder.body(&json.to_string());
+            }
         }
         let token = match (&self.token, &self.raw_token, offline) {
             (Some(_), Some(_), _) => return Err(CaseError::TwoTokens),

@@ -59,11 +59,25 @@ struct TypeCache {
 struct Entry {
     json: Option<serde_json::Value>,
     at: Instant,
+    /// Unique to this answer (process-wide): the decision cache keys verdicts by it.
+    generation: u64,
     /// The entity parsed against one snapshot's schema (or why it does not fit).
     parsed: Memo,
 }
 
-type Parsed = Result<FetchedEntity, String>;
+type Parsed = Result<Arc<FetchedEntity>, String>;
+
+impl Entry {
+    fn new(json: Option<serde_json::Value>) -> Self {
+        static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self {
+            json,
+            at: Instant::now(),
+            generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            parsed: Memo::default(),
+        }
+    }
+}
 
 impl EntityCache {
     pub fn new(source: Arc<dyn EntitySource>, settings: &EntitySourceSettings) -> Self {
@@ -118,7 +132,6 @@ impl EntityCache {
             let Some(cache) = inner.types.get(&type_name) else {
                 continue;
             };
-            fetched.consulted = true;
             let kept = cache.entries.get(uid.id().unescaped());
             if let Some(entry) = &kept {
                 let ttl = match entry.json {
@@ -175,11 +188,15 @@ impl EntityCache {
         for ((uid, _, kept), answer) in waits.into_iter().zip(answers) {
             match answer {
                 Ok(map) => {
-                    let entry = Entry {
-                        json: map.get(&uid).cloned(),
-                        at: now,
-                        parsed: Memo::default(),
-                    };
+                    // The answer as the fetch kept it (its generation and parse), unless it
+                    // was evicted already.
+                    let type_name = uid.type_name().to_string();
+                    let kept = inner
+                        .types
+                        .get(&type_name)
+                        .and_then(|c| c.entries.get(uid.id().unescaped()));
+                    let entry =
+                        kept.unwrap_or_else(|| Arc::new(Entry::new(map.get(&uid).cloned())));
                     use_entry(&mut fetched, snapshot, &uid, &entry);
                 }
                 Err(_) => {
@@ -221,9 +238,8 @@ impl Inner {
                     for uid in &asked {
                         if let Some(cache) = inner.types.get(&uid.type_name().to_string()) {
                             let entry = Entry {
-                                json: map.get(uid).cloned(),
                                 at,
-                                parsed: Memo::default(),
+                                ..Entry::new(map.get(uid).cloned())
                             };
                             cache
                                 .entries
@@ -275,14 +291,17 @@ fn index(
 /// the snapshot's schema, nothing for "no such entity", or `unavailable` for an entity that
 /// does not fit the schema.
 fn use_entry(fetched: &mut Fetched, snapshot: &Snapshot, uid: &EntityUid, entry: &Entry) {
+    fetched.consulted.push((uid.clone(), entry.generation));
     let Some(json) = &entry.json else { return };
     let parsed = match entry.parsed.get::<Parsed>(snapshot.id) {
         Some(parsed) => parsed,
         None => {
             let parsed: Parsed = Entity::from_json_value(json.clone(), Some(&snapshot.schema))
-                .map(|entity| FetchedEntity {
-                    entity,
-                    names: super::named_uids(json),
+                .map(|entity| {
+                    Arc::new(FetchedEntity {
+                        entity,
+                        names: super::named_uids(json),
+                    })
                 })
                 .map_err(|err| err.to_string());
             let parsed = Arc::new(parsed);
@@ -291,7 +310,7 @@ fn use_entry(fetched: &mut Fetched, snapshot: &Snapshot, uid: &EntityUid, entry:
         }
     };
     match parsed.as_ref() {
-        Ok(entity) => fetched.entities.push(entity.clone()),
+        Ok(entity) => fetched.entities.push(Arc::clone(entity)),
         Err(err) => {
             metrics::counter!(ENTITY_FETCH_FAILURES_TOTAL, "reason" => "schema").increment(1);
             tracing::warn!(uid = %uid, error = %crate::text::clip(err), "a fetched entity does not fit the schema");

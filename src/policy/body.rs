@@ -9,10 +9,17 @@ use std::collections::BTreeMap;
 
 use cedar_policy::RestrictedExpression;
 
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
 use super::Snapshot;
 use super::reads::Reads;
 use super::shapes::ShapeError;
-use crate::request::RequestBody;
+use crate::request::Request;
+
+/// `context_extensions` key with which an Envoy route turns body reading off (`"off"`): the
+/// route's bodies are not JSON, and Envoy does not send them.
+pub const BODY_EXTENSION: &str = "cedargate.body";
 
 /// A request body converted to the declared record.
 #[derive(Debug)]
@@ -29,8 +36,14 @@ pub enum BodyError {
     Partial,
     #[error("the body is {len} bytes, over the limit of {max}")]
     TooLarge { len: usize, max: usize },
-    #[error("the body is not JSON")]
-    NotJson,
+    #[error("the body is not JSON cedargate reads one way only: {0}")]
+    NotJson(String),
+    #[error("the body's content-type is not JSON (application/json or */*+json)")]
+    NotJsonType,
+    #[error(
+        "the request announces a body (content-length, transfer-encoding) that Envoy did not send: enable with_request_body in the ext_authz filter"
+    )]
+    NotSent,
     #[error("the body nests deeper than {0} levels")]
     TooDeep(usize),
     #[error("the body is not a JSON object")]
@@ -44,7 +57,12 @@ impl BodyError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Partial | Self::TooLarge { .. } => "body_too_large",
-            Self::NotJson | Self::TooDeep(_) | Self::NotObject | Self::Shape(_) => "bad_body",
+            Self::NotSent => "body_not_sent",
+            Self::NotJson(_)
+            | Self::NotJsonType
+            | Self::TooDeep(_)
+            | Self::NotObject
+            | Self::Shape(_) => "bad_body",
         }
     }
 
@@ -52,6 +70,8 @@ impl BodyError {
     pub fn status(&self) -> u16 {
         match self {
             Self::Partial | Self::TooLarge { .. } => 413,
+            // A gateway that does not send bodies the schema declares: not the client's fault.
+            Self::NotSent => 500,
             _ => 400,
         }
     }
@@ -66,12 +86,36 @@ impl Body {
 
 /// The request's body in the form the snapshot declares: `None` when the schema declares no
 /// body or the request has none.
-pub fn parse(snapshot: &Snapshot, body: &RequestBody) -> Result<Option<Body>, BodyError> {
+///
+/// Read one way only, as the upstream might read it otherwise: a key twice in an object, a key
+/// with a control character, a key that differs from a declared field only in case, or a
+/// content-type that is not JSON is refused, not resolved.
+pub fn parse(snapshot: &Snapshot, request: &Request) -> Result<Option<Body>, BodyError> {
     let Some(declared) = &snapshot.reads.body else {
         return Ok(None);
     };
-    if body.bytes.is_empty() && !body.partial {
+    // A route whose bodies are not JSON says so in Envoy (with its body buffering off).
+    if request
+        .extensions
+        .get(BODY_EXTENSION)
+        .is_some_and(|v| v == "off")
+    {
         return Ok(None);
+    }
+    let body = &request.body;
+    let headers = &request.http.headers;
+    if body.bytes.is_empty() && !body.partial {
+        // A body the request announces but Envoy did not send would be read as none, and a
+        // `forbid` on it skipped.
+        let announced = headers
+            .get("content-length")
+            .is_some_and(|len| len.trim() != "0")
+            || headers.contains_key("transfer-encoding");
+        return if announced {
+            Err(BodyError::NotSent)
+        } else {
+            Ok(None)
+        };
     }
     if body.partial {
         return Err(BodyError::Partial);
@@ -82,12 +126,20 @@ pub fn parse(snapshot: &Snapshot, body: &RequestBody) -> Result<Option<Body>, Bo
             max: body.max_bytes,
         });
     }
+    let json_type = headers.get("content-type").is_some_and(|value| {
+        let media = value.split(';').next().unwrap_or_default().trim();
+        media.eq_ignore_ascii_case("application/json")
+            || media.to_ascii_lowercase().ends_with("+json")
+    });
+    if !json_type {
+        return Err(BodyError::NotJsonType);
+    }
     if depth(&body.bytes) > body.max_depth {
         return Err(BodyError::TooDeep(body.max_depth));
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(&body.bytes).map_err(|_| BodyError::NotJson)?;
-    let serde_json::Value::Object(map) = value else {
+    let Strict(value) = serde_json::from_slice(&body.bytes)
+        .map_err(|err| BodyError::NotJson(crate::text::clip(&err.to_string())))?;
+    let Value::Object(map) = value else {
         return Err(BodyError::NotObject);
     };
     declared
@@ -100,6 +152,81 @@ pub fn parse(snapshot: &Snapshot, body: &RequestBody) -> Result<Option<Body>, Bo
                 err.problem()
             ))
         })
+}
+
+/// A JSON value read strictly: an object with a key twice, or a key with a control character,
+/// is an error (serde_json's own map keeps the last of two keys silently).
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        use serde::de::Error;
+        let mut fields = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if key.chars().any(char::is_control) {
+                return Err(A::Error::custom("a key has a control character"));
+            }
+            let Strict(value) = map.next_value()?;
+            if fields.insert(key, value).is_some() {
+                return Err(A::Error::custom("an object has a key twice"));
+            }
+        }
+        Ok(Value::Object(fields))
+    }
 }
 
 /// The deepest nesting of arrays and objects in JSON text (brackets inside strings do not

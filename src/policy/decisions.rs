@@ -73,6 +73,8 @@ pub enum Input {
     DestinationPort,
     Extension,
     RouteMetadata,
+    /// A uid of a fetched type with the generation of the answer used for it.
+    Fetched,
 }
 
 /// Collects the per-request values of one Cedar call as they are built.

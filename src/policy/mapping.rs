@@ -231,10 +231,12 @@ pub fn map(
             group.type_name()
         )));
     }
-    // Data fetched from the application may change between two checks with the same inputs:
-    // a check that asked for any is not remembered.
-    if request.fetched.consulted {
-        parts.key.unique();
+    // Data fetched from the application changes between two checks with the same inputs:
+    // the answers used (by generation) are inputs too.
+    for (uid, generation) in &request.fetched.consulted {
+        parts
+            .key
+            .value(Input::Fetched, &format!("{uid}#{generation}"));
     }
     // Only a token's cached parts have decisions; the key holds every value built above.
     let remember = match &parts.principal.decisions {

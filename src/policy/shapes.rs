@@ -44,13 +44,19 @@ pub enum ShapeError {
     WrongType { path: String, expected: String },
     #[error("`{path}` is missing")]
     Missing { path: String },
+    /// A field spelt like a declared one but for case (`Total` beside `total`): which one an
+    /// upstream reads is its own choice, so neither is taken.
+    #[error("`{path}` differs from a declared field only in case")]
+    CaseVariant { path: String },
 }
 
 impl ShapeError {
     /// The field the error names.
     pub fn path(&self) -> &str {
         match self {
-            Self::WrongType { path, .. } | Self::Missing { path } => path,
+            Self::WrongType { path, .. } | Self::Missing { path } | Self::CaseVariant { path } => {
+                path
+            }
         }
     }
 
@@ -59,6 +65,7 @@ impl ShapeError {
         match self {
             Self::WrongType { expected, .. } => format!("is not {expected}"),
             Self::Missing { .. } => "is missing".into(),
+            Self::CaseVariant { .. } => "differs from a declared field only in case".into(),
         }
     }
 }
@@ -105,12 +112,25 @@ impl Record {
         prefix: &str,
     ) -> Result<BTreeMap<String, RestrictedExpression>, ShapeError> {
         let mut out = BTreeMap::new();
-        for (name, field) in &self.fields {
-            let path = if prefix.is_empty() {
-                name.clone()
+        let join = |name: &str| {
+            if prefix.is_empty() {
+                name.to_owned()
             } else {
                 format!("{prefix}.{name}")
-            };
+            }
+        };
+        for key in json.keys() {
+            if !self.fields.contains_key(key)
+                && self
+                    .fields
+                    .keys()
+                    .any(|name| name.eq_ignore_ascii_case(key))
+            {
+                return Err(ShapeError::CaseVariant { path: join(key) });
+            }
+        }
+        for (name, field) in &self.fields {
+            let path = join(name);
             match json.get(name) {
                 None | Some(Value::Null) if field.required => {
                     return Err(ShapeError::Missing { path });

@@ -484,19 +484,26 @@ fn log_attributes(
             }
         }
     }
-    // Parsed again only when fields are listed; a body that is not a JSON object shows none.
+    // Parsed again only when fields are listed and the body is within its limit; a body that
+    // is not a JSON object shows none, and only scalar values are shown (a listed field
+    // holding an object could carry a value `redact` names inside it).
     let body = &request.body.bytes;
-    if !settings.include_body.is_empty() && !body.is_empty() && !request.body.partial {
+    if !settings.include_body.is_empty()
+        && !body.is_empty()
+        && !request.body.partial
+        && body.len() <= request.body.max_bytes
+    {
         let parsed = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body);
         if let Ok(fields) = parsed {
             for name in &settings.include_body {
-                if let Some(value) = fields.get(name) {
-                    let text = match value {
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    attributes.push((format!("body.{name}"), shown(name, &text)));
-                }
+                let text = match fields.get(name) {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(value @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                        value.to_string()
+                    }
+                    _ => continue,
+                };
+                attributes.push((format!("body.{name}"), shown(name, &text)));
             }
         }
     }

@@ -140,20 +140,25 @@ async fn authorize(State(service): State<Arc<Service>>, request: Request) -> Res
         .and_then(|v| v.to_str().ok())
         .filter(|id| crate::request::is_request_id(id))
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), ToOwned::to_owned);
-    let Some(_permit) = shared.admit() else {
-        return respond(check::overloaded(shared, request_id).answer());
-    };
+    let started = std::time::Instant::now();
     let budget = deadline(shared.limits.check_timeout, &parts);
     let settings = &service.settings;
     // The body Envoy's `with_request_body` sends, up to the limit, within the check's
-    // deadline; one over the limit (or cut off) is marked cut short, and only a schema that
-    // declares `context.request.body` cares (413 `body_too_large`).
+    // deadline and before the check takes one of the in-flight places (a client sending its
+    // body slowly holds a connection, of which there are `max_http_connections`, not a place
+    // gRPC checks need); one over the limit (or cut off) is marked cut short, and only a
+    // schema that declares `context.request.body` cares (413 `body_too_large`).
     let limit = shared.limits.max_body_bytes;
     let body = tokio::time::timeout(budget, axum::body::to_bytes(body, limit)).await;
     let (body, cut) = match body {
         Ok(Ok(bytes)) => (bytes.to_vec(), false),
         Ok(Err(_)) | Err(_) => (Vec::new(), true),
     };
+    let Some(_permit) = shared.admit() else {
+        return respond(check::overloaded(shared, request_id).answer());
+    };
+    // What reading the body took is spent from the check's deadline.
+    let budget = budget.saturating_sub(started.elapsed());
     let input = || {
         let mut input = read(&parts, settings)?;
         if let Some(http) = input.http.as_mut() {

@@ -1,5 +1,5 @@
-//! What typed claims and request bodies cost a check, against the same check without them, in
-//! the same run (BENCHMARKS.md, "Typed claims and request bodies"):
+//! What the policy-data inputs cost a check, against the same check without them, in the same
+//! run (BENCHMARKS.md, "Typed claims, request bodies and fetched entities"):
 //!
 //! - `claims/tags` and `claims/typed`: the decision core (`decide::evaluate`) for one token
 //!   (the same `Arc` every time, as on a token-cache hit) whose policy compares a claim, in
@@ -10,7 +10,12 @@
 //!   same token under a policy reading the time: the schema without `body`, with it (the body
 //!   is parsed and checked, no policy reads it), and with a policy reading a field of it.
 //!
-//! Run: `cargo bench --bench claims`
+//! - `entities/static` and `entities/cached`: `GET /orders/{id}` by the order's owner, the
+//!   order in `entities.json`, or fetched from an entity source and answered from the entity
+//!   cache (`EntityCache::get` on a hit, then the decision core); `*_uncached` the same under a
+//!   policy that also reads the time (nothing recalled from the decision cache).
+//!
+//! Run: `cargo bench --bench policy_data`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::hint::black_box;
@@ -166,5 +171,109 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// An entity source answering from memory: the cache in front of it is what is measured.
+struct Fixed(Vec<serde_json::Value>);
+
+impl cedargate::entities::EntitySource for Fixed {
+    fn fetch<'a>(
+        &'a self,
+        _uids: &'a [cedar_policy::EntityUid],
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<Vec<serde_json::Value>, cedargate::entities::SourceError>,
+    > {
+        let answer = self.0.clone();
+        Box::pin(async move { Ok(answer) })
+    }
+}
+
+fn entities(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let limits = Limits::default();
+    let token = token();
+    let settings = cedargate::config::EntitySourceSettings {
+        url: "http://127.0.0.1:1/unused".into(),
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+        bearer_token_file: None,
+        timeout: std::time::Duration::from_secs(1),
+        max_response_bytes: 1 << 20,
+        types: [(
+            "Order".to_owned(),
+            cedargate::config::EntityTypeSettings {
+                ttl: std::time::Duration::from_secs(3600),
+                negative_ttl: std::time::Duration::from_secs(3600),
+                max_entries: 1000,
+                max_stale: std::time::Duration::from_secs(3600),
+            },
+        )]
+        .into(),
+    };
+    let order = |id: &str| {
+        serde_json::json!({ "uid": { "type": "Order", "id": id },
+            "attrs": { "owner": { "__entity": { "type": "User", "id": "alice" } } }, "parents": [] })
+    };
+    let mut group = c.benchmark_group("entities");
+    for (suffix, extra) in [("", ""), ("_uncached", " && context.time > 0")] {
+        let policies = format!(
+            r#"permit (principal is User, action == Action::"orders:read", resource is Order)
+               when {{ resource has owner && resource.owner == principal{extra} }};"#
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        std::fs::copy(examples.join("routes.yaml"), dir.path().join("routes.yaml")).unwrap();
+        std::fs::write(dir.path().join("schema.cedarschema"), schema(false)).unwrap();
+        std::fs::write(dir.path().join("policies.cedar"), &policies).unwrap();
+        std::fs::write(
+            dir.path().join("entities.json"),
+            serde_json::Value::Array(vec![order("1002")]).to_string(),
+        )
+        .unwrap();
+        let snapshot = store::load_dir(dir.path()).unwrap();
+        let cache = cedargate::entities::cache::EntityCache::new(
+            Arc::new(Fixed(vec![order("2001")])),
+            &settings,
+        );
+        let prepared = |path: &str| {
+            let request = check("GET", path).build();
+            let prepared =
+                prepare(&limits, &Default::default(), envoy::input(request), NOW).unwrap();
+            let presented = Presented {
+                peer: Arc::new(prepared.peer),
+                peer_refused: None,
+                token: Ok(Some(Arc::clone(&token))),
+                token_required_by_default: true,
+            };
+            (prepared.request, presented)
+        };
+        let (static_request, presented) = prepared("/orders/1002");
+        assert!(decide::evaluate(&snapshot, &static_request, &presented, NOW).is_allow());
+        // Both sides clone the request, as the handler owns one per check.
+        group.bench_function(format!("static{suffix}"), |b| {
+            b.iter(|| {
+                let request = black_box(&static_request).clone();
+                decide::evaluate(&snapshot, &request, &presented, NOW)
+            })
+        });
+        let (fetched_request, presented) = prepared("/orders/2001");
+        let wanted = decide::wanted(&snapshot, &fetched_request, &presented);
+        let run = |request: &cedargate::request::Request| {
+            let mut request = request.clone();
+            request.fetched =
+                runtime.block_on(cache.get(&snapshot, &wanted, std::time::Duration::from_secs(1)));
+            decide::evaluate(&snapshot, &request, &presented, NOW)
+        };
+        assert!(run(&fetched_request).is_allow(), "the first check fetches");
+        group.bench_function(format!("cached{suffix}"), |b| {
+            b.iter(|| run(black_box(&fetched_request)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, entities);
 criterion_main!(benches);
