@@ -139,6 +139,7 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("body");
     let create = check("POST", "/orders")
+        .header("content-type", "application/json")
         .body(r#"{"total": 2500, "currency": "EUR", "items": [{"sku": "a-1", "qty": 2}]}"#)
         .build();
     let undeclared = schema(false).replacen("  body?: RequestBody,\n", "", 1);
@@ -263,8 +264,12 @@ fn entities(c: &mut Criterion) {
         let wanted = decide::wanted(&snapshot, &fetched_request, &presented);
         let run = |request: &cedargate::request::Request| {
             let mut request = request.clone();
-            request.fetched =
-                runtime.block_on(cache.get(&snapshot, &wanted, std::time::Duration::from_secs(1)));
+            let schema = cedargate::entities::cache::SchemaOf {
+                schema: &snapshot.schema,
+                id: snapshot.id,
+            };
+            let budget = std::time::Duration::from_secs(1);
+            request.fetched = runtime.block_on(cache.get(&schema, &wanted, budget));
             decide::evaluate(&snapshot, &request, &presented, NOW)
         };
         assert!(run(&fetched_request).is_allow(), "the first check fetches");

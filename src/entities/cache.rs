@@ -20,7 +20,6 @@ use futures_util::future::{BoxFuture, Shared};
 use super::{EntitySource, Fetched, FetchedEntity, SourceError};
 use crate::config::{EntitySourceSettings, EntityTypeSettings};
 use crate::identity::memo::Memo;
-use crate::policy::Snapshot;
 use crate::telemetry::names::{
     ENTITY_CACHE_TOTAL, ENTITY_FETCH_DURATION, ENTITY_FETCH_FAILURES_TOTAL, ENTITY_STALE_SECONDS,
 };
@@ -37,15 +36,16 @@ pub struct EntityCache {
 
 impl std::fmt::Debug for EntityCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let types: Vec<String> = self.inner.types.keys().map(ToString::to_string).collect();
         f.debug_struct("EntityCache")
-            .field("types", &self.inner.types.keys().collect::<Vec<_>>())
+            .field("types", &types)
             .finish_non_exhaustive()
     }
 }
 
 struct Inner {
     source: Arc<dyn EntitySource>,
-    types: HashMap<String, TypeCache>,
+    types: HashMap<cedar_policy::EntityTypeName, TypeCache>,
     inflight: Mutex<HashMap<EntityUid, InFlight>>,
     timeout: Duration,
 }
@@ -53,6 +53,11 @@ struct Inner {
 struct TypeCache {
     settings: EntityTypeSettings,
     entries: quick_cache::sync::Cache<String, Arc<Entry>>,
+    /// `cedargate_entity_cache_total{type, result}`, registered once.
+    hit: metrics::Counter,
+    negative_hit: metrics::Counter,
+    miss: metrics::Counter,
+    stale: metrics::Counter,
 }
 
 /// One kept answer.
@@ -66,6 +71,13 @@ struct Entry {
 }
 
 type Parsed = Result<Arc<FetchedEntity>, String>;
+
+/// The schema fetched entities are validated against, with the id of the policy snapshot it
+/// belongs to (a parse is kept per snapshot).
+pub struct SchemaOf<'a> {
+    pub schema: &'a cedar_policy::Schema,
+    pub id: u64,
+}
 
 impl Entry {
     fn new(json: Option<serde_json::Value>) -> Self {
@@ -84,13 +96,21 @@ impl EntityCache {
         let types = settings
             .types
             .iter()
-            .map(|(name, settings)| {
-                let entries = quick_cache::sync::Cache::new(settings.max_entries);
+            .filter_map(|(name, settings)| {
+                let counter = |result: &'static str| {
+                    metrics::counter!(ENTITY_CACHE_TOTAL, "type" => name.clone(), "result" => result)
+                };
                 let cache = TypeCache {
                     settings: *settings,
-                    entries,
+                    entries: quick_cache::sync::Cache::new(settings.max_entries),
+                    hit: counter("hit"),
+                    negative_hit: counter("negative_hit"),
+                    miss: counter("miss"),
+                    stale: counter("stale"),
                 };
-                (name.clone(), cache)
+                // A name that is not a type name can name no entity (start-up checks the
+                // names against the schema).
+                Some((name.parse().ok()?, cache))
             })
             .collect();
         Self {
@@ -105,14 +125,14 @@ impl EntityCache {
 
     /// True when entities of this type are fetched.
     pub fn fetches(&self, uid: &EntityUid) -> bool {
-        self.inner.types.contains_key(&uid.type_name().to_string())
+        self.inner.types.contains_key(uid.type_name())
     }
 
     /// The entities among `wanted` of fetched types, from the cache or the source, within
     /// `budget` (and the source's own timeout).
     pub async fn get(
         &self,
-        snapshot: &Snapshot,
+        schema: &SchemaOf<'_>,
         wanted: &[EntityUid],
         budget: Duration,
     ) -> Fetched {
@@ -128,8 +148,7 @@ impl EntityCache {
                 continue;
             }
             seen.push(uid);
-            let type_name = uid.type_name().to_string();
-            let Some(cache) = inner.types.get(&type_name) else {
+            let Some(cache) = inner.types.get(uid.type_name()) else {
                 continue;
             };
             let kept = cache.entries.get(uid.id().unescaped());
@@ -139,19 +158,15 @@ impl EntityCache {
                     None => cache.settings.negative_ttl,
                 };
                 if now.duration_since(entry.at) < ttl {
-                    count(
-                        &type_name,
-                        if entry.json.is_some() {
-                            "hit"
-                        } else {
-                            "negative_hit"
-                        },
-                    );
-                    use_entry(&mut fetched, snapshot, uid, entry);
+                    match entry.json {
+                        Some(_) => cache.hit.increment(1),
+                        None => cache.negative_hit.increment(1),
+                    }
+                    use_entry(&mut fetched, schema, uid, entry);
                     continue;
                 }
             }
-            count(&type_name, "miss");
+            cache.miss.increment(1);
             missed.push((uid.clone(), kept));
         }
         if !missed.is_empty() {
@@ -190,29 +205,29 @@ impl EntityCache {
                 Ok(map) => {
                     // The answer as the fetch kept it (its generation and parse), unless it
                     // was evicted already.
-                    let type_name = uid.type_name().to_string();
                     let kept = inner
                         .types
-                        .get(&type_name)
+                        .get(uid.type_name())
                         .and_then(|c| c.entries.get(uid.id().unescaped()));
                     let entry =
                         kept.unwrap_or_else(|| Arc::new(Entry::new(map.get(&uid).cloned())));
-                    use_entry(&mut fetched, snapshot, &uid, &entry);
+                    use_entry(&mut fetched, schema, &uid, &entry);
                 }
                 Err(_) => {
-                    let type_name = uid.type_name().to_string();
-                    let max_stale = inner
-                        .types
-                        .get(&type_name)
-                        .map_or(Duration::ZERO, |c| c.settings.ttl + c.settings.max_stale);
-                    match kept.filter(|entry| now.duration_since(entry.at) < max_stale) {
-                        Some(entry) => {
-                            count(&type_name, "stale");
-                            metrics::gauge!(ENTITY_STALE_SECONDS, "type" => type_name)
+                    let cache = inner.types.get(uid.type_name());
+                    let max_stale =
+                        cache.map_or(Duration::ZERO, |c| c.settings.ttl + c.settings.max_stale);
+                    match (
+                        cache,
+                        kept.filter(|entry| now.duration_since(entry.at) < max_stale),
+                    ) {
+                        (Some(cache), Some(entry)) => {
+                            cache.stale.increment(1);
+                            metrics::gauge!(ENTITY_STALE_SECONDS, "type" => uid.type_name().to_string())
                                 .set(now.duration_since(entry.at).as_secs_f64());
-                            use_entry(&mut fetched, snapshot, &uid, &entry);
+                            use_entry(&mut fetched, schema, &uid, &entry);
                         }
-                        None => fetched.unavailable.push(uid),
+                        _ => fetched.unavailable.push(uid),
                     }
                 }
             }
@@ -236,7 +251,7 @@ impl Inner {
                 Ok(map) => {
                     let at = Instant::now();
                     for uid in &asked {
-                        if let Some(cache) = inner.types.get(&uid.type_name().to_string()) {
+                        if let Some(cache) = inner.types.get(uid.type_name()) {
                             let entry = Entry {
                                 at,
                                 ..Entry::new(map.get(uid).cloned())
@@ -290,13 +305,13 @@ fn index(
 /// Adds a kept or fetched answer for `uid` to what the check gets: the entity parsed against
 /// the snapshot's schema, nothing for "no such entity", or `unavailable` for an entity that
 /// does not fit the schema.
-fn use_entry(fetched: &mut Fetched, snapshot: &Snapshot, uid: &EntityUid, entry: &Entry) {
+fn use_entry(fetched: &mut Fetched, schema: &SchemaOf<'_>, uid: &EntityUid, entry: &Entry) {
     fetched.consulted.push((uid.clone(), entry.generation));
     let Some(json) = &entry.json else { return };
-    let parsed = match entry.parsed.get::<Parsed>(snapshot.id) {
+    let parsed = match entry.parsed.get::<Parsed>(schema.id) {
         Some(parsed) => parsed,
         None => {
-            let parsed: Parsed = Entity::from_json_value(json.clone(), Some(&snapshot.schema))
+            let parsed: Parsed = Entity::from_json_value(json.clone(), Some(schema.schema))
                 .map(|entity| {
                     Arc::new(FetchedEntity {
                         entity,
@@ -305,7 +320,7 @@ fn use_entry(fetched: &mut Fetched, snapshot: &Snapshot, uid: &EntityUid, entry:
                 })
                 .map_err(|err| err.to_string());
             let parsed = Arc::new(parsed);
-            entry.parsed.set(snapshot.id, Arc::clone(&parsed));
+            entry.parsed.set(schema.id, Arc::clone(&parsed));
             parsed
         }
     };
@@ -317,11 +332,6 @@ fn use_entry(fetched: &mut Fetched, snapshot: &Snapshot, uid: &EntityUid, entry:
             fetched.unavailable.push(uid.clone());
         }
     }
-}
-
-fn count(type_name: &str, result: &'static str) {
-    metrics::counter!(ENTITY_CACHE_TOTAL, "type" => type_name.to_owned(), "result" => result)
-        .increment(1);
 }
 
 /// The in-flight table's lock; a poisoned one (a panic while it was held) is still a table.

@@ -80,7 +80,7 @@ impl BodyError {
 impl Body {
     /// The `context.request.body` record, with only the fields a policy can read.
     pub fn record(&self, reads: &Reads) -> Option<RestrictedExpression> {
-        super::shapes::readable_record(&self.0, reads, &["request", "body"])
+        super::shapes::readable_record(&self.0, |path| reads.context(path), &["request", "body"])
     }
 }
 

@@ -22,7 +22,7 @@ pub struct TypedClaims(BTreeMap<String, RestrictedExpression>);
 impl TypedClaims {
     /// The `context.token.claims` record, with only the claims a policy can read.
     pub fn record(&self, reads: &Reads) -> Option<RestrictedExpression> {
-        super::shapes::readable_record(&self.0, reads, &["token", "claims"])
+        super::shapes::readable_record(&self.0, |path| reads.context(path), &["token", "claims"])
     }
 }
 

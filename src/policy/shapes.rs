@@ -197,11 +197,12 @@ impl Shape {
     }
 }
 
-/// The record of the converted `fields` a policy can read at `path` under the context
-/// (`["token", "claims"]`): the others are left out, as no policy can see them.
+/// The record of the converted `fields` a policy can read (`readable`, given a context path)
+/// at `path` under the context (`["token", "claims"]`): the others are left out, as no policy
+/// can see them.
 pub fn readable_record(
     fields: &BTreeMap<String, RestrictedExpression>,
-    reads: &super::reads::Reads,
+    readable: impl Fn(&[&str]) -> bool,
     path: &[&str],
 ) -> Option<RestrictedExpression> {
     let read = fields
@@ -209,7 +210,7 @@ pub fn readable_record(
         .filter(|(name, _)| {
             let mut full = path.to_vec();
             full.push(name.as_str());
-            reads.context(&full)
+            readable(&full)
         })
         .map(|(name, value)| (name.clone(), value.clone()));
     RestrictedExpression::new_record(read).ok()

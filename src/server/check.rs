@@ -356,7 +356,11 @@ async fn decide(
         let wanted = crate::decide::wanted(&snapshot, &request, &presented);
         if wanted.iter().any(|uid| cache.fetches(uid)) {
             let left = deadline.saturating_duration_since(Instant::now());
-            request.fetched = cache.get(&snapshot, &wanted, left - left / 10).await;
+            let schema = crate::entities::cache::SchemaOf {
+                schema: &snapshot.schema,
+                id: snapshot.id,
+            };
+            request.fetched = cache.get(&schema, &wanted, left - left / 10).await;
         }
     }
     let (evaluation, call) = if keep_call {
