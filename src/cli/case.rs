@@ -35,6 +35,12 @@ pub struct Case {
     /// Envoy's `destination`: where the request was going.
     #[serde(default)]
     pub destination: Option<DestinationSpec>,
+    /// What the entity source answers in this case (Cedar entity JSON, the `entities.json`
+    /// format): the entity of the request's resource, when its type is fetched. Each type
+    /// given here is fetched in the file's run (besides the configuration's
+    /// `entity_source.types`).
+    #[serde(default)]
+    pub entities: Vec<Value>,
     #[serde(default)]
     pub expect: Option<Expect>,
 }

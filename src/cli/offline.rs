@@ -84,6 +84,10 @@ pub struct Settings {
     pub identity_headers: crate::config::IdentityHeaders,
     /// The configuration's policy set (its `policies.dir`, else the compiled-in example set).
     pub policies: Option<PolicySource>,
+    /// Entity types fetched from the entity source (the configuration's
+    /// `entity_source.types`, and the types of the entities test cases give): offline, the
+    /// source answers with a case's `entities`, never over the network.
+    pub entity_types: Vec<String>,
 }
 
 impl Settings {
@@ -98,6 +102,10 @@ impl Settings {
             dry_run: config.dry_run,
             identity_headers: config.identity_headers,
             policies: Some(config.policies),
+            entity_types: config
+                .entity_source
+                .map(|source| source.types.into_keys().collect())
+                .unwrap_or_default(),
         })
     }
 }
@@ -136,6 +144,8 @@ impl Signer {
 /// A policy set, the test issuers and the Check stages, ready to decide CheckRequests.
 pub struct Offline {
     pub shared: Arc<Shared>,
+    /// What the entity source answers for the case being decided.
+    source: Arc<CaseSource>,
     signer: Signer,
     issuers: Vec<IssuerConfig>,
     /// No issuer came from a test file or the configuration: tokens are signed by the
@@ -188,9 +198,11 @@ impl Offline {
             issuer.algorithms = vec![Algorithm::ES256];
         }
         let authn = Authenticator::start(issuers.clone(), auth)?;
+        let source = Arc::new(CaseSource::default());
         let options = CheckOptions {
             dry_run: settings.dry_run,
             identity_headers: settings.identity_headers.clone(),
+            entities: case_entity_cache(&source, &settings.entity_types),
             ..CheckOptions::with_secrets(&settings.auth.token_source)
         };
         let shared = Shared::new(
@@ -205,6 +217,7 @@ impl Offline {
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(Self {
             shared: Arc::new(shared),
+            source,
             signer,
             issuers,
             stand_in,
@@ -276,6 +289,76 @@ impl Offline {
 
     /// Decides one CheckRequest as the server would.
     pub async fn explain(&self, request: CheckRequest) -> Explained {
+        self.explain_with(request, &[]).await
+    }
+
+    /// [`Self::explain`], with the entity source answering with `entities` (Cedar entity JSON;
+    /// the uids it is asked for among them). Cases are decided one at a time.
+    pub async fn explain_with(&self, request: CheckRequest, entities: &[Value]) -> Explained {
+        *self
+            .source
+            .answer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = entities.to_vec();
         check::explain(&self.shared, request, self.shared.limits.check_timeout).await
     }
+}
+
+/// The entity source of an offline run: whatever the case being decided gives.
+#[derive(Default)]
+struct CaseSource {
+    answer: std::sync::Mutex<Vec<Value>>,
+}
+
+impl crate::entities::EntitySource for CaseSource {
+    fn fetch<'a>(
+        &'a self,
+        _uids: &'a [cedar_policy::EntityUid],
+    ) -> futures_util::future::BoxFuture<'a, Result<Vec<Value>, crate::entities::SourceError>>
+    {
+        let answer = self
+            .answer
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        Box::pin(async move { Ok(answer) })
+    }
+}
+
+/// An entity cache over the case source for `types`, keeping nothing from one case to the
+/// next (every lookup asks the source); `None` without fetched types.
+fn case_entity_cache(
+    source: &Arc<CaseSource>,
+    types: &[String],
+) -> Option<crate::entities::cache::EntityCache> {
+    if types.is_empty() {
+        return None;
+    }
+    let none = std::time::Duration::from_nanos(1);
+    let settings = crate::config::EntitySourceSettings {
+        url: String::new(),
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+        bearer_token_file: None,
+        timeout: std::time::Duration::from_secs(5),
+        max_response_bytes: usize::MAX,
+        types: types
+            .iter()
+            .map(|name| {
+                let kept = crate::config::EntityTypeSettings {
+                    ttl: none,
+                    negative_ttl: none,
+                    max_entries: 1024,
+                    max_stale: std::time::Duration::ZERO,
+                };
+                (name.clone(), kept)
+            })
+            .collect(),
+    };
+    let source: Arc<dyn crate::entities::EntitySource> = Arc::clone(source) as _;
+    Some(crate::entities::cache::EntityCache::new(source, &settings))
+}
+
+impl Offline {
 }

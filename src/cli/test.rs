@@ -330,7 +330,20 @@ async fn run_file(
             }
         }
     };
-    let offline = match Offline::new(&source, settings, issuers) {
+    // The entity types the cases give entities of are fetched in this file's run.
+    let mut settings = settings.clone();
+    for case in &file.cases {
+        for entity in &case.entities {
+            let uid = entity.get("uid");
+            let uid = uid.and_then(|u| u.get("__entity")).or(uid);
+            if let Some(ty) = uid.and_then(|u| u.get("type")).and_then(serde_json::Value::as_str)
+                && !settings.entity_types.iter().any(|t| t == ty)
+            {
+                settings.entity_types.push(ty.to_owned());
+            }
+        }
+    }
+    let offline = match Offline::new(&source, &settings, issuers) {
         Ok(offline) => offline,
         Err(err) => {
             result.error = Some(format!("policy set {}: {err}", describe_source(&source)));
@@ -421,7 +434,7 @@ async fn run_case(offline: &Offline, case: &Case, base: &Path) -> Ran {
         Ok(request) => request,
         Err(err) => return refused(format!("cannot build the request: {err}")),
     };
-    let explained = offline.explain(request).await;
+    let explained = offline.explain_with(request, &case.entities).await;
     let response = api::explain_response(&explained, &offline.shared.options);
     let expect = expect.detailed();
     let actual = match api::outcome(&explained.decision) {
