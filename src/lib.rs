@@ -3,7 +3,8 @@
 //! maps both into a Cedar request and answers with Cedar's decision, failing closed.
 //!
 //! Data flow, one module per stage: [`server`] (protobuf in) → [`request`] (normalise) →
-//! [`identity`] (who presented what) → [`decide`] (the decision core: route, identity rules,
+//! [`identity`] (who presented what) → [`entities`] (the resource's entity from the
+//! application, when fetched) → [`decide`] (the decision core: route, identity rules,
 //! [`policy`] mapping and engine, pure) → [`decision`] (evaluation + envelope → answer) →
 //! [`server`] (protobuf out). Around it: [`config`], [`app`], [`admin`], [`api`] (Explain, Status),
 //! [`telemetry`], [`reload`], [`cli`] (serve, validate, test, check).

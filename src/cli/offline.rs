@@ -314,8 +314,7 @@ impl crate::entities::EntitySource for CaseSource {
     fn fetch<'a>(
         &'a self,
         _uids: &'a [cedar_policy::EntityUid],
-    ) -> futures_util::future::BoxFuture<'a, Result<Vec<Value>, crate::entities::SourceError>>
-    {
+    ) -> futures_util::future::BoxFuture<'a, Result<Vec<Value>, crate::entities::SourceError>> {
         let answer = self
             .answer
             .lock()
@@ -358,7 +357,4 @@ fn case_entity_cache(
     };
     let source: Arc<dyn crate::entities::EntitySource> = Arc::clone(source) as _;
     Some(crate::entities::cache::EntityCache::new(source, &settings))
-}
-
-impl Offline {
 }

@@ -336,7 +336,9 @@ async fn run_file(
         for entity in &case.entities {
             let uid = entity.get("uid");
             let uid = uid.and_then(|u| u.get("__entity")).or(uid);
-            if let Some(ty) = uid.and_then(|u| u.get("type")).and_then(serde_json::Value::as_str)
+            if let Some(ty) = uid
+                .and_then(|u| u.get("type"))
+                .and_then(serde_json::Value::as_str)
                 && !settings.entity_types.iter().any(|t| t == ty)
             {
                 settings.entity_types.push(ty.to_owned());
