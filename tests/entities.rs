@@ -147,6 +147,16 @@ struct Fixture {
 
 /// The example set without its static orders, an issuer, and an entity source for `Order`.
 async fn fixture(ttl: &str, max_stale: &str, timeout: Duration) -> Fixture {
+    fixture_with(ttl, max_stale, timeout, |_| {}).await
+}
+
+/// [`fixture`], with `edit` applied to the entity source's settings.
+async fn fixture_with(
+    ttl: &str,
+    max_stale: &str,
+    timeout: Duration,
+    edit: impl FnOnce(&mut EntitySourceSettings),
+) -> Fixture {
     let dir = support::policies::example_with(&[(
         "entities.json",
         r#"[{ "uid": { "type": "Group", "id": "admins" }, "attrs": {}, "parents": [] }]"#,
@@ -178,6 +188,9 @@ async fn fixture(ttl: &str, max_stale: &str, timeout: Duration) -> Fixture {
         )]
         .into(),
     });
+    if let Some(source) = config.entity_source.as_mut() {
+        edit(source);
+    }
     let server = TestServer::with_config(config).await;
     server.ready().await;
     Fixture {
@@ -368,4 +381,98 @@ async fn an_answer_cannot_add_entities_it_was_not_asked_for() {
         Code::PermissionDenied,
         "bob did not become an admin"
     );
+}
+
+/// An entity source that requires a client certificate from `ca` (mTLS), serving `answer` to
+/// every POST over HTTPS on 127.0.0.1 with `cert`; returns the port.
+async fn mtls_source(
+    ca: &cedargate::testutil::pki::TestCa,
+    cert: &cedargate::testutil::pki::TestCert,
+    answer: String,
+) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert.pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca_cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.pem().as_bytes()) {
+        roots.add(ca_cert.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |_request| {
+                    let body = hyper::body::Bytes::from(answer.clone());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(body),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn the_source_is_reached_over_mtls_with_the_configured_client_certificate() {
+    cedargate::app::install_crypto_provider();
+    let ca = cedargate::testutil::pki::TestCa::new("source ca");
+    let server_cert = ca.issue(&[], &["localhost"]);
+    let client_cert = ca.issue(&["spiffe://shop.example/ns/shop/sa/cedargate"], &[]);
+    let answer = json!([{ "uid": { "type": "Order", "id": "7001" }, "attrs": { "owner": owned_by("alice") }, "parents": [] }]);
+    let port = mtls_source(&ca, &server_cert, answer.to_string()).await;
+    let files = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = files.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca_file = write("ca.pem", &ca.pem());
+    let cert_file = write("client.pem", &client_cert.pem);
+    let key_file = write("client-key.pem", &client_cert.key_pem);
+    for with_certificate in [true, false] {
+        let mut f = fixture_with("1h", "1h", Duration::from_secs(2), |source| {
+            source.url = format!("https://localhost:{port}/entities");
+            source.ca_file = Some(ca_file.clone());
+            if with_certificate {
+                source.client_cert = Some(cert_file.clone());
+                source.client_key = Some(key_file.clone());
+            }
+        })
+        .await;
+        let reply = f.read("alice", "7001").await;
+        if with_certificate {
+            assert_eq!(reply.code(), Code::Ok, "{}", reply.body_text());
+        } else {
+            // The source refuses the handshake: no data, a 503.
+            assert_eq!(reply.body()["error"], "entity_unavailable");
+        }
+    }
 }
