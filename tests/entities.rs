@@ -147,7 +147,7 @@ struct Fixture {
 
 /// The example set without its static orders, an issuer, and an entity source for `Order`.
 async fn fixture(ttl: &str, max_stale: &str, timeout: Duration) -> Fixture {
-    fixture_with(ttl, max_stale, timeout, |_| {}).await
+    fixture_with(ttl, max_stale, timeout, &[], |_| {}).await
 }
 
 /// [`fixture`], with `edit` applied to the entity source's settings.
@@ -155,12 +155,15 @@ async fn fixture_with(
     ttl: &str,
     max_stale: &str,
     timeout: Duration,
+    files: &[(&str, &str)],
     edit: impl FnOnce(&mut EntitySourceSettings),
 ) -> Fixture {
-    let dir = support::policies::example_with(&[(
+    let mut all = vec![(
         "entities.json",
         r#"[{ "uid": { "type": "Group", "id": "admins" }, "attrs": {}, "parents": [] }]"#,
-    )]);
+    )];
+    all.extend_from_slice(files);
+    let dir = support::policies::example_with(&all);
     let token_file = dir.path().join("source-token");
     std::fs::write(&token_file, "s3cret-source-token\n").unwrap();
     let source = EntitySource::start().await;
@@ -458,7 +461,7 @@ async fn the_source_is_reached_over_mtls_with_the_configured_client_certificate(
     let cert_file = write("client.pem", &client_cert.pem);
     let key_file = write("client-key.pem", &client_cert.key_pem);
     for with_certificate in [true, false] {
-        let mut f = fixture_with("1h", "1h", Duration::from_secs(2), |source| {
+        let mut f = fixture_with("1h", "1h", Duration::from_secs(2), &[], |source| {
             source.url = format!("https://localhost:{port}/entities");
             source.ca_file = Some(ca_file.clone());
             if with_certificate {
@@ -475,4 +478,66 @@ async fn the_source_is_reached_over_mtls_with_the_configured_client_certificate(
             assert_eq!(reply.body()["error"], "entity_unavailable");
         }
     }
+}
+
+/// An order names its shop, of a fetched type too: the shop is fetched in the next round, and
+/// a policy reads its attributes (without it in the store, the `forbid` would be an
+/// evaluation error).
+#[tokio::test]
+async fn the_entities_a_fetched_entity_names_are_fetched_too() {
+    let schema = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/schema.cedarschema"),
+    )
+    .unwrap();
+    let with_shops = schema.replacen(
+        "entity Order {\n  owner?: User,\n};",
+        "entity Shop { open: Bool };\nentity Order {\n  owner?: User,\n  shop?: Shop,\n};",
+        1,
+    );
+    assert_ne!(
+        with_shops, schema,
+        "the example schema declares Order as expected"
+    );
+    let closed = r#"@id("closed-shops") forbid (principal, action == Action::"orders:read", resource is Order)
+                    when { resource has shop && !resource.shop.open };"#;
+    let mut f = fixture_with(
+        "1h",
+        "1h",
+        Duration::from_secs(2),
+        &[("schema.cedarschema", &with_shops), ("shops.cedar", closed)],
+        |source| {
+            let order = source.types["Order"];
+            source.types.insert("Shop".into(), order);
+        },
+    )
+    .await;
+    let order = |id: &str, shop: &str| {
+        json!({ "uid": { "type": "Order", "id": id },
+                "attrs": { "owner": owned_by("alice"), "shop": { "__entity": { "type": "Shop", "id": shop } } },
+                "parents": [] })
+    };
+    let shop = |id: &str, open: bool| json!({ "uid": { "type": "Shop", "id": id }, "attrs": { "open": open }, "parents": [] });
+    {
+        let mut entities = f.source.state.entities.lock().unwrap();
+        entities.insert("8001".into(), order("8001", "s-open"));
+        entities.insert("8002".into(), order("8002", "s-closed"));
+        entities.insert("s-open".into(), shop("s-open", true));
+        entities.insert("s-closed".into(), shop("s-closed", false));
+    }
+    let open = f.read("alice", "8001").await;
+    assert_eq!(open.code(), Code::Ok, "{}", open.body_text());
+    let closed = f.read("alice", "8002").await;
+    assert_eq!(closed.code(), Code::PermissionDenied);
+    assert_eq!(
+        closed.body()["error"],
+        "policy_denied",
+        "decided on the shop, not an error"
+    );
+    // Each check asked for the order, then for its shop.
+    assert_eq!(f.source.fetches(), 4);
+    let asked = f.source.state.asked.lock().unwrap().clone();
+    assert_eq!(
+        asked[1],
+        json!({ "uids": [{ "type": "Shop", "id": "s-open" }] })
+    );
 }

@@ -24,6 +24,12 @@ use crate::telemetry::names::{
     ENTITY_CACHE_TOTAL, ENTITY_FETCH_DURATION, ENTITY_FETCH_FAILURES_TOTAL, ENTITY_STALE_SECONDS,
 };
 
+/// How many times the entities fetched for a check may bring the entities they name (of
+/// fetched types): bounds the work a source's answers can cause per check.
+pub const REFERENCE_ROUNDS: usize = 2;
+/// Most uids one round asks for (an answer naming thousands of parents asks for these).
+pub const MAX_REFERENCES: usize = 64;
+
 /// The answer of one fetch: each asked uid's JSON, or none when the source does not have it.
 type Answer = Result<Arc<HashMap<EntityUid, serde_json::Value>>, SourceError>;
 type InFlight = Shared<BoxFuture<'static, Answer>>;
@@ -128,9 +134,44 @@ impl EntityCache {
         self.inner.types.contains_key(uid.type_name())
     }
 
-    /// The entities among `wanted` of fetched types, from the cache or the source, within
-    /// `budget` (and the source's own timeout).
+    /// The entities among `wanted` of fetched types, from the cache or the source, and then
+    /// those of fetched types that they name (parents, attributes), to [`REFERENCE_ROUNDS`]
+    /// rounds: an order in a fetched shop brings the shop. All within `budget` (and the
+    /// source's own timeout per fetch).
     pub async fn get(
+        &self,
+        schema: &SchemaOf<'_>,
+        wanted: &[EntityUid],
+        budget: Duration,
+    ) -> Fetched {
+        let started = Instant::now();
+        let mut fetched = self.get_once(schema, wanted, budget).await;
+        for _ in 0..REFERENCE_ROUNDS {
+            let mut next: Vec<EntityUid> = fetched
+                .entities
+                .iter()
+                .flat_map(|f| f.names.iter())
+                .filter(|uid| self.fetches(uid))
+                .filter(|uid| !fetched.consulted.iter().any(|(seen, _)| seen == *uid))
+                .filter(|uid| !fetched.unavailable.contains(uid))
+                .take(MAX_REFERENCES)
+                .cloned()
+                .collect();
+            next.sort_unstable_by_key(ToString::to_string);
+            next.dedup();
+            if next.is_empty() {
+                break;
+            }
+            let left = budget.saturating_sub(started.elapsed());
+            let more = self.get_once(schema, &next, left).await;
+            fetched.entities.extend(more.entities);
+            fetched.unavailable.extend(more.unavailable);
+            fetched.consulted.extend(more.consulted);
+        }
+        fetched
+    }
+
+    async fn get_once(
         &self,
         schema: &SchemaOf<'_>,
         wanted: &[EntityUid],
