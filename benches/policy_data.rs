@@ -267,6 +267,7 @@ fn entities(c: &mut Criterion) {
             let schema = cedargate::entities::cache::SchemaOf {
                 schema: &snapshot.schema,
                 id: snapshot.id,
+                statics: &snapshot.entities,
             };
             let budget = std::time::Duration::from_secs(1);
             request.fetched = runtime.block_on(cache.get(&schema, &wanted, budget));

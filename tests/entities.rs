@@ -156,7 +156,7 @@ async fn fixture_with(
     max_stale: &str,
     timeout: Duration,
     files: &[(&str, &str)],
-    edit: impl FnOnce(&mut EntitySourceSettings),
+    edit: impl FnOnce(&mut cedargate::config::Config),
 ) -> Fixture {
     let mut all = vec![(
         "entities.json",
@@ -191,9 +191,7 @@ async fn fixture_with(
         )]
         .into(),
     });
-    if let Some(source) = config.entity_source.as_mut() {
-        edit(source);
-    }
+    edit(&mut config);
     let server = TestServer::with_config(config).await;
     server.ready().await;
     Fixture {
@@ -461,7 +459,8 @@ async fn the_source_is_reached_over_mtls_with_the_configured_client_certificate(
     let cert_file = write("client.pem", &client_cert.pem);
     let key_file = write("client-key.pem", &client_cert.key_pem);
     for with_certificate in [true, false] {
-        let mut f = fixture_with("1h", "1h", Duration::from_secs(2), &[], |source| {
+        let mut f = fixture_with("1h", "1h", Duration::from_secs(2), &[], |config| {
+            let source = config.entity_source.as_mut().unwrap();
             source.url = format!("https://localhost:{port}/entities");
             source.ca_file = Some(ca_file.clone());
             if with_certificate {
@@ -505,7 +504,8 @@ async fn the_entities_a_fetched_entity_names_are_fetched_too() {
         "1h",
         Duration::from_secs(2),
         &[("schema.cedarschema", &with_shops), ("shops.cedar", closed)],
-        |source| {
+        |config| {
+            let source = config.entity_source.as_mut().unwrap();
             let order = source.types["Order"];
             source.types.insert("Shop".into(), order);
         },
@@ -540,4 +540,57 @@ async fn the_entities_a_fetched_entity_names_are_fetched_too() {
         asked[1],
         json!({ "uids": [{ "type": "Shop", "id": "s-open" }] })
     );
+}
+
+/// Findings of an attack review: a static entity is never asked of the source (it wins, also
+/// while the source fails); an answer with one uid twice is refused, not resolved; a caller
+/// whose deadline ends before a healthy source answers gets a 503, not the kept copy past its
+/// TTL.
+#[tokio::test]
+async fn static_entities_ambiguous_answers_and_short_deadlines() {
+    let statics = r#"[{ "uid": { "type": "Group", "id": "admins" }, "attrs": {}, "parents": [] },
+        { "uid": { "type": "Order", "id": "1002" }, "attrs": { "owner": { "__entity": { "type": "User", "id": "alice" } } }, "parents": [] }]"#;
+    let mut f = fixture_with(
+        "1ns",
+        "1h",
+        Duration::from_secs(2),
+        &[("entities.json", statics)],
+        |config| {
+            config.limits.check_timeout = Duration::from_millis(300);
+        },
+    )
+    .await;
+    f.source.mode(Mode::Status(500));
+    assert_eq!(
+        f.read("alice", "1002").await.code(),
+        Code::Ok,
+        "the static order decides"
+    );
+    assert_eq!(f.source.fetches(), 0, "a static uid is never asked");
+
+    f.source.mode(Mode::Serve);
+    f.source.order("9101", owned_by("bob"));
+    f.source.state.extra.lock().unwrap().push(json!({
+        "uid": { "type": "Order", "id": "9101" }, "attrs": { "owner": owned_by("alice") }, "parents": []
+    }));
+    let twice = f.read("alice", "9101").await;
+    assert_eq!(
+        twice.body()["error"],
+        "entity_unavailable",
+        "one uid answered twice"
+    );
+    f.source.state.extra.lock().unwrap().clear();
+
+    // Kept, then past its 1 ns TTL; the source is healthy but slower than the check's 300 ms.
+    f.source.order("9102", owned_by("bob"));
+    assert_eq!(f.read("bob", "9102").await.code(), Code::Ok);
+    f.source.order("9102", owned_by("alice"));
+    let gate = f.source.state.gate.clone().write_owned().await;
+    let late = f.read("bob", "9102").await;
+    assert_eq!(
+        late.body()["error"],
+        "entity_unavailable",
+        "not bob's stale copy"
+    );
+    drop(gate);
 }

@@ -79,10 +79,12 @@ struct Entry {
 type Parsed = Result<Arc<FetchedEntity>, String>;
 
 /// The schema fetched entities are validated against, with the id of the policy snapshot it
-/// belongs to (a parse is kept per snapshot).
+/// belongs to (a parse is kept per snapshot) and its static entities (a uid with a static
+/// entry is never asked of the source: the static entity wins).
 pub struct SchemaOf<'a> {
     pub schema: &'a cedar_policy::Schema,
     pub id: u64,
+    pub statics: &'a cedar_policy::Entities,
 }
 
 impl Entry {
@@ -192,6 +194,9 @@ impl EntityCache {
             let Some(cache) = inner.types.get(uid.type_name()) else {
                 continue;
             };
+            if schema.statics.get(uid).is_some() {
+                continue;
+            }
             let kept = cache.entries.get(uid.id().unescaped());
             if let Some(entry) = &kept {
                 let ttl = match entry.json {
@@ -234,13 +239,24 @@ impl EntityCache {
         if waits.is_empty() {
             return fetched;
         }
-        let budget = budget.min(inner.timeout);
+        // A fetch ends by the source's timeout: wait that long (and a little), so that a source
+        // too slow is a failed fetch (a kept copy may serve), unless the check's own deadline
+        // is shorter.
+        let budget = budget.min(inner.timeout + Duration::from_millis(50));
         let answers = tokio::time::timeout(
             budget,
             futures_util::future::join_all(waits.iter().map(|(_, flight, _)| flight.clone())),
         )
-        .await
-        .unwrap_or_else(|_| vec![Err(SourceError::Timeout); waits.len()]);
+        .await;
+        // The check's own deadline passed while the fetch runs: the source has not failed, so
+        // a kept copy past its TTL is not used (a caller choosing a short deadline must not
+        // get the stale answer of a healthy source); the uids are unavailable.
+        let Ok(answers) = answers else {
+            fetched
+                .unavailable
+                .extend(waits.into_iter().map(|(uid, _, _)| uid));
+            return fetched;
+        };
         for ((uid, _, kept), answer) in waits.into_iter().zip(answers) {
             match answer {
                 Ok(map) => {
@@ -287,7 +303,7 @@ impl Inner {
             let started = Instant::now();
             let answer = inner.source.fetch(&asked).await;
             metrics::histogram!(ENTITY_FETCH_DURATION).record(started.elapsed().as_secs_f64());
-            let answer: Answer = answer.map(|items| Arc::new(index(items, &asked)));
+            let answer: Answer = answer.and_then(|items| index(items, &asked).map(Arc::new));
             match &answer {
                 Ok(map) => {
                     let at = Instant::now();
@@ -329,18 +345,25 @@ impl Inner {
 fn index(
     items: Vec<serde_json::Value>,
     asked: &[EntityUid],
-) -> HashMap<EntityUid, serde_json::Value> {
-    items
-        .into_iter()
-        .filter_map(|item| {
-            let uid = item.get("uid")?;
-            let uid = uid.get("__entity").unwrap_or(uid);
-            let ty = uid.get("type")?.as_str()?.parse().ok()?;
-            let id = cedar_policy::EntityId::new(uid.get("id")?.as_str()?);
-            let uid = EntityUid::from_type_name_and_id(ty, id);
-            asked.contains(&uid).then_some((uid, item))
-        })
-        .collect()
+) -> Result<HashMap<EntityUid, serde_json::Value>, SourceError> {
+    let mut found = HashMap::new();
+    let read = |item: &serde_json::Value| {
+        let uid = item.get("uid")?;
+        let uid = uid.get("__entity").unwrap_or(uid);
+        let ty = uid.get("type")?.as_str()?.parse().ok()?;
+        let id = cedar_policy::EntityId::new(uid.get("id")?.as_str()?);
+        Some(EntityUid::from_type_name_and_id(ty, id))
+    };
+    for item in items {
+        let Some(uid) = read(&item).filter(|uid| asked.contains(uid)) else {
+            continue;
+        };
+        // Two answers for one uid: which one counts would be a guess.
+        if found.insert(uid, item).is_some() {
+            return Err(SourceError::Invalid("an entity is answered twice".into()));
+        }
+    }
+    Ok(found)
 }
 
 /// Adds a kept or fetched answer for `uid` to what the check gets: the entity parsed against

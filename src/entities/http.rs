@@ -84,8 +84,11 @@ impl HttpSource {
             }
             None => None,
         };
+        // No proxy from the environment (HTTP_PROXY and the like): the configured URL is the
+        // one checked (https, or http to loopback), and the credentials go to it only.
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)

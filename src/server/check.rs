@@ -359,6 +359,7 @@ async fn decide(
             let schema = crate::entities::cache::SchemaOf {
                 schema: &snapshot.schema,
                 id: snapshot.id,
+                statics: &snapshot.entities,
             };
             request.fetched = cache.get(&schema, &wanted, left - left / 10).await;
         }
