@@ -75,11 +75,8 @@ pub fn wanted(
         return Vec::new();
     };
     let requirement = route.as_ref().and_then(|r| r.token);
-    let claims_fit = |token: &crate::identity::VerifiedToken| {
-        crate::policy::claims::typed(snapshot, token).map(drop)
-    };
     if snapshot.lenient_names.near_miss(http).is_some()
-        || presented.establish(requirement, claims_fit).is_err()
+        || establish(snapshot, presented, requirement).is_err()
         || crate::policy::body::parse(snapshot, request).is_err()
     {
         return Vec::new();
@@ -87,6 +84,18 @@ pub fn wanted(
     mapping::resource_of(snapshot, request, route.as_ref())
         .into_iter()
         .collect()
+}
+
+/// The identity rules, with the token's claims judged against the typed claims the snapshot
+/// declares.
+fn establish(
+    snapshot: &Snapshot,
+    presented: &Presented,
+    requirement: Option<crate::identity::TokenRequirement>,
+) -> Result<crate::identity::Identity, Refused> {
+    presented.establish(requirement, |token| {
+        crate::policy::claims::typed(snapshot, token).map(drop)
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,10 +141,7 @@ fn run(
             }),
         );
     }
-    let claims_fit = |token: &crate::identity::VerifiedToken| {
-        crate::policy::claims::typed(snapshot, token).map(drop)
-    };
-    let identity = match presented.establish(requirement, claims_fit) {
+    let identity = match establish(snapshot, presented, requirement) {
         Ok(identity) => identity,
         Err(Refused::Token(err)) => return deny(evaluation, DenyReason::Unauthenticated(err)),
         Err(Refused::Peer(err)) => return deny(evaluation, DenyReason::Peer(err)),
