@@ -44,6 +44,10 @@ pub enum AppError {
     UnixUnsupported(String),
     #[error(transparent)]
     Reload(#[from] crate::reload::ReloadError),
+    #[error("policies.candidate: {0}")]
+    Candidate(#[source] PolicyLoadError),
+    #[error(transparent)]
+    Records(#[from] crate::record::writer::RecordFileError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -83,8 +87,9 @@ pub struct App {
     shutdown: watch::Sender<bool>,
     /// The admin listener stops after the gRPC drain, so `/readyz` answers 503 meanwhile.
     admin_shutdown: watch::Sender<bool>,
-    /// Reloads the policy directory on SIGHUP and, with `policies.watch`, on file changes.
-    reloader: Option<crate::reload::Reloader>,
+    /// Reload the policy directory (and the candidate's) on SIGHUP and, with
+    /// `policies.watch`, on file changes.
+    reloaders: Vec<crate::reload::Reloader>,
     /// gRPC health, which follows readiness (`server::health`).
     health: tonic_health::server::HealthReporter,
     health_follower: Option<JoinHandle<()>>,
@@ -147,14 +152,41 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         }
         None => None,
     };
-    let options = CheckOptions {
+    // The candidate set is loaded and checked like the live one: an invalid candidate at
+    // start-up is a configuration error, a later invalid change keeps the last good one.
+    let candidate = match &config.candidate {
+        Some(settings) => {
+            let candidate =
+                crate::policy::store::load_dir(&settings.dir).map_err(AppError::Candidate)?;
+            if let Some((issuer, missing)) = issuer_types.missing(&candidate) {
+                return Err(AppError::IssuerType {
+                    issuer: issuer.to_owned(),
+                    entity_type: missing.to_owned(),
+                });
+            }
+            Some(candidate)
+        }
+        None => None,
+    };
+    let mut options = CheckOptions {
         dry_run: config.dry_run,
         decision_log: config.decision_log.clone(),
         trace_spans: config.otel.is_some(),
         identity_headers: config.identity_headers.clone(),
         entities,
+        candidate_sample: config.candidate.as_ref().map_or(0.0, |c| c.sample),
         ..CheckOptions::with_secrets(&config.auth.token_source)
     };
+    if let Some(settings) = &config.records {
+        let redaction = crate::record::Redaction {
+            secret_headers: options.secret_headers.clone(),
+            secret_query: options.secret_query.clone(),
+            redact: config.decision_log.redact.clone(),
+        };
+        options.recorder = Some(Arc::new(crate::record::writer::Recorder::start(
+            settings, redaction,
+        )?));
+    }
     let exposed = config.plaintext_check_port_exposed();
     let authn = Authenticator::start(config.issuers, config.auth)?;
     crate::telemetry::policy_loaded(None, &snapshot.version);
@@ -166,6 +198,10 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         config.peer.clone(),
         options,
     ));
+    if let Some(candidate) = candidate {
+        crate::server::shadow::register();
+        shared.install_candidate(candidate);
+    }
 
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -237,15 +273,25 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         )),
     };
 
-    let reloader = match &config.policies {
-        PolicySource::Dir(dir) => Some(crate::reload::Reloader::start(
+    let mut reloaders = Vec::new();
+    if let PolicySource::Dir(dir) = &config.policies {
+        reloaders.push(crate::reload::Reloader::start(
             dir.clone(),
+            shared.clone(),
+            issuer_types.clone(),
+            config.watch_policies,
+            crate::reload::Target::Live,
+        )?);
+    }
+    if let Some(candidate) = &config.candidate {
+        reloaders.push(crate::reload::Reloader::start(
+            candidate.dir.clone(),
             shared.clone(),
             issuer_types,
             config.watch_policies,
-        )?),
-        PolicySource::Embedded => None,
-    };
+            crate::reload::Target::Candidate,
+        )?);
+    }
 
     // The API (Explain, Status) has its own listener and stops with the admin listener.
     let (api, api_addr) = match config.listen.api {
@@ -346,7 +392,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         shared,
         shutdown,
         admin_shutdown,
-        reloader,
+        reloaders,
         health,
         health_follower,
         grpc,
@@ -370,7 +416,7 @@ impl App {
             api,
             http,
             grpc_socket,
-            reloader,
+            reloaders,
             health,
             health_follower,
             ..
@@ -382,7 +428,7 @@ impl App {
             let _ = follower.await;
         }
         crate::server::health::report(&health, false).await;
-        if let Some(reloader) = &reloader {
+        for reloader in &reloaders {
             reloader.stop();
         }
         // Not ready, still serving: give endpoints time to notice before the listener closes.
@@ -410,6 +456,10 @@ impl App {
         }
         if let Some(socket) = grpc_socket {
             socket.remove();
+        }
+        // Every check has been answered: what they queued for the records file is written.
+        if let Some(recorder) = &shared.options.recorder {
+            recorder.flush(std::time::Duration::from_secs(5));
         }
         let _ = admin_shutdown.send(true);
         match tokio::time::timeout_at(deadline, &mut admin).await {

@@ -15,6 +15,7 @@ macro_rules! say {
 pub mod case;
 pub mod check;
 pub mod offline;
+pub mod replay;
 pub mod serve;
 pub mod test;
 pub mod validate;
@@ -39,6 +40,8 @@ pub enum Command {
     Test(test::TestArgs),
     /// Decide one request and show why (offline, or through a server's Explain API).
     Check(Box<check::CheckArgs>),
+    /// Decide recorded checks again against a policy set and show what would change.
+    Replay(replay::ReplayArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -48,5 +51,6 @@ pub fn run(cli: Cli) -> std::process::ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Test(args) => test::run(args),
         Command::Check(args) => check::run(*args),
+        Command::Replay(args) => replay::run(args),
     }
 }

@@ -18,6 +18,7 @@ mod http_service;
 mod identity_headers;
 mod issuers;
 mod otel;
+mod records;
 
 pub use decision_log::{DecisionLogSettings, NEVER_LOGGED};
 pub use entity_source::{EntitySourceSettings, EntityTypeSettings};
@@ -25,6 +26,7 @@ pub use http_service::{HttpService, OriginalRequest};
 pub use identity_headers::{DRY_RUN_HEADER, IdentityHeaders};
 pub use issuers::{AuthSettings, FetchOptions, IssuerConfig, JwksSource, TokenSource, uri_allowed};
 pub use otel::OtelSettings;
+pub use records::RecordSettings;
 
 /// Why a configuration could not be used; every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,11 @@ pub struct Config {
     /// Where entities a check needs are fetched from at run time (`entity_source`); off when
     /// absent.
     pub entity_source: Option<EntitySourceSettings>,
+    /// A candidate policy set evaluated beside the one in force, never enforced
+    /// (`policies.candidate`); off when absent.
+    pub candidate: Option<CandidateSettings>,
+    /// Decision records for `cedargate replay` (`records:`); off when absent.
+    pub records: Option<RecordSettings>,
     /// Evaluate and record every decision, but allow all requests (`dry_run: true`): a new
     /// policy set can be watched on real traffic before it is enforced.
     pub dry_run: bool,
@@ -141,6 +148,15 @@ impl std::fmt::Display for GrpcListen {
             Self::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
+}
+
+/// The shadow policy set: evaluated beside the one in force on every check (or a sample),
+/// its outcome counted and logged, never enforced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CandidateSettings {
+    pub dir: PathBuf,
+    /// Fraction of checks the candidate also decides, in (0, 1].
+    pub sample: f64,
 }
 
 /// Where the policy set comes from.
@@ -269,6 +285,8 @@ impl Default for Config {
             identity_headers: IdentityHeaders::default(),
             http_service: HttpService::default(),
             entity_source: None,
+            candidate: None,
+            records: None,
             dry_run: false,
             watch_policies: true,
             otel: None,
@@ -305,6 +323,8 @@ struct RawConfig {
     http_service: http_service::RawHttpService,
     #[serde(default)]
     entity_source: Option<entity_source::RawEntitySource>,
+    #[serde(default)]
+    records: Option<records::RawRecords>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -346,6 +366,14 @@ struct RawListen {
 struct RawPolicies {
     dir: PathBuf,
     watch: Option<bool>,
+    candidate: Option<RawCandidate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCandidate {
+    dir: PathBuf,
+    sample: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -478,6 +506,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         identity_headers,
         http_service,
         entity_source,
+        records,
     } = raw;
     let defaults = Config::default();
     let mut problems = Vec::new();
@@ -547,6 +576,22 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
     }
 
     let policies_watch = policies.as_ref().and_then(|p| p.watch);
+    let candidate = policies
+        .as_ref()
+        .and_then(|p| p.candidate.as_ref())
+        .map(|c| {
+            if c.dir.as_os_str().is_empty() {
+                problems.push(Problem {
+                    field: "policies.candidate.dir".into(),
+                    value: String::new(),
+                    fix: "name the directory of the candidate policy set (same layout as policies.dir)",
+                });
+            }
+            CandidateSettings {
+                dir: base.join(&c.dir),
+                sample: records::fraction(c.sample, "policies.candidate.sample", &mut problems),
+            }
+        });
     let policies = match policies {
         Some(RawPolicies { dir, .. }) if dir.as_os_str().is_empty() => {
             problems.push(Problem {
@@ -695,6 +740,8 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         identity_headers: identity_headers::build(identity_headers, &mut problems),
         http_service: http_service::build(http_service, &mut problems),
         entity_source: entity_source.map(|raw| entity_source::build(raw, base, &mut problems)),
+        candidate,
+        records: records.map(|raw| records::build(raw, base, &mut problems)),
         dry_run,
         watch_policies,
         otel: otel::build(tracing, &mut problems),
@@ -874,6 +921,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown variant"), "{err}");
+    }
+
+    #[test]
+    fn records_and_a_candidate_set_are_opt_in_and_bounded() {
+        let config = parse(
+            "policies: { dir: live, candidate: { dir: next, sample: 0.25 } }\nrecords: { path: rec/records.jsonl, max_files: 2 }\n",
+        )
+        .unwrap();
+        let candidate = config.candidate.unwrap();
+        assert_eq!(candidate.dir, PathBuf::from("/etc/cedargate/next"));
+        assert_eq!(candidate.sample, 0.25);
+        let records = config.records.unwrap();
+        assert_eq!(
+            records.path,
+            PathBuf::from("/etc/cedargate/rec/records.jsonl")
+        );
+        assert_eq!((records.max_files, records.sample), (2, 1.0));
+        assert_eq!(records.max_file_bytes, 64 << 20);
+        let off = parse("").unwrap();
+        assert!(off.candidate.is_none() && off.records.is_none());
+        for (text, field) in [
+            ("records: { path: r, sample: 0 }", "records.sample"),
+            (
+                "records: { path: r, max_file_bytes: 10 }",
+                "records.max_file_bytes",
+            ),
+            ("records: { path: r, max_files: 0 }", "records.max_files"),
+            (
+                "policies: { dir: p, candidate: { dir: c, sample: 2 } }",
+                "policies.candidate.sample",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{field}`")), "{text}: {err}");
+        }
     }
 
     #[test]

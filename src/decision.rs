@@ -144,6 +144,8 @@ pub struct Envelope {
     pub log_attributes: Vec<(String, String)>,
     /// The W3C trace id of the checked request (`traceparent`), for the decision log.
     pub trace_id: Option<String>,
+    /// What the candidate policy set decided (`policies.candidate`), never enforced.
+    pub candidate: Option<Box<Evaluation>>,
 }
 
 impl Evaluation {
@@ -180,6 +182,7 @@ impl Envelope {
             peer_addr: String::new(),
             log_attributes: Vec::new(),
             trace_id: None,
+            candidate: None,
         }
     }
 }
@@ -242,6 +245,11 @@ impl DenyReason {
             Self::Timeout(_) => "timeout",
             Self::Overloaded => "overloaded",
         }
+    }
+
+    /// The HTTP status of the deny.
+    pub fn http_status(&self) -> u16 {
+        self.status().1
     }
 
     fn status(&self) -> (Code, u16) {

@@ -19,6 +19,7 @@ pub mod decision;
 pub mod entities;
 pub mod identity;
 pub mod policy;
+pub mod record;
 pub mod reload;
 pub mod request;
 pub mod server;

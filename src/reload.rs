@@ -38,6 +38,23 @@ pub struct ReloadError {
     source: notify::Error,
 }
 
+/// Which policy set a directory holds: the one in force, or the candidate evaluated beside
+/// it (`policies.candidate`), never enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Live,
+    Candidate,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Live => "policy set",
+            Self::Candidate => "candidate policy set",
+        }
+    }
+}
+
 /// The running watcher; reloads stop when it is dropped or stopped.
 #[derive(Debug)]
 pub struct Reloader {
@@ -54,6 +71,7 @@ impl Reloader {
         shared: Arc<Shared>,
         issuer_types: IssuerTypes,
         watch: bool,
+        target: Target,
     ) -> Result<Self, ReloadError> {
         let (ask, asked) = mpsc::channel::<()>(1);
         let watch = if watch {
@@ -61,7 +79,7 @@ impl Reloader {
         } else {
             None
         };
-        let task = tokio::spawn(run(dir, shared, issuer_types, asked, watch));
+        let task = tokio::spawn(run(dir, shared, issuer_types, asked, watch, target));
         Ok(Self { task, _ask: ask })
     }
 
@@ -176,12 +194,13 @@ async fn run(
     issuer_types: IssuerTypes,
     mut asked: mpsc::Receiver<()>,
     mut watch: Option<Watch>,
+    target: Target,
 ) {
     let mut hangup = hangup_signal();
     loop {
         tokio::select! {
             event = asked.recv() => if event.is_none() { return },
-            () = next(&mut hangup) => tracing::info!("SIGHUP: reloading the policy set"),
+            () = next(&mut hangup) => tracing::info!(set = target.name(), "SIGHUP: reloading"),
         }
         while tokio::time::timeout(SETTLE, asked.recv())
             .await
@@ -190,17 +209,24 @@ async fn run(
         if let Some(watch) = &mut watch {
             watch.follow();
         }
-        reload(&dir, &shared, &issuer_types).await;
+        reload(&dir, &shared, &issuer_types, target).await;
     }
 }
 
-/// Loads `dir` and, when valid and changed, makes it the policy set in force.
-pub async fn reload(dir: &std::path::Path, shared: &Shared, issuer_types: &IssuerTypes) {
+/// Loads `dir` and, when valid and changed, makes it the policy set in force (or the
+/// candidate).
+pub async fn reload(
+    dir: &std::path::Path,
+    shared: &Shared,
+    issuer_types: &IssuerTypes,
+    target: Target,
+) {
+    let set = target.name();
     let files = match read_stable(dir, || tokio::time::sleep(STABLE)).await {
         Ok(files) => files,
         Err(err) => {
             telemetry::policy_reload("error");
-            tracing::error!(error = %err, "policy reload refused; the previous policy set stays in force");
+            tracing::error!(error = %err, set, "policy reload refused; the previous set stays in use");
             return;
         }
     };
@@ -209,12 +235,12 @@ pub async fn reload(dir: &std::path::Path, shared: &Shared, issuer_types: &Issue
         Ok(Ok(snapshot)) => snapshot,
         Ok(Err(err)) => {
             telemetry::policy_reload("error");
-            tracing::error!(error = %err, "policy reload refused; the previous policy set stays in force");
+            tracing::error!(error = %err, set, "policy reload refused; the previous set stays in use");
             return;
         }
         Err(err) => {
             telemetry::policy_reload("error");
-            tracing::error!(error = %err, "policy reload failed");
+            tracing::error!(error = %err, set, "policy reload failed");
             return;
         }
     };
@@ -223,8 +249,21 @@ pub async fn reload(dir: &std::path::Path, shared: &Shared, issuer_types: &Issue
         tracing::error!(
             %issuer,
             entity_type = %missing,
-            "policy reload refused: the new schema does not declare an issuer's principal_type or group_type; the previous policy set stays in force"
+            set,
+            "policy reload refused: the new schema does not declare an issuer's principal_type or group_type; the previous set stays in use"
         );
+        return;
+    }
+    if target == Target::Candidate {
+        let previous = shared.candidate_version();
+        if previous.as_deref() == Some(&*snapshot.version) {
+            telemetry::policy_reload("unchanged");
+            return;
+        }
+        let version = snapshot.version.clone();
+        shared.install_candidate(snapshot);
+        telemetry::policy_reload("success");
+        tracing::info!(%version, previous = previous.as_deref().unwrap_or(""), "candidate policy set reloaded");
         return;
     }
     let previous = shared.snapshot.load().version.clone();

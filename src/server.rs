@@ -8,6 +8,7 @@ pub mod envoy;
 pub mod health;
 pub mod http;
 pub mod reflection;
+pub mod shadow;
 pub mod tls;
 #[cfg(unix)]
 pub mod unix;

@@ -190,6 +190,8 @@ pub fn decided(decision: &Decision, elapsed: Duration, sampler: &Sampler) {
         trace_id = envelope.trace_id.as_deref().unwrap_or(""),
         attributes = attributes.as_deref().unwrap_or(""),
         detail = detail.as_deref().unwrap_or(""),
+        candidate = envelope.candidate.as_ref().map_or("", |c| if c.is_allow() { "allow" } else { "deny" }),
+        candidate_policy_ids = %envelope.candidate.as_ref().map(|c| c.policy_ids.join(",")).unwrap_or_default(),
         latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
     );
 }
@@ -266,6 +268,15 @@ pub fn policy_loaded(previous: Option<&str>, version: &str) {
     let now = unix_now();
     POLICY_LOADED_SECS.store(now, std::sync::atomic::Ordering::Release);
     metrics::gauge!(POLICY_LOADED_AT).set(now as f64);
+}
+
+/// `cedargate_candidate_policy_info{version}`: 1 for the candidate set in use, 0 for the one
+/// it replaced.
+pub fn candidate_loaded(previous: Option<&str>, version: &str) {
+    if let Some(previous) = previous.filter(|p| *p != version) {
+        metrics::gauge!(CANDIDATE_INFO, "version" => previous.to_owned()).set(0.0);
+    }
+    metrics::gauge!(CANDIDATE_INFO, "version" => version.to_owned()).set(1.0);
 }
 
 /// Counts a policy reload: `success`, `unchanged` or `error`.

@@ -7,6 +7,7 @@
 //! validity, and the SHA-256 thumbprint used for RFC 8705 certificate-bound tokens. Anything
 //! malformed, ambiguous or expired is a [`PeerError`], which is a deny; never a panic.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
@@ -18,7 +19,8 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use super::spiffe::{SpiffeError, SpiffeId};
 
 /// Why the peer's identity could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PeerError {
     #[error("peer certificate is not URL-encoded UTF-8")]
     Encoding,
@@ -31,7 +33,7 @@ pub enum PeerError {
     #[error("peer certificate's URI SAN is not a SPIFFE ID: {0}")]
     Spiffe(SpiffeError),
     #[error("peer certificate is not a leaf X509-SVID: {0}")]
-    NotLeaf(&'static str),
+    NotLeaf(Cow<'static, str>),
     #[error("peer certificate has expired")]
     Expired,
     #[error("peer certificate is not valid yet")]
@@ -127,18 +129,22 @@ fn check_leaf(cert: &X509Certificate<'_>, svid: bool) -> Result<(), PeerError> {
         .map_err(der)?
         .is_some_and(|bc| bc.value.ca)
     {
-        return Err(PeerError::NotLeaf("it is a CA certificate"));
+        return Err(PeerError::NotLeaf(Cow::Borrowed("it is a CA certificate")));
     }
     if svid {
         let usage = cert
             .key_usage()
             .map_err(der)?
-            .ok_or(PeerError::NotLeaf("keyUsage is missing"))?;
+            .ok_or(PeerError::NotLeaf(Cow::Borrowed("keyUsage is missing")))?;
         if !usage.value.digital_signature() {
-            return Err(PeerError::NotLeaf("keyUsage lacks digitalSignature"));
+            return Err(PeerError::NotLeaf(Cow::Borrowed(
+                "keyUsage lacks digitalSignature",
+            )));
         }
         if usage.value.key_cert_sign() || usage.value.crl_sign() {
-            return Err(PeerError::NotLeaf("keyUsage allows signing certificates"));
+            return Err(PeerError::NotLeaf(Cow::Borrowed(
+                "keyUsage allows signing certificates",
+            )));
         }
     }
     Ok(())

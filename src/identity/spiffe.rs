@@ -3,7 +3,8 @@
 //! `.` or `..` segment, no query, fragment, port or user info, at most 2048 bytes.
 
 /// Why a string is not a SPIFFE ID.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SpiffeError {
     #[error("a SPIFFE ID starts with `spiffe://`")]
     Scheme,

@@ -8,6 +8,7 @@
 //! `Validation` built at load) → `iat` not in the future, lifetime within `max_token_age`,
 //! required claims present. Errors never carry the token.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -22,7 +23,8 @@ use super::jwks::{KeySet, VerifyKey};
 use crate::config::{IssuerConfig, TokenSource};
 
 /// Why a token was refused; each is an HTTP 401 with its [`TokenError::code`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TokenError {
     #[error("no bearer token")]
     Missing,
@@ -33,11 +35,11 @@ pub enum TokenError {
     #[error("token is {0} bytes, over the limit")]
     TooLarge(usize),
     #[error("token is malformed: {0}")]
-    Malformed(&'static str),
+    Malformed(Cow<'static, str>),
     #[error("algorithm `{0}` is not accepted")]
     Algorithm(String),
     #[error("header parameter `{0}` is not trusted")]
-    UntrustedHeader(&'static str),
+    UntrustedHeader(Cow<'static, str>),
     #[error("the token has critical header parameters cedargate does not understand")]
     UnknownCrit,
     #[error("issuer is not trusted")]
@@ -157,6 +159,21 @@ impl VerifiedToken {
     }
 }
 
+/// The claims in the tag form ([`VerifiedToken::claims`]): strings as they are, other values
+/// as JSON text.
+pub fn tag_claims(claims: &serde_json::Map<String, Value>) -> BTreeMap<String, String> {
+    claims
+        .iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), text)
+        })
+        .collect()
+}
+
 /// Finds the bearer token of a request: `Authorization: Bearer …` (scheme case-insensitive),
 /// or the configured header, cookie or query parameter. RFC 6750 §2: one method per request,
 /// so a token in two places is refused; Envoy joins repeated headers with `,`, which never
@@ -173,7 +190,7 @@ pub fn extract<'r>(
         }
         let value = value.trim();
         if value.eq_ignore_ascii_case("bearer") {
-            return Err(TokenError::Malformed("empty bearer token"));
+            return Err(TokenError::Malformed(Cow::Borrowed("empty bearer token")));
         }
         // Any whitespace separates scheme and token (`Bearer<TAB>x` is a bearer token to
         // lenient upstream parsers, so it must be one here too); a scheme that only starts
@@ -187,7 +204,7 @@ pub fn extract<'r>(
             .get(..6)
             .is_some_and(|prefix| prefix.eq_ignore_ascii_case("bearer"))
         {
-            return Err(TokenError::Malformed("not a bearer token"));
+            return Err(TokenError::Malformed(Cow::Borrowed("not a bearer token")));
         }
     }
     if let Some(value) = source.header.as_ref().and_then(|name| headers.get(name)) {
@@ -214,7 +231,7 @@ pub fn extract<'r>(
     match found.as_slice() {
         [] => Ok(None),
         [token] if token.is_empty() || token.contains(char::is_whitespace) => {
-            Err(TokenError::Malformed("not a bearer token"))
+            Err(TokenError::Malformed(Cow::Borrowed("not a bearer token")))
         }
         [token] => Ok(Some(token)),
         _ => Err(TokenError::Duplicate),
@@ -262,15 +279,17 @@ pub fn inspect(token: &str, max_bytes: usize) -> Result<Inspected, TokenError> {
     let (Some(header), Some(payload), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(TokenError::Malformed("a JWS has three parts"));
+        return Err(TokenError::Malformed(Cow::Borrowed(
+            "a JWS has three parts",
+        )));
     };
     if signature.is_empty() {
-        return Err(TokenError::Malformed("empty signature"));
+        return Err(TokenError::Malformed(Cow::Borrowed("empty signature")));
     }
     let decode = |part: &str| {
         URL_SAFE_NO_PAD
             .decode(part)
-            .map_err(|_| TokenError::Malformed("not base64url without padding"))
+            .map_err(|_| TokenError::Malformed(Cow::Borrowed("not base64url without padding")))
     };
     decode(signature)?;
     let header: JoseHeader = json(&decode(header)?)?;
@@ -291,7 +310,7 @@ pub fn inspect(token: &str, max_bytes: usize) -> Result<Inspected, TokenError> {
         ("x5c", header.x5c.is_some()),
     ] {
         if present {
-            return Err(TokenError::UntrustedHeader(name));
+            return Err(TokenError::UntrustedHeader(name.into()));
         }
     }
     if header.crit.is_some() {
@@ -318,7 +337,9 @@ fn numeric_date(value: &Value, round: fn(f64) -> f64) -> Result<i64, TokenError>
     let seconds = value
         .as_f64()
         .filter(|f| f.is_finite())
-        .ok_or(TokenError::Malformed("a date claim is not a number"))?;
+        .ok_or(TokenError::Malformed(Cow::Borrowed(
+            "a date claim is not a number",
+        )))?;
     // Saturating: a date beyond i64 seconds is as good as never / forever.
     #[allow(clippy::cast_possible_truncation)]
     Ok(round(seconds) as i64)
@@ -355,14 +376,17 @@ fn json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, TokenError> {
             (false, _, b'{' | b'[') => {
                 depth += 1;
                 if depth > MAX_JSON_DEPTH {
-                    return Err(TokenError::Malformed("JSON nested too deeply"));
+                    return Err(TokenError::Malformed(Cow::Borrowed(
+                        "JSON nested too deeply",
+                    )));
                 }
             }
             (false, _, b'}' | b']') => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
-    serde_json::from_slice(bytes).map_err(|_| TokenError::Malformed("not a JSON object"))
+    serde_json::from_slice(bytes)
+        .map_err(|_| TokenError::Malformed(Cow::Borrowed("not a JSON object")))
 }
 
 /// One trusted issuer, with a `Validation` per accepted algorithm built at load.
@@ -447,12 +471,12 @@ impl IssuerPolicy {
                     ErrorKind::InvalidIssuer => TokenError::UnknownIssuer,
                     ErrorKind::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
                     ErrorKind::InvalidClaimFormat(_) => {
-                        TokenError::Malformed("a date claim is not a number")
+                        TokenError::Malformed(Cow::Borrowed("a date claim is not a number"))
                     }
                     ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                         TokenError::KeyMismatch
                     }
-                    _ => TokenError::Malformed("cannot be decoded"),
+                    _ => TokenError::Malformed(Cow::Borrowed("cannot be decoded")),
                 })?;
         let claims = data.claims;
         if !self.config.token_types.is_empty() && !self.accepts_type(inspected.typ.as_deref()) {
@@ -523,16 +547,7 @@ impl IssuerPolicy {
             require_cert_binding: self.config.require_cert_binding,
             cedar: Default::default(),
             typed_claims: Default::default(),
-            claims: claims
-                .iter()
-                .map(|(k, v)| {
-                    let text = match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    (k.clone(), text)
-                })
-                .collect(),
+            claims: tag_claims(&claims),
             claims_json: std::sync::Arc::new(claims),
         };
         Ok((verified, key.clone()))

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use tracing::Instrument;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use tokio::sync::Semaphore;
@@ -44,6 +44,8 @@ pub const PANIC_EXTENSION: &str = "cedargate.test.panic";
 pub struct Shared {
     /// The policy set in force; a reload swaps it whole, readers never wait.
     pub snapshot: ArcSwap<Snapshot>,
+    /// The candidate set decided beside it, never enforced (`policies.candidate`).
+    pub candidate: ArcSwapOption<Snapshot>,
     pub authn: Authenticator,
     pub limits: Limits,
     pub peer_settings: PeerSettings,
@@ -81,6 +83,10 @@ pub struct CheckOptions {
     pub identity_headers: crate::config::IdentityHeaders,
     /// Where the entities a check needs are fetched from (`entity_source`), when configured.
     pub entities: Option<crate::entities::cache::EntityCache>,
+    /// Fraction of checks the candidate set also decides (`policies.candidate.sample`).
+    pub candidate_sample: f64,
+    /// Where decided checks are recorded (`records:`), when configured.
+    pub recorder: Option<Arc<crate::record::writer::Recorder>>,
 }
 
 impl CheckOptions {
@@ -121,6 +127,7 @@ impl Shared {
         };
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
+            candidate: ArcSwapOption::empty(),
             decisions,
             header_names: Arc::new(HeaderNames::new(&options.identity_headers)),
             authn,
@@ -145,6 +152,26 @@ impl Shared {
         };
         self.snapshot.store(Arc::new(snapshot));
         self.authn.forget_derived();
+    }
+
+    /// Puts `snapshot` beside the set in force as the candidate: decided on every check (or
+    /// a sample), never enforced. Shares the decision cache budget.
+    pub fn install_candidate(&self, snapshot: Snapshot) {
+        let snapshot = Snapshot {
+            decisions: Arc::clone(&self.decisions),
+            ..snapshot
+        };
+        let previous = self.candidate_version();
+        crate::telemetry::candidate_loaded(previous.as_deref(), &snapshot.version);
+        self.candidate.store(Some(Arc::new(snapshot)));
+    }
+
+    /// The candidate set's version, when one is loaded.
+    pub fn candidate_version(&self) -> Option<Arc<str>> {
+        self.candidate
+            .load()
+            .as_ref()
+            .map(|c| Arc::clone(&c.version))
     }
 
     /// The bytes the decision cache holds now.
@@ -372,7 +399,34 @@ async fn decide(
             None,
         )
     };
-    let envelope = envelope(shared, &request, &presented, &evaluation, trace);
+    // The candidate set and the record: for checks, not for Explain.
+    let candidate = if keep_call {
+        None
+    } else {
+        shared.candidate.load_full().and_then(|candidate| {
+            let sample = shared.options.candidate_sample;
+            (sample >= 1.0 || fastrand::f64() < sample).then(|| {
+                super::shadow::decide(&candidate, &request, &presented, now, &evaluation, deadline)
+            })?
+        })
+    };
+    let mut envelope = envelope(shared, &request, &presented, &evaluation, trace);
+    if let Some(recorder) = shared
+        .options
+        .recorder
+        .as_ref()
+        .filter(|r| !keep_call && r.sampled())
+    {
+        recorder.record(crate::record::Decided {
+            body_read: snapshot.reads.body.is_some(),
+            request,
+            presented,
+            now,
+            evaluation: evaluation.clone(),
+            candidate: candidate.clone(),
+        });
+    }
+    envelope.candidate = candidate.map(Box::new);
     (
         Decision {
             evaluation,
@@ -417,6 +471,7 @@ fn envelope(
         peer_addr: presented.peer.address.clone(),
         log_attributes: log_attributes(&shared.options, request, presented),
         trace_id: trace.map(|t| t.trace_id),
+        candidate: None,
     }
 }
 

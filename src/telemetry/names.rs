@@ -27,9 +27,27 @@ pub const ENTITY_CACHE_TOTAL: &str = "cedargate_entity_cache_total";
 pub const ENTITY_FETCH_DURATION: &str = "cedargate_entity_fetch_duration_seconds";
 pub const ENTITY_FETCH_FAILURES_TOTAL: &str = "cedargate_entity_fetch_failures_total";
 pub const ENTITY_STALE_SECONDS: &str = "cedargate_entity_stale_seconds";
+pub const RECORDS_TOTAL: &str = "cedargate_records_total";
+pub const SHADOW_DECISIONS_TOTAL: &str = "cedargate_shadow_decisions_total";
+pub const CANDIDATE_INFO: &str = "cedargate_candidate_policy_info";
 
 /// The `# HELP` text of every cedargate metric (README, "Operations", has the same table).
 pub(super) const HELP: &[(&str, Kind, &str)] = &[
+    (
+        RECORDS_TOTAL,
+        Kind::Counter,
+        "Decision records by result: written, dropped (the writer fell behind), failed (the file could not be written).",
+    ),
+    (
+        SHADOW_DECISIONS_TOTAL,
+        Kind::Counter,
+        "Checks the candidate policy set also decided, by the live and the candidate decision (allow, deny): where they differ, the candidate would change the answer.",
+    ),
+    (
+        CANDIDATE_INFO,
+        Kind::Gauge,
+        "The candidate policy set evaluated beside the live one, by version (1 for the set in use).",
+    ),
     (
         ENTITY_CACHE_TOTAL,
         Kind::Counter,
