@@ -851,3 +851,101 @@ async fn an_order_fetched_from_the_example_service_is_read_only_by_its_owner() {
     assert_eq!(gone.status(), 503);
     assert!(gone.text().await.unwrap().contains("entity_unavailable"));
 }
+
+/// Recorded real traffic replays exactly: the mTLS front proxy of the shipped configuration
+/// (client certificates, bearer tokens, JSON bodies Envoy buffers) in front of a cedargate
+/// writing decision records; `cedargate replay` against the same set reproduces every
+/// answer Envoy returned, and against a set with one more forbid reports exactly the
+/// requests that forbid would have refused.
+#[tokio::test]
+async fn recorded_envoy_traffic_replays_to_the_same_decisions() {
+    let pki = Pki::new();
+    let key = TestKey::generate(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let policies = support::policies::example_with(&[]);
+    let records = tempfile::tempdir().unwrap();
+    let mut config: Config = test_config(PolicySource::Dir(policies.path().to_owned()));
+    config.issuers = vec![test_issuer(ISS, &jwks.uri())];
+    config.records = Some(cedargate::config::RecordSettings {
+        path: records.path().join("records.jsonl"),
+        max_file_bytes: 1 << 20,
+        max_files: 1,
+        sample: 1.0,
+    });
+    let server = TestServer::with_config(config).await;
+    server.ready().await;
+    let upstream = Upstream::start().await;
+    let (envoy, port) = envoy_for(MTLS, server.grpc_addr().port(), &upstream, &pki.files()).await;
+    let url = |path: &str| format!("https://envoy.test:{port}{path}");
+    let checkout = pki.client(Some(&pki.ca.issue(&[CHECKOUT], &[])), port);
+    let frontend = pki.client(Some(&pki.ca.issue(&[FRONTEND], &[])), port);
+    let alice = key.sign(&claims(ISS, "orders", "alice"));
+    let json = |client: &reqwest::Client, body: &str| {
+        client
+            .post(url("/orders"))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+    };
+    let requests = vec![
+        checkout.post(url("/orders")),
+        frontend.post(url("/orders")),
+        json(&checkout, r#"{"total": 2500}"#),
+        json(&checkout, r#"{"total": 250000}"#),
+        json(&checkout, "{not json"),
+        frontend.get(url("/profiles/alice")).bearer_auth(&alice),
+        frontend.get(url("/profiles/bob")).bearer_auth(&alice),
+        frontend.get(url("/orders/1001")).bearer_auth(&alice),
+        frontend.get(url("/orders")).bearer_auth("not.a.jwt"),
+        checkout.get(url("/healthz")),
+    ];
+    // One at a time, so records are in request order (the edge proxy makes its own
+    // request ids: a client's x-request-id is not trusted at the edge).
+    let mut statuses = Vec::new();
+    for request in requests {
+        statuses.push(request.send().await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses[0], 200, "{}", envoy.log());
+    assert_eq!(statuses, [200, 403, 200, 403, 400, 200, 403, 403, 401, 200]);
+    server.app.shutdown().await.unwrap();
+
+    let path = records.path().join("records.jsonl");
+    let recorded: Vec<cedargate::record::Record> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| cedargate::record::Record::parse(l).unwrap())
+        .collect();
+    // One record per request Envoy asked about, each with the status Envoy returned.
+    let answered: Vec<u16> = recorded
+        .iter()
+        .map(|r| r.outcome.status.unwrap_or(200))
+        .collect();
+    assert_eq!(answered, statuses);
+    assert_eq!(recorded[0].peer.principal, CHECKOUT, "the peer as Envoy saw it");
+    assert!(recorded[0].peer.cert_sha256.is_some());
+
+    let replay = |set: &std::path::Path| {
+        cedargate::cli::replay::replay(&cedargate::cli::replay::ReplayArgs {
+            records: vec![path.clone()],
+            policies: set.to_owned(),
+            baseline: None,
+            format: "text".into(),
+        })
+        .unwrap()
+    };
+    let same = replay(policies.path());
+    assert_eq!(same.records, 10);
+    assert_eq!(same.unchanged, 10, "{same:?}");
+
+    let closed = support::policies::example_with(&[(
+        "extra.cedar",
+        r#"@id("no-workload-orders") forbid (principal is Workload, action == Action::"orders:create", resource);"#,
+    )]);
+    let report = replay(closed.path());
+    assert_eq!(report.changed.allow_to_deny, 2, "{report:?}");
+    assert_eq!(
+        report.changed.examples[&cedargate::record::replay::Change::AllowToDeny],
+        [recorded[0].request_id.clone(), recorded[2].request_id.clone()]
+    );
+    assert_eq!(report.by_policy["no-workload-orders"].allow_to_deny, 2);
+    jwks.stop().await;
+}
