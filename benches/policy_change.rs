@@ -13,7 +13,12 @@
 //!   and decided again ([`cedargate::record::replay::Replay`]); throughput in records/s.
 //!
 //! Run: `cargo bench --bench policy_change`
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::hint::black_box;
 use std::sync::Arc;
