@@ -38,7 +38,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 
 const NOW: i64 = 1_700_000_000;
-const EXTRA: &str = r#"@id("candidate-extra") forbid (principal, action, resource == Path::"/nowhere");"#;
+const EXTRA: &str =
+    r#"@id("candidate-extra") forbid (principal, action, resource == Path::"/nowhere");"#;
 
 /// The example set's files plus `extra.cedar`.
 fn example_plus_forbid() -> Snapshot {
@@ -156,9 +157,7 @@ fn with_token(c: &mut Criterion) {
     assert!(allowed.is_allow() && shadowed.unwrap().is_allow());
     let mut group = c.benchmark_group("shadow_token");
     for (name, shadow) in [("off", false), ("on", true)] {
-        group.bench_function(name, |b| {
-            b.iter(|| run(black_box(request.clone()), shadow))
-        });
+        group.bench_function(name, |b| b.iter(|| run(black_box(request.clone()), shadow)));
     }
     group.finish();
 }

@@ -15,6 +15,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::config::{Config, GrpcListen, PolicySource};
 use crate::identity::authn::{Authenticator, AuthnError};
 use crate::policy::{PolicyLoadError, Snapshot, store};
+use crate::reload::{Target, Watched};
 use crate::server::check::CheckOptions;
 use crate::server::{CheckService, Shared, reflection};
 
@@ -110,6 +111,9 @@ pub fn install_crypto_provider() {
 pub fn load_policies(source: &PolicySource) -> Result<Snapshot, PolicyLoadError> {
     match source {
         PolicySource::Dir(dir) => store::load_dir(dir),
+        PolicySource::Bundle(bundle) => crate::policy::bundle::load(bundle)
+            .map(|opened| opened.snapshot)
+            .map_err(|err| err.into_load_error(&bundle.path)),
         PolicySource::Embedded => store::load_embedded(),
     }
 }
@@ -118,7 +122,14 @@ pub fn load_policies(source: &PolicySource) -> Result<Snapshot, PolicyLoadError>
 pub async fn build(config: Config) -> Result<App, AppError> {
     // The recorder first: metrics set while loading (the policy version) must reach it.
     crate::telemetry::prometheus();
-    let snapshot = load_policies(&config.policies)?;
+    let (snapshot, bundle_revision) = match &config.policies {
+        PolicySource::Bundle(bundle) => {
+            let opened = crate::policy::bundle::load(bundle)
+                .map_err(|err| err.into_load_error(&bundle.path))?;
+            (opened.snapshot, Some(opened.manifest.revision))
+        }
+        other => (load_policies(other)?, None),
+    };
     // A token's principal and groups must be types the schema knows, or no policy could ever
     // match them.
     let issuer_types = crate::reload::IssuerTypes::of(&config.issuers);
@@ -198,6 +209,10 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         config.peer.clone(),
         options,
     ));
+    if let Some(revision) = bundle_revision {
+        // A later bundle is judged against it (a rollback is refused).
+        shared.bundle_in_force(revision);
+    }
     if let Some(candidate) = candidate {
         crate::server::shadow::register();
         shared.install_candidate(candidate);
@@ -274,22 +289,21 @@ pub async fn build(config: Config) -> Result<App, AppError> {
     };
 
     let mut reloaders = Vec::new();
-    if let PolicySource::Dir(dir) = &config.policies {
+    let live = match &config.policies {
+        PolicySource::Dir(dir) => Some(Watched::Dir(dir.clone(), Target::Live)),
+        PolicySource::Bundle(bundle) => Some(Watched::Bundle(bundle.clone())),
+        PolicySource::Embedded => None,
+    };
+    let candidate = config
+        .candidate
+        .as_ref()
+        .map(|c| Watched::Dir(c.dir.clone(), Target::Candidate));
+    for watched in live.into_iter().chain(candidate) {
         reloaders.push(crate::reload::Reloader::start(
-            dir.clone(),
+            watched,
             shared.clone(),
             issuer_types.clone(),
             config.watch_policies,
-            crate::reload::Target::Live,
-        )?);
-    }
-    if let Some(candidate) = &config.candidate {
-        reloaders.push(crate::reload::Reloader::start(
-            candidate.dir.clone(),
-            shared.clone(),
-            issuer_types,
-            config.watch_policies,
-            crate::reload::Target::Candidate,
         )?);
     }
 

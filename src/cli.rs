@@ -12,6 +12,7 @@ macro_rules! say {
     }};
 }
 
+pub mod bundle;
 pub mod case;
 pub mod check;
 pub mod offline;
@@ -40,6 +41,8 @@ pub enum Command {
     Test(test::TestArgs),
     /// Decide one request and show why (offline, or through a server's Explain API).
     Check(Box<check::CheckArgs>),
+    /// Build, inspect and sign policy bundles.
+    Bundle(bundle::BundleArgs),
     /// Decide recorded checks again against a policy set and show what would change.
     Replay(replay::ReplayArgs),
 }
@@ -52,5 +55,6 @@ pub fn run(cli: Cli) -> std::process::ExitCode {
         Command::Test(args) => test::run(args),
         Command::Check(args) => check::run(*args),
         Command::Replay(args) => replay::run(args),
+        Command::Bundle(args) => bundle::run(args),
     }
 }

@@ -159,11 +159,25 @@ pub struct CandidateSettings {
     pub sample: f64,
 }
 
+/// A policy bundle file (`policies.bundle`): the set as one verified archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleSource {
+    pub path: PathBuf,
+    /// The public key (PEM) its manifest must be signed with; unsigned bundles are refused
+    /// when set.
+    pub public_key: Option<PathBuf>,
+    /// Install a bundle of a lower revision than the one in force (off: a rollback is
+    /// refused and counted).
+    pub allow_rollback: bool,
+}
+
 /// Where the policy set comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicySource {
     /// A directory with `*.cedar`, one `*.cedarschema`, optional `entities.json` and `routes.yaml`.
     Dir(PathBuf),
+    /// A bundle file (`cedargate bundle build`).
+    Bundle(BundleSource),
     /// The example policy set from `policies/`, compiled into the binary.
     Embedded,
 }
@@ -364,9 +378,19 @@ struct RawListen {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicies {
-    dir: PathBuf,
+    dir: Option<PathBuf>,
+    bundle: Option<RawBundle>,
     watch: Option<bool>,
     candidate: Option<RawCandidate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBundle {
+    path: PathBuf,
+    public_key: Option<PathBuf>,
+    #[serde(default)]
+    allow_rollback: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -593,7 +617,27 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             }
         });
     let policies = match policies {
-        Some(RawPolicies { dir, .. }) if dir.as_os_str().is_empty() => {
+        Some(RawPolicies {
+            dir: Some(_),
+            bundle: Some(_),
+            ..
+        }) => {
+            problems.push(Problem {
+                field: "policies".into(),
+                value: "dir and bundle".into(),
+                fix: "name either a directory (policies.dir) or a bundle file (policies.bundle.path), not both",
+            });
+            PolicySource::Embedded
+        }
+        Some(RawPolicies {
+            bundle: Some(bundle),
+            ..
+        }) => PolicySource::Bundle(BundleSource {
+            path: base.join(bundle.path),
+            public_key: bundle.public_key.map(|key| base.join(key)),
+            allow_rollback: bundle.allow_rollback,
+        }),
+        Some(RawPolicies { dir, .. }) if dir.as_ref().is_none_or(|d| d.as_os_str().is_empty()) => {
             problems.push(Problem {
                 field: "policies.dir".into(),
                 value: String::new(),
@@ -601,7 +645,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             });
             PolicySource::Embedded
         }
-        Some(RawPolicies { dir, .. }) => PolicySource::Dir(base.join(dir)),
+        Some(RawPolicies { dir, .. }) => PolicySource::Dir(base.join(dir.unwrap_or_default())),
         None => PolicySource::Embedded,
     };
 

@@ -7,6 +7,7 @@
 //! a token's verdicts per snapshot so that the same inputs are not evaluated twice.
 
 pub mod body;
+pub mod bundle;
 pub mod claims;
 pub mod decisions;
 pub mod engine;

@@ -55,6 +55,27 @@ impl Target {
     }
 }
 
+/// What a reloader keeps in force: a directory (the live set or the candidate), or a bundle
+/// file (the live set), watched through its directory.
+#[derive(Debug, Clone)]
+pub enum Watched {
+    Dir(PathBuf, Target),
+    Bundle(crate::config::BundleSource),
+}
+
+impl Watched {
+    /// The directory whose changes ask for a reload.
+    fn dir(&self) -> PathBuf {
+        match self {
+            Self::Dir(dir, _) => dir.clone(),
+            Self::Bundle(bundle) => match bundle.path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+                _ => PathBuf::from("."),
+            },
+        }
+    }
+}
+
 /// The running watcher; reloads stop when it is dropped or stopped.
 #[derive(Debug)]
 pub struct Reloader {
@@ -64,22 +85,21 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Watches `dir` and reloads into `shared`. `issuer_types` are the entity types the
+    /// Watches `watched` and reloads into `shared`. `issuer_types` are the entity types the
     /// issuers' tokens become, which a new schema must still declare.
     pub fn start(
-        dir: PathBuf,
+        watched: Watched,
         shared: Arc<Shared>,
         issuer_types: IssuerTypes,
         watch: bool,
-        target: Target,
     ) -> Result<Self, ReloadError> {
         let (ask, asked) = mpsc::channel::<()>(1);
         let watch = if watch {
-            Some(Watch::arm(&dir, ask.clone())?)
+            Some(Watch::arm(&watched.dir(), ask.clone())?)
         } else {
             None
         };
-        let task = tokio::spawn(run(dir, shared, issuer_types, asked, watch, target));
+        let task = tokio::spawn(run(watched, shared, issuer_types, asked, watch));
         Ok(Self { task, _ask: ask })
     }
 
@@ -189,18 +209,17 @@ impl Watch {
 }
 
 async fn run(
-    dir: PathBuf,
+    watched: Watched,
     shared: Arc<Shared>,
     issuer_types: IssuerTypes,
     mut asked: mpsc::Receiver<()>,
     mut watch: Option<Watch>,
-    target: Target,
 ) {
     let mut hangup = hangup_signal();
     loop {
         tokio::select! {
             event = asked.recv() => if event.is_none() { return },
-            () = next(&mut hangup) => tracing::info!(set = target.name(), "SIGHUP: reloading"),
+            () = next(&mut hangup) => tracing::info!(source = %watched.dir().display(), "SIGHUP: reloading"),
         }
         while tokio::time::timeout(SETTLE, asked.recv())
             .await
@@ -209,8 +228,58 @@ async fn run(
         if let Some(watch) = &mut watch {
             watch.follow();
         }
-        reload(&dir, &shared, &issuer_types, target).await;
+        match &watched {
+            Watched::Dir(dir, target) => reload(dir, &shared, &issuer_types, *target).await,
+            Watched::Bundle(bundle) => reload_bundle(bundle, &shared, &issuer_types).await,
+        }
     }
+}
+
+/// Opens the bundle file and, when it verifies, validates, is not a rollback (unless
+/// allowed) and changes the set, makes it the policy set in force. Anything else keeps the
+/// last good set, counted by reason (`cedargate_bundle_failures_total`) and logged.
+pub async fn reload_bundle(
+    source: &crate::config::BundleSource,
+    shared: &Shared,
+    issuer_types: &IssuerTypes,
+) {
+    let refuse = |reason: &'static str, error: &dyn std::fmt::Display| {
+        telemetry::policy_reload("error");
+        telemetry::bundle_failed(reason);
+        tracing::error!(bundle = %source.path.display(), reason, error = %error, "policy bundle refused; the previous set stays in use");
+    };
+    let owned = source.clone();
+    let opened =
+        match tokio::task::spawn_blocking(move || crate::policy::bundle::load(&owned)).await {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(err)) => return refuse(err.code(), &err),
+            Err(err) => return refuse("internal", &err),
+        };
+    if let Some((issuer, missing)) = issuer_types.missing(&opened.snapshot) {
+        let error = format!(
+            "the schema does not declare `{missing}`, issuer `{issuer}`'s principal_type or group_type"
+        );
+        return refuse("invalid", &error);
+    }
+    let revision = opened.manifest.revision;
+    let previous = shared.snapshot.load().version.clone();
+    let in_force = shared.bundle_revision();
+    if in_force == Some(revision) && previous == opened.snapshot.version {
+        telemetry::policy_reload("unchanged");
+        return;
+    }
+    if let Some(in_force) = in_force.filter(|r| revision < *r && !source.allow_rollback) {
+        let error = format!(
+            "revision {revision} is older than revision {in_force} in force; set policies.bundle.allow_rollback to install it"
+        );
+        return refuse("rollback", &error);
+    }
+    let version = opened.snapshot.version.clone();
+    telemetry::policy_warnings(&opened.snapshot);
+    shared.install_bundle(opened.snapshot, revision);
+    telemetry::policy_loaded(Some(&previous), &version);
+    telemetry::policy_reload("success");
+    tracing::info!(%version, %previous, revision, signed = opened.signed, "policy bundle installed");
 }
 
 /// Loads `dir` and, when valid and changed, makes it the policy set in force (or the

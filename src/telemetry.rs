@@ -279,6 +279,18 @@ pub fn candidate_loaded(previous: Option<&str>, version: &str) {
     metrics::gauge!(CANDIDATE_INFO, "version" => version.to_owned()).set(1.0);
 }
 
+/// A policy bundle of `revision` was put in force.
+pub fn bundle_activated(revision: u64) {
+    metrics::gauge!(BUNDLE_REVISION).set(revision as f64);
+    metrics::gauge!(BUNDLE_ACTIVATED_AT).set(unix_now() as f64);
+}
+
+/// A policy bundle was refused, for `reason` ([`crate::policy::bundle::BundleError::code`],
+/// or `rollback`).
+pub fn bundle_failed(reason: &'static str) {
+    metrics::counter!(BUNDLE_FAILURES_TOTAL, "reason" => reason).increment(1);
+}
+
 /// Counts a policy reload: `success`, `unchanged` or `error`.
 pub fn policy_reload(result: &'static str) {
     metrics::counter!(POLICY_RELOADS_TOTAL, "result" => result).increment(1);

@@ -920,7 +920,10 @@ async fn recorded_envoy_traffic_replays_to_the_same_decisions() {
         .map(|r| r.outcome.status.unwrap_or(200))
         .collect();
     assert_eq!(answered, statuses);
-    assert_eq!(recorded[0].peer.principal, CHECKOUT, "the peer as Envoy saw it");
+    assert_eq!(
+        recorded[0].peer.principal, CHECKOUT,
+        "the peer as Envoy saw it"
+    );
     assert!(recorded[0].peer.cert_sha256.is_some());
 
     let replay = |set: &std::path::Path| {
@@ -928,6 +931,7 @@ async fn recorded_envoy_traffic_replays_to_the_same_decisions() {
             records: vec![path.clone()],
             policies: set.to_owned(),
             baseline: None,
+            public_key: None,
             format: "text".into(),
         })
         .unwrap()
@@ -944,7 +948,10 @@ async fn recorded_envoy_traffic_replays_to_the_same_decisions() {
     assert_eq!(report.changed.allow_to_deny, 2, "{report:?}");
     assert_eq!(
         report.changed.examples[&cedargate::record::replay::Change::AllowToDeny],
-        [recorded[0].request_id.clone(), recorded[2].request_id.clone()]
+        [
+            recorded[0].request_id.clone(),
+            recorded[2].request_id.clone()
+        ]
     );
     assert_eq!(report.by_policy["no-workload-orders"].allow_to_deny, 2);
     jwks.stop().await;

@@ -46,6 +46,7 @@ fn args(records: &Path, policies: &Path, baseline: Option<&Path>) -> ReplayArgs 
         records: vec![records.to_owned()],
         policies: policies.to_owned(),
         baseline: baseline.map(Path::to_path_buf),
+        public_key: None,
         format: "text".into(),
     }
 }

@@ -18,12 +18,16 @@ pub struct ReplayArgs {
     /// Records files (JSON lines, as `records.path` and its rotated files hold them).
     #[arg(long, num_args = 1.., required = true)]
     pub records: Vec<PathBuf>,
-    /// The policy directory to decide the records with.
+    /// The policy set to decide the records with: a directory or a bundle (`.tar.gz`).
     #[arg(long)]
     pub policies: PathBuf,
-    /// Compare with this policy set's decisions instead of the recorded ones.
+    /// Compare with this policy set's decisions (a directory or a bundle) instead of the
+    /// recorded ones.
     #[arg(long)]
     pub baseline: Option<PathBuf>,
+    /// Bundles must be signed by this public key (PEM).
+    #[arg(long)]
+    pub public_key: Option<PathBuf>,
     /// `text` for people, `json` for tools.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     pub format: String,
@@ -80,7 +84,18 @@ pub fn run(args: ReplayArgs) -> ExitCode {
 /// Loads the sets and decides every record of every file, in order.
 pub fn replay(args: &ReplayArgs) -> Result<Report, ReplayError> {
     let load = |path: &PathBuf| {
-        crate::policy::store::load_dir(path).map_err(|source| ReplayError::Policies {
+        let loaded = if crate::policy::bundle::is_bundle(path) {
+            crate::policy::bundle::load(&crate::config::BundleSource {
+                path: path.clone(),
+                public_key: args.public_key.clone(),
+                allow_rollback: true,
+            })
+            .map(|opened| opened.snapshot)
+            .map_err(|err| err.into_load_error(path))
+        } else {
+            crate::policy::store::load_dir(path)
+        };
+        loaded.map_err(|source| ReplayError::Policies {
             path: path.clone(),
             source,
         })

@@ -256,6 +256,7 @@ fn policy_source(
 fn describe_source(source: &PolicySource) -> String {
     match source {
         PolicySource::Dir(dir) => dir.display().to_string(),
+        PolicySource::Bundle(bundle) => bundle.path.display().to_string(),
         PolicySource::Embedded => "the compiled-in example set".into(),
     }
 }

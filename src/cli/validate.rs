@@ -83,12 +83,20 @@ pub fn validate(policies: Option<&Path>, config_path: Option<&Path>) -> Report {
     // What serve would load: --policies, else the configuration's policy set (its directory,
     // or the compiled-in example set when it names none), else ./policies.
     let source = match (policies, config.as_ref().map(|c| &c.policies)) {
+        (Some(path), _) if crate::policy::bundle::is_bundle(path) => {
+            PolicySource::Bundle(crate::config::BundleSource {
+                path: path.to_owned(),
+                public_key: None,
+                allow_rollback: false,
+            })
+        }
         (Some(dir), _) => PolicySource::Dir(dir.to_owned()),
         (None, Some(source)) => source.clone(),
         (None, None) => PolicySource::Dir(PathBuf::from("policies")),
     };
     report.dir = match &source {
         PolicySource::Dir(dir) => dir.clone(),
+        PolicySource::Bundle(bundle) => bundle.path.clone(),
         PolicySource::Embedded => PathBuf::from("(compiled-in example set)"),
     };
     let snapshot = match crate::app::load_policies(&source) {

@@ -46,6 +46,8 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     /// The candidate set decided beside it, never enforced (`policies.candidate`).
     pub candidate: ArcSwapOption<Snapshot>,
+    /// The revision of the bundle in force, when the set came from one.
+    bundle_revision: std::sync::Mutex<Option<u64>>,
     pub authn: Authenticator,
     pub limits: Limits,
     pub peer_settings: PeerSettings,
@@ -128,6 +130,7 @@ impl Shared {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             candidate: ArcSwapOption::empty(),
+            bundle_revision: std::sync::Mutex::new(None),
             decisions,
             header_names: Arc::new(HeaderNames::new(&options.identity_headers)),
             authn,
@@ -152,6 +155,25 @@ impl Shared {
         };
         self.snapshot.store(Arc::new(snapshot));
         self.authn.forget_derived();
+    }
+
+    /// Puts a bundle's set in force ([`Self::install`]) and remembers its revision.
+    pub fn install_bundle(&self, snapshot: Snapshot, revision: u64) {
+        self.install(snapshot);
+        self.bundle_in_force(revision);
+    }
+
+    /// Remembers that the set in force is the bundle of `revision`.
+    pub fn bundle_in_force(&self, revision: u64) {
+        if let Ok(mut held) = self.bundle_revision.lock() {
+            *held = Some(revision);
+        }
+        crate::telemetry::bundle_activated(revision);
+    }
+
+    /// The revision of the bundle in force, when the set came from one.
+    pub fn bundle_revision(&self) -> Option<u64> {
+        self.bundle_revision.lock().ok().and_then(|held| *held)
     }
 
     /// Puts `snapshot` beside the set in force as the candidate: decided on every check (or

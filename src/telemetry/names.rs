@@ -30,9 +30,27 @@ pub const ENTITY_STALE_SECONDS: &str = "cedargate_entity_stale_seconds";
 pub const RECORDS_TOTAL: &str = "cedargate_records_total";
 pub const SHADOW_DECISIONS_TOTAL: &str = "cedargate_shadow_decisions_total";
 pub const CANDIDATE_INFO: &str = "cedargate_candidate_policy_info";
+pub const BUNDLE_REVISION: &str = "cedargate_bundle_revision";
+pub const BUNDLE_ACTIVATED_AT: &str = "cedargate_bundle_last_activation_timestamp_seconds";
+pub const BUNDLE_FAILURES_TOTAL: &str = "cedargate_bundle_failures_total";
 
 /// The `# HELP` text of every cedargate metric (README, "Operations", has the same table).
 pub(super) const HELP: &[(&str, Kind, &str)] = &[
+    (
+        BUNDLE_REVISION,
+        Kind::Gauge,
+        "The revision of the policy bundle in force.",
+    ),
+    (
+        BUNDLE_ACTIVATED_AT,
+        Kind::Gauge,
+        "Unix time a policy bundle was last put in force.",
+    ),
+    (
+        BUNDLE_FAILURES_TOTAL,
+        Kind::Counter,
+        "Policy bundles refused, by reason: read, archive, manifest, hash, unsigned, signature, invalid, rollback.",
+    ),
     (
         RECORDS_TOTAL,
         Kind::Counter,
