@@ -49,6 +49,8 @@ pub enum AppError {
     Candidate(#[source] PolicyLoadError),
     #[error(transparent)]
     Records(#[from] crate::record::writer::RecordFileError),
+    #[error("policies.bundle: {0}")]
+    BundleClient(#[source] crate::http_client::ClientError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -91,6 +93,8 @@ pub struct App {
     /// Reload the policy directory (and the candidate's) on SIGHUP and, with
     /// `policies.watch`, on file changes.
     reloaders: Vec<crate::reload::Reloader>,
+    /// Polls the bundle server (`policies.bundle.url`).
+    poller: Option<crate::reload::poll::Poller>,
     /// gRPC health, which follows readiness (`server::health`).
     health: tonic_health::server::HealthReporter,
     health_follower: Option<JoinHandle<()>>,
@@ -122,7 +126,29 @@ pub fn load_policies(source: &PolicySource) -> Result<Snapshot, PolicyLoadError>
 pub async fn build(config: Config) -> Result<App, AppError> {
     // The recorder first: metrics set while loading (the policy version) must reach it.
     crate::telemetry::prometheus();
+    // A bundle server: the first bundle (or the copy kept on disk); with neither, a
+    // placeholder that allows nothing, and the server is not ready until one arrives.
+    let mut remote = None;
+    let mut awaiting = false;
     let (snapshot, bundle_revision) = match &config.policies {
+        PolicySource::Bundle(
+            bundle @ crate::config::BundleSource {
+                remote: Some(settings),
+                ..
+            },
+        ) => {
+            let fetcher =
+                crate::reload::poll::Fetcher::new(settings).map_err(AppError::BundleClient)?;
+            let (opened, etag) = crate::reload::poll::first(bundle, &fetcher).await;
+            remote = Some((bundle.clone(), fetcher, etag));
+            match opened {
+                Some(opened) => (opened.snapshot, Some(opened.manifest.revision)),
+                None => {
+                    awaiting = true;
+                    (store::placeholder()?, None)
+                }
+            }
+        }
         PolicySource::Bundle(bundle) => {
             let opened = crate::policy::bundle::load(bundle)
                 .map_err(|err| err.into_load_error(&bundle.path))?;
@@ -133,7 +159,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
     // A token's principal and groups must be types the schema knows, or no policy could ever
     // match them.
     let issuer_types = crate::reload::IssuerTypes::of(&config.issuers);
-    if let Some((issuer, missing)) = issuer_types.missing(&snapshot) {
+    if let Some((issuer, missing)) = issuer_types.missing(&snapshot).filter(|_| !awaiting) {
         return Err(AppError::IssuerType {
             issuer: issuer.to_owned(),
             entity_type: missing.to_owned(),
@@ -147,7 +173,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         .map(Arc::new);
     let entities = match &config.entity_source {
         Some(settings) => {
-            if let Some(missing) = settings.types.keys().find(|name| {
+            if let Some(missing) = settings.types.keys().filter(|_| !awaiting).find(|name| {
                 !snapshot
                     .schema
                     .entity_types()
@@ -212,6 +238,9 @@ pub async fn build(config: Config) -> Result<App, AppError> {
     if let Some(revision) = bundle_revision {
         // A later bundle is judged against it (a rollback is refused).
         shared.bundle_in_force(revision);
+    }
+    if awaiting {
+        shared.await_first_bundle();
     }
     if let Some(candidate) = candidate {
         crate::server::shadow::register();
@@ -291,9 +320,20 @@ pub async fn build(config: Config) -> Result<App, AppError> {
     let mut reloaders = Vec::new();
     let live = match &config.policies {
         PolicySource::Dir(dir) => Some(Watched::Dir(dir.clone(), Target::Live)),
-        PolicySource::Bundle(bundle) => Some(Watched::Bundle(bundle.clone())),
-        PolicySource::Embedded => None,
+        PolicySource::Bundle(bundle) if bundle.remote.is_none() => {
+            Some(Watched::Bundle(bundle.clone()))
+        }
+        PolicySource::Bundle(_) | PolicySource::Embedded => None,
     };
+    let poller = remote.map(|(source, fetcher, etag)| {
+        crate::reload::poll::Poller::start(
+            source,
+            fetcher,
+            shared.clone(),
+            issuer_types.clone(),
+            etag,
+        )
+    });
     let candidate = config
         .candidate
         .as_ref()
@@ -407,6 +447,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         shutdown,
         admin_shutdown,
         reloaders,
+        poller,
         health,
         health_follower,
         grpc,
@@ -431,6 +472,7 @@ impl App {
             http,
             grpc_socket,
             reloaders,
+            poller,
             health,
             health_follower,
             ..
@@ -444,6 +486,9 @@ impl App {
         crate::server::health::report(&health, false).await;
         for reloader in &reloaders {
             reloader.stop();
+        }
+        if let Some(poller) = &poller {
+            poller.stop();
         }
         // Not ready, still serving: give endpoints time to notice before the listener closes.
         tokio::time::sleep(shared.limits.shutdown_delay).await;

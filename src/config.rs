@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod bundle;
 mod decision_log;
 mod entity_source;
 mod http_service;
@@ -20,6 +21,7 @@ mod issuers;
 mod otel;
 mod records;
 
+pub use bundle::{BundleSource, RemoteBundle};
 pub use decision_log::{DecisionLogSettings, NEVER_LOGGED};
 pub use entity_source::{EntitySourceSettings, EntityTypeSettings};
 pub use http_service::{HttpService, OriginalRequest};
@@ -157,18 +159,6 @@ pub struct CandidateSettings {
     pub dir: PathBuf,
     /// Fraction of checks the candidate also decides, in (0, 1].
     pub sample: f64,
-}
-
-/// A policy bundle file (`policies.bundle`): the set as one verified archive.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BundleSource {
-    pub path: PathBuf,
-    /// The public key (PEM) its manifest must be signed with; unsigned bundles are refused
-    /// when set.
-    pub public_key: Option<PathBuf>,
-    /// Install a bundle of a lower revision than the one in force (off: a rollback is
-    /// refused and counted).
-    pub allow_rollback: bool,
 }
 
 /// Where the policy set comes from.
@@ -379,18 +369,9 @@ struct RawListen {
 #[serde(deny_unknown_fields)]
 struct RawPolicies {
     dir: Option<PathBuf>,
-    bundle: Option<RawBundle>,
+    bundle: Option<bundle::RawBundle>,
     watch: Option<bool>,
     candidate: Option<RawCandidate>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBundle {
-    path: PathBuf,
-    public_key: Option<PathBuf>,
-    #[serde(default)]
-    allow_rollback: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -632,11 +613,7 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         Some(RawPolicies {
             bundle: Some(bundle),
             ..
-        }) => PolicySource::Bundle(BundleSource {
-            path: base.join(bundle.path),
-            public_key: bundle.public_key.map(|key| base.join(key)),
-            allow_rollback: bundle.allow_rollback,
-        }),
+        }) => PolicySource::Bundle(bundle::build(bundle, base, &mut problems)),
         Some(RawPolicies { dir, .. }) if dir.as_ref().is_none_or(|d| d.as_os_str().is_empty()) => {
             problems.push(Problem {
                 field: "policies.dir".into(),

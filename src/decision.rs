@@ -220,6 +220,8 @@ pub enum DenyReason {
     Timeout(std::time::Duration),
     #[error("cedargate is over its in-flight limit")]
     Overloaded,
+    #[error("no policy set is in force yet (the bundle server has not answered)")]
+    NoPolicySet,
     #[error("the entity source could not answer for {}", .0.iter().map(|u| crate::text::clip(&u.to_string())).collect::<Vec<_>>().join(", "))]
     EntityUnavailable(Vec<EntityUid>),
 }
@@ -244,6 +246,7 @@ impl DenyReason {
             Self::Internal(_) => "internal",
             Self::Timeout(_) => "timeout",
             Self::Overloaded => "overloaded",
+            Self::NoPolicySet => "no_policy_set",
         }
     }
 
@@ -264,9 +267,10 @@ impl DenyReason {
             Self::BadRequest(_) => (Code::InvalidArgument, 400),
             Self::Body(e) => (Code::InvalidArgument, e.status()),
             Self::Mapping(_) | Self::Internal(_) => (Code::Internal, 500),
-            Self::Timeout(_) | Self::Overloaded | Self::EntityUnavailable(_) => {
-                (Code::Unavailable, 503)
-            }
+            Self::Timeout(_)
+            | Self::Overloaded
+            | Self::NoPolicySet
+            | Self::EntityUnavailable(_) => (Code::Unavailable, 503),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod decide;
 pub mod decision;
 pub mod entities;
+pub mod http_client;
 pub mod identity;
 pub mod policy;
 pub mod record;

@@ -21,6 +21,8 @@ use crate::policy::{Snapshot, store};
 use crate::server::Shared;
 use crate::telemetry;
 
+pub mod poll;
+
 /// Quiet time after the last file event before a reload starts (editors write in bursts).
 const SETTLE: Duration = Duration::from_millis(100);
 /// How long the directory must read the same before a change is installed.
@@ -236,43 +238,81 @@ async fn run(
 }
 
 /// Opens the bundle file and, when it verifies, validates, is not a rollback (unless
-/// allowed) and changes the set, makes it the policy set in force. Anything else keeps the
-/// last good set, counted by reason (`cedargate_bundle_failures_total`) and logged.
+/// allowed) and changes the set, makes it the policy set in force ([`activate`]). Anything
+/// else keeps the last good set, counted by reason (`cedargate_bundle_failures_total`) and
+/// logged.
 pub async fn reload_bundle(
     source: &crate::config::BundleSource,
     shared: &Shared,
     issuer_types: &IssuerTypes,
 ) {
-    let refuse = |reason: &'static str, error: &dyn std::fmt::Display| {
-        telemetry::policy_reload("error");
-        telemetry::bundle_failed(reason);
-        tracing::error!(bundle = %source.path.display(), reason, error = %error, "policy bundle refused; the previous set stays in use");
-    };
     let owned = source.clone();
     let opened =
         match tokio::task::spawn_blocking(move || crate::policy::bundle::load(&owned)).await {
             Ok(Ok(opened)) => opened,
-            Ok(Err(err)) => return refuse(err.code(), &err),
-            Err(err) => return refuse("internal", &err),
+            Ok(Err(err)) => return refused(source, err.code(), &err),
+            Err(err) => return refused(source, "internal", &err),
         };
+    if let Err((reason, error)) = activate(opened, source, shared, issuer_types) {
+        refused(source, reason, &error);
+    }
+}
+
+/// Logs and counts a bundle that was not put in force.
+pub(crate) fn refused(
+    source: &crate::config::BundleSource,
+    reason: &'static str,
+    error: &dyn std::fmt::Display,
+) {
+    telemetry::policy_reload("error");
+    telemetry::bundle_failed(reason);
+    let from = source
+        .remote
+        .as_ref()
+        .map_or_else(|| source.path.display().to_string(), |r| r.url.clone());
+    tracing::error!(bundle = %from, reason, error = %error, "policy bundle refused; the previous set stays in use");
+}
+
+/// What [`activate`] did with a verified bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Installed,
+    /// The same revision and set are in force already.
+    Unchanged,
+}
+
+/// Puts an opened (verified, validated) bundle in force with one swap, unless its schema
+/// lacks an issuer's types, it is a rollback (and rollbacks are not allowed), or it is the
+/// set in force already. Refusals are `(reason, error)` for [`refused`].
+pub fn activate(
+    opened: crate::policy::bundle::Opened,
+    source: &crate::config::BundleSource,
+    shared: &Shared,
+    issuer_types: &IssuerTypes,
+) -> Result<Activation, (&'static str, String)> {
     if let Some((issuer, missing)) = issuer_types.missing(&opened.snapshot) {
-        let error = format!(
-            "the schema does not declare `{missing}`, issuer `{issuer}`'s principal_type or group_type"
-        );
-        return refuse("invalid", &error);
+        return Err((
+            "invalid",
+            format!(
+                "the schema does not declare `{missing}`, issuer `{issuer}`'s principal_type or group_type"
+            ),
+        ));
     }
     let revision = opened.manifest.revision;
     let previous = shared.snapshot.load().version.clone();
     let in_force = shared.bundle_revision();
-    if in_force == Some(revision) && previous == opened.snapshot.version {
+    if shared.has_policy_set() && in_force == Some(revision) && previous == opened.snapshot.version
+    {
         telemetry::policy_reload("unchanged");
-        return;
+        return Ok(Activation::Unchanged);
     }
     if let Some(in_force) = in_force.filter(|r| revision < *r && !source.allow_rollback) {
-        let error = format!(
-            "revision {revision} is older than revision {in_force} in force; set policies.bundle.allow_rollback to install it"
-        );
-        return refuse("rollback", &error);
+        return Err((
+            "rollback",
+            format!(
+                "revision {revision} is older than revision {in_force} in force; set policies.bundle.allow_rollback to install it"
+            ),
+        ));
     }
     let version = opened.snapshot.version.clone();
     telemetry::policy_warnings(&opened.snapshot);
@@ -280,6 +320,7 @@ pub async fn reload_bundle(
     telemetry::policy_loaded(Some(&previous), &version);
     telemetry::policy_reload("success");
     tracing::info!(%version, %previous, revision, signed = opened.signed, "policy bundle installed");
+    Ok(Activation::Installed)
 }
 
 /// Loads `dir` and, when valid and changed, makes it the policy set in force (or the
@@ -410,18 +451,18 @@ impl IssuerTypes {
 }
 
 #[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
+pub(crate) type Hangup = Option<tokio::signal::unix::Signal>;
 #[cfg(not(unix))]
-type Hangup = ();
+pub(crate) type Hangup = ();
 
-fn hangup_signal() -> Hangup {
+pub(crate) fn hangup_signal() -> Hangup {
     #[cfg(unix)]
     {
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
     }
 }
 
-async fn next(hangup: &mut Hangup) {
+pub(crate) async fn next(hangup: &mut Hangup) {
     #[cfg(unix)]
     if let Some(signal) = hangup
         && signal.recv().await.is_some()

@@ -285,6 +285,11 @@ pub fn bundle_activated(revision: u64) {
     metrics::gauge!(BUNDLE_ACTIVATED_AT).set(unix_now() as f64);
 }
 
+/// The bundle server answered with a verified bundle or `304 Not Modified`.
+pub fn bundle_fetched() {
+    metrics::gauge!(BUNDLE_FETCHED_AT).set(unix_now() as f64);
+}
+
 /// A policy bundle was refused, for `reason` ([`crate::policy::bundle::BundleError::code`],
 /// or `rollback`).
 pub fn bundle_failed(reason: &'static str) {

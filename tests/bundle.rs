@@ -278,6 +278,7 @@ async fn a_server_on_a_bundle_installs_newer_revisions_only_and_keeps_the_last_g
         path: file.clone(),
         public_key: Some(public.clone()),
         allow_rollback: false,
+        remote: None,
     };
     let mut config: Config = test_config(PolicySource::Bundle(source.clone()));
     config.watch_policies = true;
@@ -361,6 +362,7 @@ async fn a_bundle_that_does_not_verify_stops_start_up_naming_it() {
         path: file.clone(),
         public_key: None,
         allow_rollback: false,
+        remote: None,
     }));
     let err = cedargate::app::build(config).await.unwrap_err().to_string();
     assert!(err.contains("policies.tar.gz"), "{err}");

@@ -89,6 +89,7 @@ pub fn replay(args: &ReplayArgs) -> Result<Report, ReplayError> {
                 path: path.clone(),
                 public_key: args.public_key.clone(),
                 allow_rollback: true,
+                remote: None,
             })
             .map(|opened| opened.snapshot)
             .map_err(|err| err.into_load_error(path))

@@ -88,6 +88,7 @@ pub fn validate(policies: Option<&Path>, config_path: Option<&Path>) -> Report {
                 path: path.to_owned(),
                 public_key: None,
                 allow_rollback: false,
+                remote: None,
             })
         }
         (Some(dir), _) => PolicySource::Dir(dir.to_owned()),

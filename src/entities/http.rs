@@ -1,27 +1,21 @@
 //! The HTTP entity source: `POST <url>` with `{"uids": [{"type": "Order", "id": "1002"}]}`,
 //! answered `200` with a JSON array of Cedar entities (`[{"uid": …, "attrs": …, "parents":
-//! …}]`, the `entities.json` format). Over rustls with the system's roots or a CA file, with
-//! an optional client certificate (mTLS) or bearer token; no redirects; the answer is read to
-//! `max_response_bytes` at most.
+//! …}]`, the `entities.json` format), over [`crate::http_client`] (rustls, a CA file or the
+//! system's roots, optional mTLS or bearer token, no redirects, no proxy); the answer is read
+//! to `max_response_bytes` at most.
 
 use std::time::Duration;
 
 use cedar_policy::EntityUid;
 use futures_util::future::BoxFuture;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::{EntitySource, SourceError};
 use crate::config::EntitySourceSettings;
 
 /// Why the HTTP source cannot be set up; stops start-up.
 #[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    #[error("entity_source: cannot read {path}: {reason}")]
-    File { path: String, reason: String },
-    #[error("entity_source: {0}")]
-    Tls(String),
-}
+#[error("entity_source: {0}")]
+pub struct SetupError(#[from] crate::http_client::ClientError);
 
 /// An entity source over HTTP.
 pub struct HttpSource {
@@ -34,66 +28,14 @@ pub struct HttpSource {
 
 impl HttpSource {
     pub fn new(settings: &EntitySourceSettings) -> Result<Self, SetupError> {
-        let file_err = |path: &std::path::Path, reason: String| SetupError::File {
-            path: path.display().to_string(),
-            reason,
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        match &settings.ca_file {
-            Some(path) => {
-                let certs = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| file_err(path, e.to_string()))?;
-                for cert in certs {
-                    let cert = cert.map_err(|e| file_err(path, e.to_string()))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| SetupError::Tls(format!("CA certificate: {e}")))?;
-                }
-            }
-            None => {
-                for cert in rustls_native_certs::load_native_certs().certs {
-                    let _ = roots.add(cert);
-                }
-            }
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| SetupError::Tls(e.to_string()))?
-        .with_root_certificates(roots);
-        let tls = match (&settings.client_cert, &settings.client_key) {
-            (Some(cert), Some(key)) => {
-                let chain = CertificateDer::pem_file_iter(cert)
-                    .map_err(|e| file_err(cert, e.to_string()))?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| file_err(cert, e.to_string()))?;
-                let key =
-                    PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| SetupError::Tls(format!("client certificate: {e}")))?
-            }
-            _ => builder.with_no_client_auth(),
-        };
-        let bearer = match &settings.bearer_token_file {
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|e| file_err(path, e.to_string()))?;
-                Some(format!("Bearer {}", text.trim()))
-            }
-            None => None,
-        };
-        // No proxy from the environment (HTTP_PROXY and the like): the configured URL is the
-        // one checked (https, or http to loopback), and the credentials go to it only.
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .build()
-            .map_err(|e| SetupError::Tls(e.to_string()))?;
+        let crate::http_client::Client { client, bearer } =
+            crate::http_client::build(&crate::http_client::ClientSettings {
+                ca_file: settings.ca_file.as_deref(),
+                client_cert: settings.client_cert.as_deref(),
+                client_key: settings.client_key.as_deref(),
+                bearer_token_file: settings.bearer_token_file.as_deref(),
+                timeout: settings.timeout,
+            })?;
         Ok(Self {
             client,
             url: settings.url.clone(),

@@ -101,6 +101,15 @@ const EMBEDDED: &[(&str, &str)] = &[
     ),
 ];
 
+/// The set in force before a bundle server has first answered: no policy, so nothing is
+/// allowed (and checks are denied before it is even asked, see `Shared::has_policy_set`).
+pub fn placeholder() -> Result<Snapshot, PolicyLoadError> {
+    load_files(vec![SourceFile {
+        path: PathBuf::from("(no policy set yet).cedarschema"),
+        text: "entity HttpHeaders tags String;\nentity HttpQuery tags String;\nentity PathParams tags String;\nentity TokenClaims tags String;\nentity Workload { trust_domain: String };\n".to_owned(),
+    }])
+}
+
 /// Loads the example policy set compiled into the binary.
 pub fn load_embedded() -> Result<Snapshot, PolicyLoadError> {
     load_files(
@@ -621,6 +630,12 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_placeholder_set_loads_and_allows_nothing() {
+        let snapshot = placeholder().unwrap();
+        assert_eq!(snapshot.policies.policies().count(), 0);
+    }
 
     #[test]
     fn line_column_counts_from_one() {

@@ -48,6 +48,9 @@ pub struct Shared {
     pub candidate: ArcSwapOption<Snapshot>,
     /// The revision of the bundle in force, when the set came from one.
     bundle_revision: std::sync::Mutex<Option<u64>>,
+    /// False while the set in force is only the placeholder of a bundle server that has not
+    /// answered yet: checks are denied (503 `no_policy_set`) and `/readyz` says 503.
+    policies_ready: AtomicBool,
     pub authn: Authenticator,
     pub limits: Limits,
     pub peer_settings: PeerSettings,
@@ -131,6 +134,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             candidate: ArcSwapOption::empty(),
             bundle_revision: std::sync::Mutex::new(None),
+            policies_ready: AtomicBool::new(true),
             decisions,
             header_names: Arc::new(HeaderNames::new(&options.identity_headers)),
             authn,
@@ -161,6 +165,18 @@ impl Shared {
     pub fn install_bundle(&self, snapshot: Snapshot, revision: u64) {
         self.install(snapshot);
         self.bundle_in_force(revision);
+        self.policies_ready.store(true, Ordering::Release);
+    }
+
+    /// The set in force is a placeholder until a bundle is installed: checks are denied and
+    /// the server is not ready.
+    pub fn await_first_bundle(&self) {
+        self.policies_ready.store(false, Ordering::Release);
+    }
+
+    /// A policy set is in force (not the placeholder of a bundle not yet fetched).
+    pub fn has_policy_set(&self) -> bool {
+        self.policies_ready.load(Ordering::Acquire)
     }
 
     /// Remembers that the set in force is the bundle of `revision`.
@@ -203,7 +219,7 @@ impl Shared {
 
     /// Serving, not draining, and every issuer has keys.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.authn.is_ready()
+        self.ready.load(Ordering::Acquire) && self.authn.is_ready() && self.has_policy_set()
     }
 }
 
@@ -391,6 +407,10 @@ async fn decide(
         peer_refused,
         trace,
     } = prepared;
+    if !shared.has_policy_set() {
+        let decision = Decision::early(request.http.request_id.clone(), DenyReason::NoPolicySet);
+        return (decision, None);
+    }
     let presented = Presented {
         peer: Arc::new(peer),
         peer_refused,

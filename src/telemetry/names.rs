@@ -33,6 +33,7 @@ pub const CANDIDATE_INFO: &str = "cedargate_candidate_policy_info";
 pub const BUNDLE_REVISION: &str = "cedargate_bundle_revision";
 pub const BUNDLE_ACTIVATED_AT: &str = "cedargate_bundle_last_activation_timestamp_seconds";
 pub const BUNDLE_FAILURES_TOTAL: &str = "cedargate_bundle_failures_total";
+pub const BUNDLE_FETCHED_AT: &str = "cedargate_bundle_last_fetch_timestamp_seconds";
 
 /// The `# HELP` text of every cedargate metric (README, "Operations", has the same table).
 pub(super) const HELP: &[(&str, Kind, &str)] = &[
@@ -49,7 +50,12 @@ pub(super) const HELP: &[(&str, Kind, &str)] = &[
     (
         BUNDLE_FAILURES_TOTAL,
         Kind::Counter,
-        "Policy bundles refused, by reason: read, archive, manifest, hash, unsigned, signature, invalid, rollback.",
+        "Policy bundles refused or not fetched, by reason: read, archive, manifest, hash, unsigned, signature, invalid, rollback; from a bundle server also status, timeout, unreachable, too_large.",
+    ),
+    (
+        BUNDLE_FETCHED_AT,
+        Kind::Gauge,
+        "Unix time the bundle server last answered with a bundle that was verified (or 304 Not Modified): alert when it grows old.",
     ),
     (
         RECORDS_TOTAL,

@@ -3,6 +3,7 @@
 //! upstream on 127.0.0.1, and copies of the example policy set.
 #![allow(dead_code)]
 
+pub mod bundle_server;
 pub mod envoy;
 pub mod policies;
 pub mod upstream;
