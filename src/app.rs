@@ -93,8 +93,8 @@ pub struct App {
     /// Reload the policy directory (and the candidate's) on SIGHUP and, with
     /// `policies.watch`, on file changes.
     reloaders: Vec<crate::reload::Reloader>,
-    /// Polls the bundle server (`policies.bundle.url`).
-    poller: Option<crate::reload::poll::Poller>,
+    /// Poll the bundle servers (`policies.bundle.url`, `policies.candidate.bundle.url`).
+    pollers: Vec<crate::reload::poll::Poller>,
     /// gRPC health, which follows readiness (`server::health`).
     health: tonic_health::server::HealthReporter,
     health_follower: Option<JoinHandle<()>>,
@@ -191,20 +191,38 @@ pub async fn build(config: Config) -> Result<App, AppError> {
     };
     // The candidate set is loaded and checked like the live one: an invalid candidate at
     // start-up is a configuration error, a later invalid change keeps the last good one.
-    let candidate = match &config.candidate {
-        Some(settings) => {
-            let candidate =
-                crate::policy::store::load_dir(&settings.dir).map_err(AppError::Candidate)?;
-            if let Some((issuer, missing)) = issuer_types.missing(&candidate) {
-                return Err(AppError::IssuerType {
-                    issuer: issuer.to_owned(),
-                    entity_type: missing.to_owned(),
-                });
-            }
-            Some(candidate)
+    // A candidate from a bundle server may not have answered yet: then there is no
+    // candidate until its poller installs one.
+    let mut candidate_remote = None;
+    let candidate = match config.candidate.as_ref().map(|c| &c.source) {
+        Some(PolicySource::Bundle(
+            bundle @ crate::config::BundleSource {
+                remote: Some(settings),
+                ..
+            },
+        )) => {
+            let fetcher =
+                crate::reload::poll::Fetcher::new(settings).map_err(AppError::BundleClient)?;
+            let (opened, etag) = crate::reload::poll::first(bundle, &fetcher).await;
+            candidate_remote = Some((bundle.clone(), fetcher, etag));
+            opened.map(|o| o.snapshot)
         }
-        None => None,
+        Some(PolicySource::Bundle(bundle)) => Some(
+            crate::policy::bundle::load(bundle)
+                .map_err(|err| AppError::Candidate(err.into_load_error(&bundle.path)))?
+                .snapshot,
+        ),
+        Some(PolicySource::Dir(dir)) => {
+            Some(crate::policy::store::load_dir(dir).map_err(AppError::Candidate)?)
+        }
+        Some(PolicySource::Embedded) | None => None,
     };
+    if let Some((issuer, missing)) = candidate.as_ref().and_then(|c| issuer_types.missing(c)) {
+        return Err(AppError::IssuerType {
+            issuer: issuer.to_owned(),
+            entity_type: missing.to_owned(),
+        });
+    }
     let mut options = CheckOptions {
         dry_run: config.dry_run,
         decision_log: config.decision_log.clone(),
@@ -242,8 +260,10 @@ pub async fn build(config: Config) -> Result<App, AppError> {
     if awaiting {
         shared.await_first_bundle();
     }
-    if let Some(candidate) = candidate {
+    if config.candidate.is_some() {
         crate::server::shadow::register();
+    }
+    if let Some(candidate) = candidate {
         shared.install_candidate(candidate);
     }
 
@@ -321,23 +341,34 @@ pub async fn build(config: Config) -> Result<App, AppError> {
     let live = match &config.policies {
         PolicySource::Dir(dir) => Some(Watched::Dir(dir.clone(), Target::Live)),
         PolicySource::Bundle(bundle) if bundle.remote.is_none() => {
-            Some(Watched::Bundle(bundle.clone()))
+            Some(Watched::Bundle(bundle.clone(), Target::Live))
         }
         PolicySource::Bundle(_) | PolicySource::Embedded => None,
     };
-    let poller = remote.map(|(source, fetcher, etag)| {
-        crate::reload::poll::Poller::start(
+    let pollers: Vec<_> = [
+        (remote, Target::Live),
+        (candidate_remote, Target::Candidate),
+    ]
+    .into_iter()
+    .filter_map(|(remote, target)| {
+        let (source, fetcher, etag) = remote?;
+        Some(crate::reload::poll::Poller::start(
             source,
             fetcher,
             shared.clone(),
             issuer_types.clone(),
             etag,
-        )
-    });
-    let candidate = config
-        .candidate
-        .as_ref()
-        .map(|c| Watched::Dir(c.dir.clone(), Target::Candidate));
+            target,
+        ))
+    })
+    .collect();
+    let candidate = match config.candidate.as_ref().map(|c| &c.source) {
+        Some(PolicySource::Dir(dir)) => Some(Watched::Dir(dir.clone(), Target::Candidate)),
+        Some(PolicySource::Bundle(bundle)) if bundle.remote.is_none() => {
+            Some(Watched::Bundle(bundle.clone(), Target::Candidate))
+        }
+        _ => None,
+    };
     for watched in live.into_iter().chain(candidate) {
         reloaders.push(crate::reload::Reloader::start(
             watched,
@@ -447,7 +478,7 @@ pub async fn build(config: Config) -> Result<App, AppError> {
         shutdown,
         admin_shutdown,
         reloaders,
-        poller,
+        pollers,
         health,
         health_follower,
         grpc,
@@ -472,7 +503,7 @@ impl App {
             http,
             grpc_socket,
             reloaders,
-            poller,
+            pollers,
             health,
             health_follower,
             ..
@@ -487,7 +518,7 @@ impl App {
         for reloader in &reloaders {
             reloader.stop();
         }
-        if let Some(poller) = &poller {
+        for poller in &pollers {
             poller.stop();
         }
         // Not ready, still serving: give endpoints time to notice before the listener closes.

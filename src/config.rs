@@ -156,7 +156,8 @@ impl std::fmt::Display for GrpcListen {
 /// its outcome counted and logged, never enforced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CandidateSettings {
-    pub dir: PathBuf,
+    /// A directory, or a bundle (a file, or pulled from a bundle server).
+    pub source: PolicySource,
     /// Fraction of checks the candidate also decides, in (0, 1].
     pub sample: f64,
 }
@@ -377,7 +378,8 @@ struct RawPolicies {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCandidate {
-    dir: PathBuf,
+    dir: Option<PathBuf>,
+    bundle: Option<bundle::RawBundle>,
     sample: Option<f64>,
 }
 
@@ -499,7 +501,7 @@ impl Config {
 fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
     let RawConfig {
         listen,
-        policies,
+        mut policies,
         limits,
         log,
         issuers,
@@ -582,18 +584,23 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
 
     let policies_watch = policies.as_ref().and_then(|p| p.watch);
     let candidate = policies
-        .as_ref()
-        .and_then(|p| p.candidate.as_ref())
+        .as_mut()
+        .and_then(|p| p.candidate.take())
         .map(|c| {
-            if c.dir.as_os_str().is_empty() {
-                problems.push(Problem {
-                    field: "policies.candidate.dir".into(),
-                    value: String::new(),
-                    fix: "name the directory of the candidate policy set (same layout as policies.dir)",
-                });
-            }
+            let source = match (c.dir, c.bundle) {
+                (Some(dir), None) if !dir.as_os_str().is_empty() => PolicySource::Dir(base.join(dir)),
+                (None, Some(raw)) => PolicySource::Bundle(bundle::build(raw, base, &mut problems)),
+                _ => {
+                    problems.push(Problem {
+                        field: "policies.candidate".into(),
+                        value: String::new(),
+                        fix: "name the candidate set: a directory (dir) or a bundle (bundle: { path, url, public_key }), not both",
+                    });
+                    PolicySource::Embedded
+                }
+            };
             CandidateSettings {
-                dir: base.join(&c.dir),
+                source,
                 sample: records::fraction(c.sample, "policies.candidate.sample", &mut problems),
             }
         });
@@ -951,7 +958,10 @@ mod tests {
         )
         .unwrap();
         let candidate = config.candidate.unwrap();
-        assert_eq!(candidate.dir, PathBuf::from("/etc/cedargate/next"));
+        assert_eq!(
+            candidate.source,
+            PolicySource::Dir(PathBuf::from("/etc/cedargate/next"))
+        );
         assert_eq!(candidate.sample, 0.25);
         let records = config.records.unwrap();
         assert_eq!(

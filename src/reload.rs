@@ -62,7 +62,7 @@ impl Target {
 #[derive(Debug, Clone)]
 pub enum Watched {
     Dir(PathBuf, Target),
-    Bundle(crate::config::BundleSource),
+    Bundle(crate::config::BundleSource, Target),
 }
 
 impl Watched {
@@ -70,7 +70,7 @@ impl Watched {
     fn dir(&self) -> PathBuf {
         match self {
             Self::Dir(dir, _) => dir.clone(),
-            Self::Bundle(bundle) => match bundle.path.parent() {
+            Self::Bundle(bundle, _) => match bundle.path.parent() {
                 Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
                 _ => PathBuf::from("."),
             },
@@ -232,7 +232,9 @@ async fn run(
         }
         match &watched {
             Watched::Dir(dir, target) => reload(dir, &shared, &issuer_types, *target).await,
-            Watched::Bundle(bundle) => reload_bundle(bundle, &shared, &issuer_types).await,
+            Watched::Bundle(bundle, target) => {
+                reload_bundle(bundle, &shared, &issuer_types, *target).await;
+            }
         }
     }
 }
@@ -245,6 +247,7 @@ pub async fn reload_bundle(
     source: &crate::config::BundleSource,
     shared: &Shared,
     issuer_types: &IssuerTypes,
+    target: Target,
 ) {
     let owned = source.clone();
     let opened =
@@ -253,7 +256,7 @@ pub async fn reload_bundle(
             Ok(Err(err)) => return refused(source, err.code(), &err),
             Err(err) => return refused(source, "internal", &err),
         };
-    if let Err((reason, error)) = activate(opened, source, shared, issuer_types) {
+    if let Err((reason, error)) = activate(opened, source, shared, issuer_types, target) {
         refused(source, reason, &error);
     }
 }
@@ -283,12 +286,14 @@ pub enum Activation {
 
 /// Puts an opened (verified, validated) bundle in force with one swap, unless its schema
 /// lacks an issuer's types, it is a rollback (and rollbacks are not allowed), or it is the
-/// set in force already. Refusals are `(reason, error)` for [`refused`].
+/// set in force already. A candidate bundle becomes the candidate (any revision: it is a
+/// trial, never enforced). Refusals are `(reason, error)` for [`refused`].
 pub fn activate(
     opened: crate::policy::bundle::Opened,
     source: &crate::config::BundleSource,
     shared: &Shared,
     issuer_types: &IssuerTypes,
+    target: Target,
 ) -> Result<Activation, (&'static str, String)> {
     if let Some((issuer, missing)) = issuer_types.missing(&opened.snapshot) {
         return Err((
@@ -297,6 +302,17 @@ pub fn activate(
                 "the schema does not declare `{missing}`, issuer `{issuer}`'s principal_type or group_type"
             ),
         ));
+    }
+    if target == Target::Candidate {
+        if shared.candidate_version().as_deref() == Some(&*opened.snapshot.version) {
+            telemetry::policy_reload("unchanged");
+            return Ok(Activation::Unchanged);
+        }
+        let version = opened.snapshot.version.clone();
+        shared.install_candidate(opened.snapshot);
+        telemetry::policy_reload("success");
+        tracing::info!(%version, revision = opened.manifest.revision, "candidate policy bundle installed");
+        return Ok(Activation::Installed);
     }
     let revision = opened.manifest.revision;
     let previous = shared.snapshot.load().version.clone();

@@ -18,7 +18,7 @@ use std::process::Command;
 
 use cedargate::config::{BundleSource, Config, PolicySource};
 use cedargate::policy::bundle::{self, keys};
-use cedargate::reload::{IssuerTypes, reload_bundle};
+use cedargate::reload::{IssuerTypes, Target, reload_bundle};
 use cedargate::testutil::{TestServer, check, metric_value, test_config};
 
 fn cedargate(args: &[&str]) -> std::process::Output {
@@ -300,14 +300,14 @@ async fn a_server_on_a_bundle_installs_newer_revisions_only_and_keeps_the_last_g
     // A newer revision that closes the health page is installed.
     let closed = r#"@id("closed") forbid (principal, action, resource == Path::"/healthz");"#;
     write_bundle(&file, 11, &key, Some(closed));
-    reload_bundle(&source, &shared, &IssuerTypes::default()).await;
+    reload_bundle(&source, &shared, &IssuerTypes::default(), Target::Live).await;
     assert_eq!(shared.bundle_revision(), Some(11));
     assert_eq!(server.check(health()).await.http_status(), Some(403));
     let closed_version = shared.snapshot.load().version.clone();
 
     // An older revision is a rollback: refused, counted, the last good set stays.
     write_bundle(&file, 9, &key, None);
-    reload_bundle(&source, &shared, &IssuerTypes::default()).await;
+    reload_bundle(&source, &shared, &IssuerTypes::default(), Target::Live).await;
     assert_eq!(shared.bundle_revision(), Some(11));
     assert_eq!(shared.snapshot.load().version, closed_version);
     // Signed by another key: refused.
@@ -318,20 +318,18 @@ async fn a_server_on_a_bundle_installs_newer_revisions_only_and_keeps_the_last_g
     )
     .unwrap();
     write_bundle(&file, 12, &stranger, None);
-    reload_bundle(&source, &shared, &IssuerTypes::default()).await;
+    reload_bundle(&source, &shared, &IssuerTypes::default(), Target::Live).await;
     assert_eq!(shared.bundle_revision(), Some(11));
     // Garbage where the bundle was: refused.
     std::fs::write(&file, b"not a bundle").unwrap();
-    reload_bundle(&source, &shared, &IssuerTypes::default()).await;
+    reload_bundle(&source, &shared, &IssuerTypes::default(), Target::Live).await;
     assert_eq!(shared.snapshot.load().version, closed_version);
     assert_eq!(server.check(health()).await.http_status(), Some(403));
     let after = server.metrics().await;
+    // Counted once by the reload above, and once more if the watcher saw the write first.
     for reason in ["rollback", "signature", "archive"] {
-        assert_eq!(
-            failures(&after, reason) - failures(&before, reason),
-            1.0,
-            "{reason}"
-        );
+        let counted = failures(&after, reason) - failures(&before, reason);
+        assert!((1.0..=2.0).contains(&counted), "{reason}: {counted}");
     }
     assert!(after.contains("cedargate_bundle_revision 11"), "{after}");
     assert!(

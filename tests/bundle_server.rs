@@ -429,3 +429,57 @@ async fn three_processes_on_one_bundle_server_converge_on_each_revision() {
     }
     assert!(server.requests() >= 9);
 }
+
+#[tokio::test]
+async fn a_candidate_set_can_come_from_a_bundle_server() {
+    cedargate::app::install_crypto_provider();
+    let server = BundleServer::start().await;
+    let key = signing_key();
+    let setup = setup(&server, &key);
+    server.publish(bundle_of(1, Some(&key), Some(CLOSED)));
+    let live = support::policies::example_with(&[]);
+    let mut config = test_config(PolicySource::Dir(live.path().to_owned()));
+    config.candidate = Some(cedargate::config::CandidateSettings {
+        source: PolicySource::Bundle(source(&server, &setup, false)),
+        sample: 1.0,
+    });
+    let mut cedargate = TestServer::with_config(config).await;
+    cedargate.ready().await;
+    let shadow = |metrics: &str, candidate: &str| {
+        metric_value(
+            metrics,
+            "cedargate_shadow_decisions_total",
+            &[("live", "allow"), ("candidate", candidate)],
+        )
+    };
+    let before = cedargate.metrics().await;
+    let reply = cedargate.check(check("GET", "/healthz").build()).await;
+    assert_eq!(
+        reply.code(),
+        tonic::Code::Ok,
+        "the candidate is never enforced"
+    );
+    let after = cedargate.metrics().await;
+    assert_eq!(shadow(&after, "deny") - shadow(&before, "deny"), 1.0);
+    assert_eq!(
+        cedargate.app.shared.bundle_revision(),
+        None,
+        "the live set is the directory"
+    );
+
+    // A new candidate revision that opens the page again replaces it.
+    server.publish(bundle_of(2, Some(&key), Some("// open again\n")));
+    let first = cedargate.app.shared.candidate_version();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cedargate.app.shared.candidate_version() == first {
+        assert!(
+            Instant::now() < deadline,
+            "the new candidate was not installed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = cedargate.metrics().await;
+    cedargate.check(check("GET", "/healthz").build()).await;
+    let after = cedargate.metrics().await;
+    assert_eq!(shadow(&after, "allow") - shadow(&before, "allow"), 1.0);
+}

@@ -206,7 +206,7 @@ async fn a_candidate_set_is_decided_beside_the_live_one_and_never_enforced() {
     let records = tempfile::tempdir().unwrap();
     let mut config = config(live.path(), &jwks, records.path());
     config.candidate = Some(CandidateSettings {
-        dir: candidate.path().to_owned(),
+        source: PolicySource::Dir(candidate.path().to_owned()),
         sample: 1.0,
     });
     let mut server = TestServer::with_config(config).await;

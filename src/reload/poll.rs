@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::{Activation, IssuerTypes, activate, refused};
+use super::{Activation, IssuerTypes, Target, activate, refused};
 use crate::config::{BundleSource, RemoteBundle};
 use crate::policy::bundle::{self, Opened};
 use crate::server::Shared;
@@ -205,9 +205,10 @@ impl Poller {
         shared: Arc<Shared>,
         issuer_types: IssuerTypes,
         etag: Option<String>,
+        target: Target,
     ) -> Self {
         Self {
-            task: tokio::spawn(run(source, fetcher, shared, issuer_types, etag)),
+            task: tokio::spawn(run(source, fetcher, shared, issuer_types, etag, target)),
         }
     }
 
@@ -234,6 +235,7 @@ async fn run(
     shared: Arc<Shared>,
     issuer_types: IssuerTypes,
     mut etag: Option<String>,
+    target: Target,
 ) {
     let Some(interval) = source.remote.as_ref().map(|r| r.poll_interval) else {
         return;
@@ -242,7 +244,11 @@ async fn run(
     let mut failures = 0u32;
     loop {
         // Not ready yet: try again soon, whatever the interval.
-        let wait = next_wait(interval, failures.max(u32::from(!shared.has_policy_set())));
+        let waiting = match target {
+            Target::Live => !shared.has_policy_set(),
+            Target::Candidate => shared.candidate_version().is_none(),
+        };
+        let wait = next_wait(interval, failures.max(u32::from(waiting)));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = super::next(&mut hangup) => tracing::info!("SIGHUP: polling the bundle server"),
@@ -250,7 +256,7 @@ async fn run(
         let outcome = match fetcher.fetch(etag.as_deref()).await {
             Ok(Fetched::NotModified) => Ok(None),
             Ok(Fetched::Bundle { bytes, etag: tag }) => match open(bytes.clone(), &source).await {
-                Ok(opened) => match activate(opened, &source, &shared, &issuer_types) {
+                Ok(opened) => match activate(opened, &source, &shared, &issuer_types, target) {
                     Ok(activation) => {
                         if activation == Activation::Installed {
                             keep(&source.path, &bytes);
