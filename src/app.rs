@@ -547,7 +547,9 @@ impl App {
         if let Some(socket) = grpc_socket {
             socket.remove();
         }
-        // Every check has been answered: what they queued for the records file is written.
+        // Every check has been answered: the candidate's evaluations finish, and what they
+        // queued for the records file is written.
+        shared.shadow.drain(std::time::Duration::from_secs(5)).await;
         if let Some(recorder) = &shared.options.recorder {
             recorder.flush(std::time::Duration::from_secs(5));
         }

@@ -144,8 +144,6 @@ pub struct Envelope {
     pub log_attributes: Vec<(String, String)>,
     /// The W3C trace id of the checked request (`traceparent`), for the decision log.
     pub trace_id: Option<String>,
-    /// What the candidate policy set decided (`policies.candidate`), never enforced.
-    pub candidate: Option<Box<Evaluation>>,
 }
 
 impl Evaluation {
@@ -182,7 +180,6 @@ impl Envelope {
             peer_addr: String::new(),
             log_attributes: Vec::new(),
             trace_id: None,
-            candidate: None,
         }
     }
 }

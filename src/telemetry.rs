@@ -190,8 +190,6 @@ pub fn decided(decision: &Decision, elapsed: Duration, sampler: &Sampler) {
         trace_id = envelope.trace_id.as_deref().unwrap_or(""),
         attributes = attributes.as_deref().unwrap_or(""),
         detail = detail.as_deref().unwrap_or(""),
-        candidate = envelope.candidate.as_ref().map_or("", |c| if c.is_allow() { "allow" } else { "deny" }),
-        candidate_policy_ids = %envelope.candidate.as_ref().map(|c| c.policy_ids.join(",")).unwrap_or_default(),
         latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
     );
 }

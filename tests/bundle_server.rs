@@ -459,7 +459,10 @@ async fn a_candidate_set_can_come_from_a_bundle_server() {
         tonic::Code::Ok,
         "the candidate is never enforced"
     );
-    let after = cedargate.metrics().await;
+    let after = until(&cedargate, "the candidate's deny", |m| {
+        shadow(m, "deny") - shadow(&before, "deny") >= 1.0
+    })
+    .await;
     assert_eq!(shadow(&after, "deny") - shadow(&before, "deny"), 1.0);
     assert_eq!(
         cedargate.app.shared.bundle_revision(),
@@ -480,6 +483,8 @@ async fn a_candidate_set_can_come_from_a_bundle_server() {
     }
     let before = cedargate.metrics().await;
     cedargate.check(check("GET", "/healthz").build()).await;
-    let after = cedargate.metrics().await;
-    assert_eq!(shadow(&after, "allow") - shadow(&before, "allow"), 1.0);
+    until(&cedargate, "the new candidate's allow", |m| {
+        shadow(m, "allow") - shadow(&before, "allow") >= 1.0
+    })
+    .await;
 }

@@ -240,7 +240,12 @@ async fn a_candidate_set_is_decided_beside_the_live_one_and_never_enforced() {
         )
         .await;
     assert_eq!(denied.http_status(), Some(403));
-    let after = server.metrics().await;
+    // The candidate decides off the check's path: wait (bounded) for its counts.
+    let after = until(&server, |m| {
+        shadow(m, "allow", "deny") - shadow(&before, "allow", "deny") >= 1.0
+            && shadow(m, "deny", "deny") - shadow(&before, "deny", "deny") >= 1.0
+    })
+    .await;
     assert_eq!(
         shadow(&after, "allow", "deny") - shadow(&before, "allow", "deny"),
         1.0
@@ -273,7 +278,10 @@ async fn a_candidate_set_is_decided_beside_the_live_one_and_never_enforced() {
         )
         .await;
     assert_eq!(health.code(), tonic::Code::Ok);
-    let last = server.metrics().await;
+    let last = until(&server, |m| {
+        shadow(m, "allow", "allow") - shadow(&after, "allow", "allow") >= 1.0
+    })
+    .await;
     assert_eq!(
         shadow(&last, "allow", "allow") - shadow(&after, "allow", "allow"),
         1.0
@@ -282,7 +290,7 @@ async fn a_candidate_set_is_decided_beside_the_live_one_and_never_enforced() {
 
     // Each record carries the candidate's outcome beside the live one.
     let recorded = read_records(&records.path().join("records.jsonl"));
-    let outcomes: Vec<(&str, bool, Option<bool>)> = recorded
+    let mut outcomes: Vec<(&str, bool, Option<bool>)> = recorded
         .iter()
         .map(|r| {
             (
@@ -292,19 +300,32 @@ async fn a_candidate_set_is_decided_beside_the_live_one_and_never_enforced() {
             )
         })
         .collect();
+    // Written as each candidate evaluation ends: in any order.
+    outcomes.sort_unstable();
     assert_eq!(
         outcomes,
         [
             ("h1", true, Some(false)),
-            ("p1", false, Some(false)),
-            ("h2", true, Some(true))
+            ("h2", true, Some(true)),
+            ("p1", false, Some(false))
         ]
     );
-    assert_eq!(
-        recorded[0].candidate.as_ref().unwrap().policies,
-        ["health-closed"]
-    );
+    let h1 = recorded.iter().find(|r| r.request_id == "h1").unwrap();
+    assert_eq!(h1.candidate.as_ref().unwrap().policies, ["health-closed"]);
     jwks.stop().await;
+}
+
+/// The server's metrics once `done` holds for them (bounded wait).
+async fn until(server: &TestServer, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let metrics = server.metrics().await;
+        if done(&metrics) {
+            return metrics;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 async fn reload_candidate(server: &TestServer, dir: &Path) {

@@ -46,6 +46,8 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     /// The candidate set decided beside it, never enforced (`policies.candidate`).
     pub candidate: ArcSwapOption<Snapshot>,
+    /// Where the candidate is decided, off the checks' path, with its bound.
+    pub shadow: super::shadow::Shadow,
     /// The revision of the bundle in force, when the set came from one.
     bundle_revision: std::sync::Mutex<Option<u64>>,
     /// False while the set in force is only the placeholder of a bundle server that has not
@@ -133,6 +135,7 @@ impl Shared {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             candidate: ArcSwapOption::empty(),
+            shadow: Default::default(),
             bundle_revision: std::sync::Mutex::new(None),
             policies_ready: AtomicBool::new(true),
             decisions,
@@ -441,34 +444,36 @@ async fn decide(
             None,
         )
     };
-    // The candidate set and the record: for checks, not for Explain.
-    let candidate = if keep_call {
-        None
-    } else {
-        shared.candidate.load_full().and_then(|candidate| {
+    let envelope = envelope(shared, &request, &presented, &evaluation, trace);
+    // The candidate set and the record, after the answer is made and off the check's path:
+    // for checks, not for Explain.
+    if !keep_call {
+        let candidate = shared.candidate.load_full().filter(|_| {
             let sample = shared.options.candidate_sample;
-            (sample >= 1.0 || fastrand::f64() < sample).then(|| {
-                super::shadow::decide(&candidate, &request, &presented, now, &evaluation, deadline)
-            })?
-        })
-    };
-    let mut envelope = envelope(shared, &request, &presented, &evaluation, trace);
-    if let Some(recorder) = shared
-        .options
-        .recorder
-        .as_ref()
-        .filter(|r| !keep_call && r.sampled())
-    {
-        recorder.record(crate::record::Decided {
-            body_read: snapshot.reads.body.is_some(),
-            request,
-            presented,
-            now,
-            evaluation: evaluation.clone(),
-            candidate: candidate.clone(),
+            sample >= 1.0 || fastrand::f64() < sample
         });
+        let recorder = shared
+            .options
+            .recorder
+            .as_ref()
+            .filter(|r| r.sampled())
+            .map(Arc::clone);
+        if candidate.is_some() || recorder.is_some() {
+            let decided = crate::record::Decided {
+                body_read: snapshot.reads.body.is_some(),
+                request,
+                presented,
+                now,
+                evaluation: evaluation.clone(),
+                candidate: None,
+            };
+            match (candidate, recorder) {
+                (Some(candidate), recorder) => shared.shadow.decide(candidate, decided, recorder),
+                (None, Some(recorder)) => recorder.record(decided),
+                (None, None) => {}
+            }
+        }
     }
-    envelope.candidate = candidate.map(Box::new);
     (
         Decision {
             evaluation,
@@ -513,7 +518,6 @@ fn envelope(
         peer_addr: presented.peer.address.clone(),
         log_attributes: log_attributes(&shared.options, request, presented),
         trace_id: trace.map(|t| t.trace_id),
-        candidate: None,
     }
 }
 

@@ -2,40 +2,104 @@
 //! sample (`policies.candidate`), with the same [`crate::decide::evaluate`] and the same
 //! inputs (the fetched entities too), never enforced.
 //!
-//! What the candidate may not do, and how it is kept from it: change the answer (its
-//! evaluation is only counted, logged and recorded: it never reaches [`super::check`]'s
-//! answer); fail the check (a panic in it is caught and counted as a candidate `error`, the
-//! live answer stands); slow a check without bound (it is one more pure evaluation, no I/O,
-//! and it is skipped when the check's deadline has passed). Every check it decides is counted
-//! in `cedargate_shadow_decisions_total{live, candidate}`; a disagreement is also logged, with
-//! the request id and both outcomes and determining policies.
+//! What the candidate may not do, and how it is kept from it:
+//! - change the answer: it is decided after the live decision is made, off the check's path
+//!   (on the blocking pool), and only counted, logged and recorded;
+//! - fail or slow the check: the check hands its inputs over and answers at once; a panic in
+//!   the candidate is caught and counted (`candidate="error"`);
+//! - take the CPU without bound: at most [`Shadow::IN_FLIGHT_PER_CORE`] candidate
+//!   evaluations per core run at once; a check that finds them all busy is not shadowed and
+//!   is counted (`candidate="skipped"`), so a slow candidate costs shadow coverage, never
+//!   check latency beyond the CPU those evaluations use.
+//!
+//! Every check it decides is counted in `cedargate_shadow_decisions_total{live, candidate}`
+//! (allow, deny; `error` for a policy error or a panic); a disagreement is logged with the
+//! request id and both outcomes and determining policies. The record of the check (when
+//! `records` is on) is written once the candidate has decided, with its outcome.
 
 use std::panic::AssertUnwindSafe;
-use std::time::Instant;
+use std::sync::Arc;
 
-use crate::decision::Evaluation;
-use crate::identity::Presented;
+use tokio::sync::Semaphore;
+
+use crate::decision::{DenyReason, Evaluation, Outcome};
 use crate::policy::Snapshot;
-use crate::request::Request;
+use crate::record::Decided;
+use crate::record::writer::Recorder;
 use crate::telemetry::SHADOW_DECISIONS_TOTAL;
 
-/// Decides `request` with the candidate set, counts the pair, logs a disagreement.
-pub fn decide(
-    candidate: &Snapshot,
-    request: &Request,
-    presented: &Presented,
-    now: i64,
-    live: &Evaluation,
-    deadline: Instant,
-) -> Option<Evaluation> {
-    if Instant::now() >= deadline {
-        return None;
+/// Places for candidate evaluations in flight.
+#[derive(Debug)]
+pub struct Shadow {
+    places: Arc<Semaphore>,
+    total: u32,
+}
+
+impl Default for Shadow {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let total = u32::try_from(cores * Self::IN_FLIGHT_PER_CORE).unwrap_or(64);
+        Self {
+            places: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
     }
-    let decided = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        crate::decide::evaluate(candidate, request, presented, now)
+}
+
+/// The `live`/`candidate` label of an evaluation.
+fn label(evaluation: &Evaluation) -> &'static str {
+    match &evaluation.outcome {
+        Outcome::Allow => "allow",
+        Outcome::Deny(DenyReason::PolicyError(_)) => "error",
+        Outcome::Deny(_) => "deny",
+    }
+}
+
+impl Shadow {
+    /// Candidate evaluations in flight per core, at most.
+    pub const IN_FLIGHT_PER_CORE: usize = 2;
+
+    /// Decides `decided` with `candidate` off the check's path, then records it (with the
+    /// candidate's outcome) when `recorder` is given. With no place free, the check is not
+    /// shadowed (counted) and is recorded at once.
+    pub fn decide(
+        &self,
+        candidate: Arc<Snapshot>,
+        decided: Decided,
+        recorder: Option<Arc<Recorder>>,
+    ) {
+        let Ok(place) = Arc::clone(&self.places).try_acquire_owned() else {
+            metrics::counter!(SHADOW_DECISIONS_TOTAL, "live" => label(&decided.evaluation), "candidate" => "skipped")
+                .increment(1);
+            if let Some(recorder) = recorder {
+                recorder.record(decided);
+            }
+            return;
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut decided = decided;
+            decided.candidate = evaluate(&candidate, &decided);
+            if let Some(recorder) = recorder {
+                recorder.record(decided);
+            }
+            drop(place);
+        });
+    }
+
+    /// Waits (at most `within`) until no candidate evaluation is in flight (shutdown: their
+    /// records are queued before the records file is flushed).
+    pub async fn drain(&self, within: std::time::Duration) {
+        let _ = tokio::time::timeout(within, self.places.acquire_many(self.total)).await;
+    }
+}
+
+/// The candidate's evaluation of a decided check, counted and, on a disagreement, logged.
+fn evaluate(candidate: &Snapshot, decided: &Decided) -> Option<Evaluation> {
+    let live = &decided.evaluation;
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        crate::decide::evaluate(candidate, &decided.request, &decided.presented, decided.now)
     }));
-    let label = |e: &Evaluation| if e.is_allow() { "allow" } else { "deny" };
-    let Ok(shadow) = decided else {
+    let Ok(shadow) = outcome else {
         crate::telemetry::panicked();
         metrics::counter!(SHADOW_DECISIONS_TOTAL, "live" => label(live), "candidate" => "error")
             .increment(1);
@@ -45,12 +109,12 @@ pub fn decide(
         .increment(1);
     if shadow.is_allow() != live.is_allow() {
         let reason = |e: &Evaluation| match &e.outcome {
-            crate::decision::Outcome::Allow => "allow",
-            crate::decision::Outcome::Deny(reason) => reason.code(),
+            Outcome::Allow => "allow",
+            Outcome::Deny(reason) => reason.code(),
         };
         tracing::info!(
             target: "cedargate::shadow",
-            request_id = %request.http.request_id,
+            request_id = %decided.request.http.request_id,
             live = label(live),
             live_reason = reason(live),
             live_policies = ?live.policy_ids,
@@ -66,8 +130,8 @@ pub fn decide(
 
 /// Pre-registers the shadow counters, so that a dashboard sees zeros before the first check.
 pub fn register() {
-    for live in ["allow", "deny"] {
-        for candidate in ["allow", "deny", "error"] {
+    for live in ["allow", "deny", "error"] {
+        for candidate in ["allow", "deny", "error", "skipped"] {
             metrics::counter!(SHADOW_DECISIONS_TOTAL, "live" => live, "candidate" => candidate)
                 .increment(0);
         }

@@ -56,38 +56,10 @@ struct Line<'a> {
     /// The verdict came from the token's decision cache.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     cached: bool,
-    /// What the candidate policy set decided (`policies.candidate`), never enforced.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    candidate: Option<Candidate<'a>>,
     /// Entities fetched from the entity source that the decision used.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     fetched: Vec<String>,
     latency_us: u64,
-}
-
-/// The candidate set's outcome on a decision line.
-#[derive(Debug, Serialize)]
-struct Candidate<'a> {
-    decision: &'static str,
-    reason: &'static str,
-    policy_ids: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    policy_version: Option<&'a str>,
-}
-
-impl<'a> Candidate<'a> {
-    fn of(evaluation: &'a crate::decision::Evaluation) -> Self {
-        let (decision, reason) = match &evaluation.outcome {
-            crate::decision::Outcome::Allow => ("allow", "allow"),
-            crate::decision::Outcome::Deny(reason) => ("deny", reason.code()),
-        };
-        Self {
-            decision,
-            reason,
-            policy_ids: &evaluation.policy_ids,
-            policy_version: evaluation.version.as_deref(),
-        }
-    }
 }
 
 /// Log attributes as one JSON object.
@@ -143,7 +115,6 @@ pub fn write(decision: &Decision, detail: Option<&str>, elapsed: Duration) -> bo
         attributes: Attributes(&envelope.log_attributes),
         detail,
         cached: evaluation.recall == crate::decision::Recall::Hit,
-        candidate: envelope.candidate.as_deref().map(Candidate::of),
         fetched: evaluation.fetched.iter().map(ToString::to_string).collect(),
         latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
     };
@@ -191,7 +162,6 @@ mod tests {
             attributes: Attributes(&decision.envelope.log_attributes),
             detail: None,
             cached: false,
-            candidate: None,
             fetched: Vec::new(),
             latency_us: 7,
         };
