@@ -10,7 +10,13 @@
 //! installed, and the 200 ms after (the tokens' parts and verdicts are rebuilt for the new
 //! set then).
 //!
-//! Run: `cargo bench --bench bundle_swap` (`CEDARGATE_SWAP_POLICIES`, default 10000).
+//! The set: `testutil::policygen` with 10,000 policies over 50 services (200 actions, 50
+//! policies an action). (policygen's default shape gives every 20 policies a service of its
+//! own: 2,000 actions at 10,000 policies, which Cedar's strict validator takes minutes to
+//! load, BENCHMARKS.md "100,000 policies".)
+//!
+//! Run: `cargo bench --bench bundle_swap` (`CEDARGATE_SWAP_POLICIES`, default 10000;
+//! `CEDARGATE_SWAP_SERVICES`, default 50).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -71,8 +77,12 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    let services: usize = std::env::var("CEDARGATE_SWAP_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
     let dir = tempfile::tempdir().unwrap();
-    policygen::write(dir.path(), policies).unwrap();
+    policygen::write_with_services(dir.path(), policies, services).unwrap();
     let first = bundle::build(dir.path(), 1, None).unwrap();
     std::fs::write(
         dir.path().join("extra.cedar"),

@@ -633,6 +633,22 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         None => PolicySource::Embedded,
     };
 
+    if let (
+        PolicySource::Bundle(live),
+        Some(CandidateSettings {
+            source: PolicySource::Bundle(candidate),
+            ..
+        }),
+    ) = (&policies, &candidate)
+        && live.path == candidate.path
+    {
+        problems.push(Problem {
+            field: "policies.candidate.bundle.path".into(),
+            value: candidate.path.display().to_string(),
+            fix: "give the candidate bundle a path of its own: a downloaded candidate would overwrite the live bundle",
+        });
+    }
+
     let RawLimits {
         max_request_bytes,
         max_path_bytes,
@@ -982,6 +998,10 @@ mod tests {
             (
                 "policies: { dir: p, candidate: { dir: c, sample: 2 } }",
                 "policies.candidate.sample",
+            ),
+            (
+                "policies: { bundle: { path: b.tar.gz }, candidate: { bundle: { path: b.tar.gz, url: https://b.test/c } } }",
+                "policies.candidate.bundle.path",
             ),
         ] {
             let err = parse(text).unwrap_err().to_string();

@@ -10,9 +10,11 @@
 //!
 //! What is never written: the credential headers ([`crate::config::NEVER_LOGGED`] and the
 //! configured token header), the token's query parameter (`access_token` and the configured
-//! one); values whose names `log.decisions.redact` lists are written as `[redacted]`, in
-//! headers, query parameters and claims. A policy that reads a value left out or redacted
-//! cannot be replayed exactly: `cedargate replay` then reports the record as changed.
+//! one), under any spelling a lenient upstream reads as the same name (`x_api_key`,
+//! `Access.Token`); values whose names `log.decisions.redact` lists are written as
+//! `[redacted]`, in headers, query parameters, claims and a JSON body, at any depth. The
+//! record lists what it left out (`left_out`: names, never values), and `cedargate replay`
+//! reports a record as inexact when the set it decides with could read one of them.
 //!
 //! - [`writer`]: the rotated, size-bounded files, written off the check path.
 //! - [`replay`]: re-deciding records against a policy set and summing up what changed.
@@ -52,6 +54,10 @@ pub struct Record {
     pub token_required_by_default: bool,
     #[serde(default, skip_serializing_if = "RecordedFetched::is_empty")]
     pub fetched: RecordedFetched,
+    /// What was left out or redacted (`header:<name>`, `query:<name>`, `claim:<name>`,
+    /// `body`): names only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
     /// What the policy set in force decided.
     pub outcome: RecordedOutcome,
     /// What the candidate set decided, when one was evaluated beside it.
@@ -80,10 +86,13 @@ pub struct RecordedRequest {
     pub extensions: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub route_metadata: BTreeMap<String, String>,
-    /// The body, when the policy set in force reads one (UTF-8 text; a body that is not
-    /// UTF-8 is refused by the policies anyway and written lossily).
+    /// The body, when the policy set in force reads one and it is JSON (with `redact`
+    /// applied at any depth); a body that is not JSON is not written, only its size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
+    /// The body's size in bytes as Envoy sent it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub body_bytes: usize,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub body_partial: bool,
     pub max_body_bytes: usize,
@@ -224,21 +233,56 @@ pub struct Redaction {
     pub redact: Vec<String>,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// A header or query name as the most lenient upstreams read it: case folded, `_`, `.` and
+/// ` ` all as `-`, a trailing `[]` dropped (`X_Api.Key[]` is `x-api-key`).
+fn name_key(name: &str) -> String {
+    crate::request::query_name_key(name).replace('_', "-")
+}
+
 impl Redaction {
     fn is_secret_header(&self, name: &str) -> bool {
-        crate::config::NEVER_LOGGED.contains(&name) || self.secret_headers.iter().any(|s| s == name)
+        let key = name_key(name);
+        crate::config::NEVER_LOGGED.contains(&key.as_str())
+            || self.secret_headers.iter().any(|s| name_key(s) == key)
     }
 
+    fn is_secret_query(&self, name: &str) -> bool {
+        let key = name_key(name);
+        key == "access-token" || self.secret_query.iter().any(|s| name_key(s) == key)
+    }
+
+    /// `redact` lists `name`, under any spelling a lenient reader takes for it.
     fn redacts(&self, name: &str) -> bool {
-        self.redact.iter().any(|r| r.eq_ignore_ascii_case(name))
+        let key = name_key(name);
+        self.redact.iter().any(|r| name_key(r) == key)
     }
 
-    fn value(&self, name: &str, value: &str) -> String {
-        if self.redacts(name) {
-            REDACTED.to_owned()
-        } else {
-            value.to_owned()
+    /// `value` with every object member `redact` names replaced by [`REDACTED`], at any
+    /// depth; whether anything was.
+    fn json(&self, value: &mut serde_json::Value) -> bool {
+        let mut redacted = false;
+        let mut stack = vec![value];
+        while let Some(value) = stack.pop() {
+            match value {
+                serde_json::Value::Object(map) => {
+                    for (name, member) in map.iter_mut() {
+                        if self.redacts(name) {
+                            *member = serde_json::Value::String(REDACTED.to_owned());
+                            redacted = true;
+                        } else {
+                            stack.push(member);
+                        }
+                    }
+                }
+                serde_json::Value::Array(items) => stack.extend(items.iter_mut()),
+                _ => {}
+            }
         }
+        redacted
     }
 }
 
@@ -267,20 +311,53 @@ impl Record {
             body_read,
         } = decided;
         let http = &request.http;
-        let headers = http
-            .headers
-            .iter()
-            .filter(|(name, _)| !redaction.is_secret_header(name))
-            .map(|(name, value)| (name.clone(), redaction.value(name, value)))
-            .collect();
-        let query = http
-            .query
-            .iter()
-            .filter(|(name, _)| !redaction.secret_query.iter().any(|s| s == *name))
-            .map(|(name, value)| (name.clone(), redaction.value(name, value)))
-            .collect();
-        let body = (*body_read && !request.body.bytes.is_empty())
-            .then(|| String::from_utf8_lossy(&request.body.bytes).into_owned());
+        let mut left_out = Vec::new();
+        let mut headers = BTreeMap::new();
+        for (name, value) in &http.headers {
+            if redaction.is_secret_header(name) {
+                left_out.push(format!("header:{name}"));
+            } else if redaction.redacts(name) {
+                left_out.push(format!("header:{name}"));
+                headers.insert(name.clone(), REDACTED.to_owned());
+            } else {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        let mut query = BTreeMap::new();
+        for (name, value) in &http.query {
+            if redaction.is_secret_query(name) {
+                left_out.push(format!("query:{name}"));
+            } else if redaction.redacts(name) {
+                left_out.push(format!("query:{name}"));
+                query.insert(name.clone(), REDACTED.to_owned());
+            } else {
+                query.insert(name.clone(), value.clone());
+            }
+        }
+        // A JSON body is written with `redact` applied; any other body only by its size (the
+        // policies refuse it whatever it holds: not JSON is 400, too large 413).
+        let bytes = &request.body.bytes;
+        let body = if *body_read && !bytes.is_empty() {
+            match serde_json::from_slice::<serde_json::Value>(bytes) {
+                Ok(mut json) if bytes.len() <= request.body.max_bytes => {
+                    if redaction.json(&mut json) {
+                        left_out.push("body".to_owned());
+                        Some(json.to_string())
+                    } else {
+                        Some(String::from_utf8_lossy(bytes).into_owned())
+                    }
+                }
+                _ => {
+                    left_out.push("body".to_owned());
+                    None
+                }
+            }
+        } else {
+            if !bytes.is_empty() {
+                left_out.push("body".to_owned());
+            }
+            None
+        };
         let peer = &presented.peer;
         let token = match &presented.token {
             Ok(None) => RecordedToken::None,
@@ -299,11 +376,13 @@ impl Record {
                     .claims_json
                     .iter()
                     .map(|(name, value)| {
-                        let value = if redaction.redacts(name) {
-                            serde_json::Value::String(REDACTED.to_owned())
-                        } else {
-                            value.clone()
-                        };
+                        let mut value = value.clone();
+                        if redaction.redacts(name) {
+                            value = serde_json::Value::String(REDACTED.to_owned());
+                            left_out.push(format!("claim:{name}"));
+                        } else if redaction.json(&mut value) {
+                            left_out.push(format!("claim:{name}"));
+                        }
                         (name.clone(), value)
                     })
                     .collect(),
@@ -329,6 +408,7 @@ impl Record {
                 extensions: sorted(&request.extensions),
                 route_metadata: sorted(&request.route_metadata),
                 body,
+                body_bytes: bytes.len(),
                 body_partial: request.body.partial,
                 max_body_bytes: request.body.max_bytes,
                 max_body_depth: request.body.max_depth,
@@ -361,9 +441,33 @@ impl Record {
                     .map(|(uid, generation)| (uid.to_string(), *generation))
                     .collect(),
             },
+            left_out,
             outcome: RecordedOutcome::of(evaluation),
             candidate: candidate.as_ref().map(RecordedOutcome::of),
         }
+    }
+
+    /// What this record left out that `snapshot`'s policies could read: the record cannot
+    /// be decided exactly with that set.
+    pub fn unreadable(&self, snapshot: &crate::policy::Snapshot) -> Option<&str> {
+        let reads = &snapshot.reads;
+        self.left_out
+            .iter()
+            .find(|item| match item.split_once(':') {
+                Some(("header" | "query", name)) => {
+                    let key = name_key(name);
+                    reads.tag(name) || reads.tag(&key) || reads.tag(&key.replace('-', "_"))
+                }
+                Some(("claim", name)) => {
+                    reads.tag(name)
+                        || reads
+                            .claims
+                            .as_ref()
+                            .is_some_and(|c| c.fields.contains_key(name))
+                }
+                _ => reads.body.is_some(),
+            })
+            .map(String::as_str)
     }
 
     /// The decision core's inputs again: the request, what the caller presented, and the
@@ -387,7 +491,7 @@ impl Record {
             headers: r.headers.clone(),
             request_id: self.request_id.clone(),
         };
-        let request = Request {
+        let mut request = Request {
             http,
             destination: Destination {
                 address: r.destination_address.clone(),
@@ -404,6 +508,15 @@ impl Record {
             fetched: self.fetched.inputs(schema)?,
         };
         let p = &self.peer;
+        // A body not written: any bytes the policies refuse the same way (not JSON, or one
+        // byte over the limit when it was too large).
+        if r.body.is_none() && r.body_bytes > 0 {
+            request.body.bytes = if r.body_bytes > r.max_body_bytes {
+                vec![b' '; r.max_body_bytes.saturating_add(1)]
+            } else {
+                vec![0x01]
+            };
+        }
         let cert_sha256 = p
             .cert_sha256
             .as_deref()

@@ -212,6 +212,16 @@ fn bundles_are_built_signed_inspected_and_refused_whole_when_anything_is_wrong()
         refused(bytes[..bytes.len() / 2].to_vec(), None).0,
         "archive"
     );
+    // Anything after the archive: a second gzip member (which `tar -z` would read), garbage.
+    let mut second_member = bytes.clone();
+    second_member.extend(pack(&[(
+        "evil.cedar".into(),
+        b"permit (principal, action, resource);".to_vec(),
+    )]));
+    assert_eq!(refused(second_member, None).0, "archive");
+    let mut trailing = bytes.clone();
+    trailing.extend(b"trailing");
+    assert_eq!(refused(trailing, None).0, "archive");
     // Unsafe entry names.
     for name in ["../orders.cedar", "sub/orders.cedar", ".hidden"] {
         let mut odd = files.clone();

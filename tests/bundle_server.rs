@@ -324,8 +324,31 @@ async fn at_start_up_an_unreachable_server_means_the_kept_copy_or_not_ready() {
     again.ready().await;
     // Unless the configuration says not to.
     let strict = source_without_cache(&source);
-    let waiting = TestServer::with_config(test_config(PolicySource::Bundle(strict))).await;
+    let waiting = TestServer::with_config(test_config(PolicySource::Bundle(strict.clone()))).await;
     assert!(!waiting.app.shared.has_policy_set());
+    waiting.app.shutdown().await.unwrap();
+    again.app.shutdown().await.unwrap();
+
+    // The server answers with an older revision than the copy kept on disk (revision 5, last
+    // in force): a rollback at start-up too. The kept copy is served, and stays on disk.
+    server.publish(bundle_of(3, Some(&key), None));
+    let restarted =
+        TestServer::with_config(test_config(PolicySource::Bundle(source.clone()))).await;
+    assert_eq!(restarted.app.shared.bundle_revision(), Some(5));
+    let metrics = restarted.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "cedargate_bundle_failures_total",
+            &[("reason", "rollback")]
+        ) >= 1.0
+    );
+    assert_eq!(bundle::load(&source).unwrap().manifest.revision, 5);
+    let refusing = TestServer::with_config(test_config(PolicySource::Bundle(strict))).await;
+    assert!(
+        !refusing.app.shared.has_policy_set(),
+        "neither the rollback nor the kept copy"
+    );
 }
 
 fn source_without_cache(source: &BundleSource) -> BundleSource {

@@ -51,12 +51,13 @@ fn args(records: &Path, policies: &Path, baseline: Option<&Path>) -> ReplayArgs 
     }
 }
 
-/// A config on `policies` with one issuer and records in `records`, redacting the tenant.
+/// A config on `policies` with one issuer and records in `records`, redacting a header and a
+/// claim the example policies do not read (so that their records replay exactly).
 fn config(policies: &Path, jwks: &JwksServer, records: &Path) -> Config {
     let mut config: Config = test_config(PolicySource::Dir(policies.to_owned()));
     config.issuers = vec![test_issuer(ISS, &jwks.uri())];
     config.records = Some(records_at(records));
-    config.decision_log.redact = vec!["x-tenant".into(), "tenant".into()];
+    config.decision_log.redact = vec!["x-tenant".into(), "department".into()];
     config
 }
 
@@ -68,7 +69,7 @@ async fn recorded_checks_replay_to_the_answers_given_and_a_change_is_shown() {
     let records = tempfile::tempdir().unwrap();
     let mut server = TestServer::with_config(config(policies.path(), &jwks, records.path())).await;
     let mut alice_claims = claims(ISS, "orders", "alice");
-    alice_claims["tenant"] = "acme".into();
+    alice_claims["department"] = "SALES-DEPT".into();
     alice_claims["roles"] = serde_json::json!(["support"]);
     let alice = key.sign(&alice_claims);
     let mut string_roles = claims(ISS, "orders", "carol");
@@ -125,15 +126,27 @@ async fn recorded_checks_replay_to_the_answers_given_and_a_change_is_shown() {
     );
     // No credential is written: not the token, not its header, not the query token.
     assert!(!text.contains(&alice) && !text.contains("not.a.jwt"));
-    assert!(!text.contains("authorization") && !text.contains("access_token"));
+    for record in &recorded {
+        assert!(!record.request.headers.contains_key("authorization"));
+        assert!(!record.request.query.contains_key("access_token"));
+    }
+    assert!(
+        recorded[9]
+            .left_out
+            .contains(&"query:access_token".to_owned()),
+        "named, not written"
+    );
     assert!(!text.contains("secret"));
     // Redacted names keep their place, not their value.
-    assert!(!text.contains("acme"), "{text}");
+    assert!(
+        !text.contains("acme") && !text.contains("SALES-DEPT"),
+        "{text}"
+    );
     assert_eq!(recorded[6].request.headers["x-tenant"], "[redacted]");
     let RecordedToken::Verified(facts) = &recorded[0].token else {
         panic!("a verified token")
     };
-    assert_eq!(facts.claims["tenant"], "[redacted]");
+    assert_eq!(facts.claims["department"], "[redacted]");
     assert_eq!(facts.subject, "alice");
 
     // Against the set that produced them: every decision, exactly.
@@ -343,4 +356,112 @@ fn records_from_another_format_or_with_unknown_fields_are_refused() {
     let line = r#"{"format":2,"time":0,"request_id":"r","request":{},"peer":{},"token":"none","token_required_by_default":false,"outcome":{"decision":"allow","reason":"allow"}}"#;
     assert!(Record::parse(line).is_err());
     assert!(Record::parse("{}").is_err());
+}
+
+#[tokio::test]
+async fn credentials_under_other_spellings_and_redacted_values_at_any_depth_are_not_written() {
+    let key = TestKey::generate(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let policies = support::policies::example_with(&[]);
+    let records = tempfile::tempdir().unwrap();
+    let mut config = config(policies.path(), &jwks, records.path());
+    config.decision_log.redact = vec!["x-secret".into(), "card".into(), "email".into()];
+    let mut server = TestServer::with_config(config).await;
+    let mut alice_claims = claims(ISS, "orders", "alice");
+    alice_claims["profile"] =
+        serde_json::json!({"email": "nested@example.test", "cards": [{"card": "4111-NESTED"}]});
+    let alice = key.sign(&alice_claims);
+    let json = |body: &str| {
+        check("POST", "/orders")
+            .peer(CHECKOUT)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let checks = vec![
+        check("GET", "/healthz")
+            .header("x_api_key", "KEY-UNDERSCORE")
+            .header("proxy_authorization", "Basic PROXYSECRET")
+            .header("x_secret", "SECRET-UNDERSCORE"),
+        check("GET", "/healthz?x.secret=QUERYSECRET&Access.Token=QTOKEN"),
+        check("GET", "/profiles/alice").bearer(&alice),
+        json(r#"{"total": 5, "card": "4111-BODY", "items": [{"Card": "4111-DEEP"}]}"#),
+        check("POST", "/orders")
+            .peer(CHECKOUT)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("password=FORMSECRET"),
+    ];
+    let mut statuses = Vec::new();
+    for (n, request) in checks.into_iter().enumerate() {
+        let request = request
+            .without_header("x-request-id")
+            .header("x-request-id", &format!("s-{n}"))
+            .build();
+        statuses.push(server.check(request).await.http_status());
+    }
+    assert_eq!(
+        statuses,
+        [None, Some(401), None, None, Some(400)],
+        "the query token under another spelling is refused too"
+    );
+    server.app.shutdown().await.unwrap();
+    let path = records.path().join("records.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for secret in [
+        "KEY-UNDERSCORE",
+        "PROXYSECRET",
+        "SECRET-UNDERSCORE",
+        "QUERYSECRET",
+        "QTOKEN",
+        "nested@example.test",
+        "4111-NESTED",
+        "4111-BODY",
+        "4111-DEEP",
+        "FORMSECRET",
+    ] {
+        assert!(!text.contains(secret), "{secret} written: {text}");
+    }
+    let recorded = read_records(&path);
+    assert_eq!(recorded.len(), 5);
+    assert!(
+        recorded[0]
+            .left_out
+            .contains(&"header:x_api_key".to_owned())
+    );
+    assert_eq!(recorded[0].request.headers["x_secret"], "[redacted]");
+    assert!(
+        recorded[3]
+            .request
+            .body
+            .as_deref()
+            .unwrap()
+            .contains("[redacted]")
+    );
+    assert_eq!(recorded[4].request.body, None, "a body that is not JSON");
+
+    // Against the same set: the same answers, but the set reads bodies, and two records
+    // left theirs out (redacted, not JSON): inexact, and the replay fails.
+    let same = replay(&args(&path, policies.path(), None)).unwrap();
+    assert_eq!(same.unchanged, 5, "{same:?}");
+    assert_eq!(same.inexact, 2, "{same:?}");
+    let inexact: Vec<&str> = same
+        .inexact_examples
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert_eq!(inexact, ["s-3", "s-4"]);
+    assert!(same.any_change());
+    // A set whose policies read the redacted header: that record is inexact too.
+    let reads_secret = support::policies::example_with(&[(
+        "extra.cedar",
+        r#"@id("secret") forbid (principal, action, resource) when { context.request.headers.hasTag("x-secret") };"#,
+    )]);
+    let report = replay(&args(&path, reads_secret.path(), None)).unwrap();
+    assert!(
+        report
+            .inexact_examples
+            .iter()
+            .any(|(id, what)| id == "s-0" && what == "header:x_secret"),
+        "{report:?}"
+    );
+    jwks.stop().await;
 }

@@ -144,6 +144,18 @@ fn print_text(report: &Report, args: &ReplayArgs) {
     );
     say!("unchanged: {}", report.unchanged);
     say!("changed:   {}", report.changed.total());
+    if report.inexact > 0 {
+        say!(
+            "inexact:   {} (the policies could read a value these records left out: a credential, a redacted name, a body; e.g. {})",
+            report.inexact,
+            report
+                .inexact_examples
+                .iter()
+                .map(|(id, what)| format!("{id} ({what})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if !report.any_change() {
         return;
     }

@@ -225,7 +225,14 @@ pub fn extract<'r>(
     }
     match &source.query {
         Some(name) => found.extend(query.get(name).map(String::as_str)),
-        None if query.contains_key("access_token") => return Err(TokenError::InQuery),
+        // Any spelling a lenient upstream reads as `access_token` (`Access_Token`,
+        // `access.token`, `access_token[]`).
+        None if query
+            .keys()
+            .any(|k| crate::request::query_name_key(k) == "access_token") =>
+        {
+            return Err(TokenError::InQuery);
+        }
         None => {}
     }
     match found.as_slice() {

@@ -177,8 +177,8 @@ pub fn build(
 
 /// The files of a bundle, unpacked within bounds, by name.
 fn unpack(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
-    let inflated = flate2::read::GzDecoder::new(bytes).take(MAX_BYTES + 1);
-    let mut archive = tar::Archive::new(inflated);
+    let mut gzip = flate2::bufread::GzDecoder::new(bytes);
+    let mut archive = tar::Archive::new((&mut gzip).take(MAX_BYTES + 1));
     let mut files = BTreeMap::new();
     let mut total = 0u64;
     let entries = archive
@@ -210,6 +210,19 @@ fn unpack(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
         if files.insert(name.clone(), content).is_some() {
             return Err(BundleError::Duplicate(name));
         }
+    }
+    // Nothing after the archive's end but its zero padding, and nothing after the gzip
+    // stream: what `tar` or another reader would see there, cedargate would not load.
+    let mut tail = Vec::new();
+    archive
+        .into_inner()
+        .read_to_end(&mut tail)
+        .map_err(|err| BundleError::Archive(err.to_string()))?;
+    if tail.iter().any(|b| *b != 0) {
+        return Err(BundleError::Archive("data after the archive's end".into()));
+    }
+    if !gzip.into_inner().is_empty() {
+        return Err(BundleError::Archive("bytes after the gzip stream".into()));
     }
     Ok(files)
 }

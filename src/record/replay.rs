@@ -89,6 +89,13 @@ pub struct Report {
     pub records: u64,
     /// Records whose outcome is the baseline's.
     pub unchanged: u64,
+    /// Records that cannot be decided exactly with the set: its policies could read a value
+    /// the record left out (a credential, a redacted name, a body it did not keep). Counted
+    /// apart from the changes, and a replay with any fails like a change.
+    pub inexact: u64,
+    /// A few of their request ids, with what was left out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inexact_examples: Vec<(String, String)>,
     /// Every change.
     pub changed: Changes,
     /// Changes by action (`Action::"GET"`, or `(none)` for a check refused before one).
@@ -105,7 +112,7 @@ pub struct Report {
 impl Report {
     /// Something changed: what a CI gate fails on.
     pub fn any_change(&self) -> bool {
-        self.changed.total() > 0
+        self.changed.total() > 0 || self.inexact > 0
     }
 }
 
@@ -140,6 +147,17 @@ impl<'s> Replay<'s> {
         &mut self,
         record: &Record,
     ) -> Result<(RecordedOutcome, RecordedOutcome), RecordError> {
+        let left_out = record
+            .unreadable(self.policies)
+            .or_else(|| self.baseline.and_then(|b| record.unreadable(b)));
+        if let Some(left_out) = left_out {
+            self.report.inexact += 1;
+            if self.report.inexact_examples.len() < EXAMPLES {
+                self.report
+                    .inexact_examples
+                    .push((record.request_id.clone(), left_out.to_owned()));
+            }
+        }
         let after = decide_with(self.policies, record, &mut self.tokens)?;
         let before = match self.baseline {
             Some(baseline) => decide_with(baseline, record, &mut self.baseline_tokens)?,

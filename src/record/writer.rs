@@ -187,11 +187,42 @@ impl Rotating {
         Ok(())
     }
 
-    /// Appends whole lines, rotating first when the file is full.
+    /// Appends whole lines, rotating first whenever the next line would take the file past
+    /// `max_bytes` (a file holds more only when one line alone is larger).
     fn write(&mut self, lines: &[u8]) -> std::io::Result<()> {
-        if self.written >= self.max_bytes || !self.path.exists() {
-            self.rotate();
+        let mut rest = lines;
+        while !rest.is_empty() {
+            let room = self.max_bytes.saturating_sub(self.written);
+            // The longest run of whole lines that fits, or one line when none does.
+            let mut take = 0;
+            for (index, byte) in rest.iter().enumerate() {
+                if *byte == b'\n' {
+                    let end = index + 1;
+                    if end as u64 > room && take > 0 {
+                        break;
+                    }
+                    take = end;
+                    if end as u64 >= room {
+                        break;
+                    }
+                }
+            }
+            if take == 0 {
+                take = rest.len();
+            }
+            let (chunk, after) = rest.split_at(take);
+            if (self.written > 0 && self.written + chunk.len() as u64 > self.max_bytes)
+                || !self.path.exists()
+            {
+                self.rotate();
+            }
+            self.append(chunk)?;
+            rest = after;
         }
+        Ok(())
+    }
+
+    fn append(&mut self, chunk: &[u8]) -> std::io::Result<()> {
         if self.file.is_none() {
             self.reopen()?;
         }
@@ -199,9 +230,9 @@ impl Rotating {
             .file
             .as_mut()
             .ok_or_else(|| std::io::Error::other("closed"))?;
-        match file.write_all(lines) {
+        match file.write_all(chunk) {
             Ok(()) => {
-                self.written += lines.len() as u64;
+                self.written += chunk.len() as u64;
                 Ok(())
             }
             Err(err) => {
@@ -260,14 +291,26 @@ mod tests {
                 .map(|n| String::from_utf8(line(*n)).unwrap())
                 .collect::<String>()
         };
-        // 67-byte lines, rotated past 100 bytes: two lines a file, the oldest two deleted.
+        // 67-byte lines in files of at most 100 bytes: one line a file, the oldest deleted.
         assert_eq!(read(settings.path.clone()), text(&[6]));
-        assert_eq!(read(numbered(&settings.path, 1)), text(&[4, 5]));
-        assert_eq!(read(numbered(&settings.path, 2)), text(&[2, 3]));
+        assert_eq!(read(numbered(&settings.path, 1)), text(&[5]));
+        assert_eq!(read(numbered(&settings.path, 2)), text(&[4]));
         assert!(
             !numbered(&settings.path, 3).exists(),
             "two rotated files kept"
         );
+        // A batch of several lines is split between files at line ends, never past the bound.
+        let batch: Vec<u8> = (10..16).flat_map(|n| line(n).into_iter()).collect();
+        let small = RecordSettings {
+            path: dir.path().join("small.jsonl"),
+            max_file_bytes: 140,
+            ..settings.clone()
+        };
+        let mut batched = Rotating::open(&small).unwrap();
+        batched.write(&batch).unwrap();
+        assert_eq!(read(small.path.clone()), text(&[14, 15]));
+        assert_eq!(read(numbered(&small.path, 1)), text(&[12, 13]));
+        assert_eq!(read(numbered(&small.path, 2)), text(&[10, 11]));
         // An operator removes every file: the next write starts a new one.
         for p in [
             settings.path.clone(),

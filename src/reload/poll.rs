@@ -166,9 +166,38 @@ fn keep(path: &std::path::Path, bytes: &[u8]) {
 /// The first bundle at start-up: downloaded (then kept on disk), or, when the server cannot
 /// be reached or its bundle is refused and `start_from_cache` allows it, the copy on disk.
 /// `None`: nothing to serve yet. Returns the ETag of a download.
+///
+/// The copy kept on disk is the revision this replica last had in force: a download of a
+/// lower revision is a rollback, refused at start-up as it is while running (unless
+/// `allow_rollback`), so that a restart is not a way around it.
 pub async fn first(source: &BundleSource, fetcher: &Fetcher) -> (Option<Opened>, Option<String>) {
+    let kept = if source.path.exists() {
+        let owned = source.clone();
+        match tokio::task::spawn_blocking(move || bundle::load(&owned)).await {
+            Ok(Ok(opened)) => Some(opened),
+            Ok(Err(err)) => {
+                refused(source, err.code(), &err);
+                None
+            }
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let floor = kept.as_ref().map(|k| k.manifest.revision);
     match fetcher.fetch(None).await {
         Ok(Fetched::Bundle { bytes, etag }) => match open(bytes.clone(), source).await {
+            Ok(opened)
+                if floor.is_some_and(|f| opened.manifest.revision < f)
+                    && !source.allow_rollback =>
+            {
+                let error = format!(
+                    "revision {} is older than revision {} kept on disk (last in force); set policies.bundle.allow_rollback to install it",
+                    opened.manifest.revision,
+                    floor.unwrap_or_default()
+                );
+                refused(source, "rollback", &error);
+            }
             Ok(opened) => {
                 telemetry::bundle_fetched();
                 keep(&source.path, &bytes);
@@ -180,16 +209,13 @@ pub async fn first(source: &BundleSource, fetcher: &Fetcher) -> (Option<Opened>,
         Err(err) => refused(source, err.code(), &err),
     }
     let from_cache = source.remote.as_ref().is_some_and(|r| r.start_from_cache);
-    if from_cache && source.path.exists() {
-        match bundle::load(source) {
-            Ok(opened) => {
-                tracing::warn!(path = %source.path.display(), revision = opened.manifest.revision, "the bundle server cannot be reached; serving the bundle kept on disk until it can");
-                return (Some(opened), None);
-            }
-            Err(err) => refused(source, err.code(), &err),
+    match kept {
+        Some(opened) if from_cache => {
+            tracing::warn!(path = %source.path.display(), revision = opened.manifest.revision, "no bundle from the server; serving the bundle kept on disk until one comes");
+            (Some(opened), None)
         }
+        _ => (None, None),
     }
-    (None, None)
 }
 
 /// The running poller; it stops when stopped or dropped with the app.
