@@ -4,9 +4,11 @@
 //! - `shadow_handler/{off,on}`: the in-process Check handler (protobuf in, decision, protobuf
 //!   out, metrics) on the example set, a workload's `POST /orders` (no token: every check
 //!   runs Cedar), without and with a candidate set (the example set plus one forbid) decided
-//!   beside it on every check (`sample: 1.0`). The candidate is decided off the check's path
-//!   (the blocking pool); `on` waits for it after each check, so that every check is
-//!   shadowed and the time includes the hand-over. Its CPU is best read in instructions
+//!   beside it on every check (`sample: 1.0`): `on_other_slice`, a change to another slice
+//!   (the candidate is known to decide alike and is not evaluated), and `on_same_slice`, a
+//!   change to this check's slice (the candidate is evaluated off the check's path, on the
+//!   blocking pool; the bench waits for it after each check, so that every check is
+//!   shadowed and the time includes the hand-over). Their CPU is best read in instructions
 //!   (callgrind: the handler's plus the candidate evaluation's, per check).
 //! - `shadow_token/{off,on}`: protobuf → normalised request → `decide::evaluate` on the
 //!   100-policy generated set with a token (its decision cache answers after the first
@@ -44,8 +46,15 @@ const NOW: i64 = 1_700_000_000;
 const EXTRA: &str =
     r#"@id("candidate-extra") forbid (principal, action, resource == Path::"/nowhere");"#;
 
-/// The example set's files plus `extra.cedar`.
-fn example_plus_forbid() -> Snapshot {
+/// A change in another slice than the benchmarked check's (a user's profile update): the
+/// candidate's shortcut applies, it is not evaluated.
+const OTHER_SLICE: &str = r#"@id("no-profile-update") forbid (principal is User, action == Action::"profile:update", resource);"#;
+/// A change in the benchmarked check's own slice (a workload creating an order), which
+/// never applies: the candidate is evaluated, and still allows.
+const SAME_SLICE: &str = r#"@id("never") forbid (principal is Workload, action == Action::"orders:create", resource) when { false };"#;
+
+/// The example set's files plus `extra.cedar` holding `extra`.
+fn example_plus(extra: &str) -> Snapshot {
     let dir = tempfile::tempdir().unwrap();
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     for entry in std::fs::read_dir(&examples).unwrap() {
@@ -54,7 +63,7 @@ fn example_plus_forbid() -> Snapshot {
             std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
         }
     }
-    std::fs::write(dir.path().join("extra.cedar"), EXTRA).unwrap();
+    std::fs::write(dir.path().join("extra.cedar"), extra).unwrap();
     store::load_dir(dir.path()).unwrap()
 }
 
@@ -94,7 +103,7 @@ fn handler(c: &mut Criterion) {
         .build()
         .unwrap();
     let request = check("POST", "/orders").peer(CHECKOUT).build();
-    let service = |candidate: bool| -> (CheckService, Arc<Shared>) {
+    let service = |candidate: Option<&str>| -> (CheckService, Arc<Shared>) {
         let authn = runtime
             .block_on(async { Authenticator::start(Vec::new(), Default::default()) })
             .unwrap();
@@ -109,8 +118,8 @@ fn handler(c: &mut Criterion) {
             Default::default(),
             options,
         ));
-        if candidate {
-            shared.install_candidate(example_plus_forbid());
+        if let Some(extra) = candidate {
+            shared.install_candidate(example_plus(extra));
         }
         let service = CheckService::new(Arc::clone(&shared));
         let reply = runtime
@@ -121,7 +130,11 @@ fn handler(c: &mut Criterion) {
         (service, shared)
     };
     let mut group = c.benchmark_group("shadow_handler");
-    for (name, candidate) in [("off", false), ("on", true)] {
+    for (name, candidate) in [
+        ("off", None),
+        ("on_other_slice", Some(OTHER_SLICE)),
+        ("on_same_slice", Some(SAME_SLICE)),
+    ] {
         let (service, shared) = service(candidate);
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| async {
@@ -129,8 +142,11 @@ fn handler(c: &mut Criterion) {
                     .check(tonic::Request::new(black_box(request.clone())))
                     .await
                     .unwrap();
-                if candidate {
-                    shared.shadow.drain(std::time::Duration::from_secs(10)).await;
+                if candidate.is_some() {
+                    shared
+                        .shadow
+                        .drain(std::time::Duration::from_secs(10))
+                        .await;
                 }
                 reply
             })

@@ -1086,3 +1086,91 @@ when { resource has owner && resource.owner in Group::"banned" };
     let evaluation = decide::evaluate(&snapshot, &prepared.request, &presented, NOW);
     assert_eq!(said(&evaluation).0, "entity_unavailable");
 }
+
+/// The candidate (shadow) set's shortcut (`server::shadow::Comparison`): whenever it says the
+/// candidate decides a check as the live set did, evaluating the candidate gives exactly that
+/// decision; it says so for checks outside the slices a change touches, never for a change
+/// that reads other request data, and always for an identical set.
+#[test]
+fn a_candidate_known_to_decide_alike_decides_alike() {
+    use cedargate::server::shadow::Comparison;
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let files = store::read_dir(&base).unwrap();
+    let with = |extra: &str| {
+        let mut set = files.clone();
+        set.push(store::SourceFile {
+            path: base.join("extra.cedar"),
+            text: extra.to_owned(),
+        });
+        store::load_files(set).unwrap()
+    };
+    let live = store::load_files(files.clone()).unwrap();
+    let candidates = [
+        (
+            "a forbid in one slice",
+            with(
+                r#"@id("no-workload-create") forbid (principal is Workload, action == Action::"orders:create", resource);"#,
+            ),
+        ),
+        (
+            "a forbid over every profile read",
+            with(
+                r#"@id("profiles-closed") forbid (principal, action == Action::"profile:read", resource) unless { principal == resource };"#,
+            ),
+        ),
+        (
+            "a policy that reads another header",
+            with(
+                r#"@id("new-header") forbid (principal, action, resource) when { context.request.headers.hasTag("x-new") };"#,
+            ),
+        ),
+        ("the same set", store::load_files(files.clone()).unwrap()),
+    ];
+    let callers = [
+        Caller::Token(token("alice", &["admins"], &[])),
+        Caller::Token(token("bob", &[], &[])),
+        Caller::Workload,
+        Caller::Anonymous,
+    ];
+    let targets = [
+        ("GET", "/orders"),
+        ("POST", "/orders"),
+        ("GET", "/orders/1001"),
+        ("GET", "/profiles/alice"),
+        ("GET", "/profiles/bob"),
+        ("GET", "/healthz"),
+        ("GET", "/unrouted"),
+    ];
+    let mut counts = BTreeMap::new();
+    for (name, candidate) in &candidates {
+        let comparison = Comparison::new(&live, candidate);
+        let (mut alike, mut evaluated) = (0, 0);
+        for caller in &callers {
+            for (method, path) in targets {
+                let (live_said, _) = decide_both(&live, method, path, &[], caller);
+                let (candidate_said, _) = decide_both(candidate, method, path, &[], caller);
+                if comparison.decides_alike(&live, candidate, &live_said) {
+                    assert_eq!(
+                        said(&candidate_said),
+                        said(&live_said),
+                        "{name}: {method} {path} {caller:?}"
+                    );
+                    alike += 1;
+                } else {
+                    evaluated += 1;
+                }
+            }
+        }
+        counts.insert(*name, (alike, evaluated));
+    }
+    let (one_slice, profiles, new_header, same) = (
+        counts["a forbid in one slice"],
+        counts["a forbid over every profile read"],
+        counts["a policy that reads another header"],
+        counts["the same set"],
+    );
+    assert!(one_slice.0 > 0 && one_slice.1 > 0, "{counts:?}");
+    assert!(profiles.0 > 0 && profiles.1 > 0, "{counts:?}");
+    assert_eq!(new_header.0, 0, "{counts:?}");
+    assert_eq!(same.1, 0, "{counts:?}");
+}

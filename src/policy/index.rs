@@ -193,7 +193,7 @@ impl EntityGraph {
 /// `/Internal/metrics`; nor can cedargate fold every fallback path, because a `permit` on
 /// `Path::"/files/a"` would then allow `/FILES/A`, another resource to a case-sensitive
 /// upstream. Such a request is refused instead, like a near miss of a route.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct PathLiterals {
     exact: HashSet<String>,
     folded: HashSet<String>,

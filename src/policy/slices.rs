@@ -134,6 +134,33 @@ impl Slices {
         self.by_action.get(action)?.get(principal)?.get(resource)
     }
 
+    /// Whether the slice for `action`, `principal` and `resource` holds the same policies
+    /// (ids and texts) here as in `other`; `false` when either has none to offer (then a
+    /// caller cannot tell, and must evaluate).
+    pub fn same_as(
+        &self,
+        other: &Self,
+        action: &EntityUid,
+        principal: &EntityTypeName,
+        resource: &EntityTypeName,
+    ) -> bool {
+        let texts = |set: &PolicySet| {
+            let mut texts: Vec<(String, String)> = set
+                .policies()
+                .map(|p| (p.id().to_string(), p.to_string()))
+                .collect();
+            texts.sort_unstable();
+            texts
+        };
+        match (
+            self.get(action, principal, resource),
+            other.get(action, principal, resource),
+        ) {
+            (Some(mine), Some(theirs)) => texts(mine) == texts(theirs),
+            _ => false,
+        }
+    }
+
     /// The number of slices and the size of the largest, for the load log.
     pub fn stats(&self) -> (usize, usize) {
         let slices = self

@@ -30,6 +30,9 @@ pub struct Snapshot {
     /// Content hash of the files (first 12 hex digits of a SHA-256 over names and texts):
     /// the policy set version in metrics, logs and answers.
     pub version: std::sync::Arc<str>,
+    /// The same hash over the files that are not policies (schema, entities, routes): two
+    /// sets with the same frame differ only in their policies.
+    pub frame: std::sync::Arc<str>,
     /// What does not stop the set from loading but is probably a mistake: Cedar's validator
     /// warnings (a policy that can never apply, confusable identifiers) and policies whose
     /// actions no request can reach. `cedargate validate` prints them; `serve` logs them.
@@ -215,6 +218,13 @@ fn kind(path: &Path) -> Option<Kind> {
 /// Loads a policy set from files in memory; see the module docs for what is checked.
 pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
     let version = version_of(&files);
+    let frame = version_of(
+        &files
+            .iter()
+            .filter(|f| kind(&f.path) != Some(Kind::Policies))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
     let of_kind = |k: Kind| files.iter().filter(move |f| kind(&f.path) == Some(k));
     let mut problems = Vec::new();
 
@@ -419,6 +429,7 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
             routes,
             policy_files,
             version,
+            frame,
             warnings,
             slices,
             index,

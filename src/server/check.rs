@@ -468,7 +468,11 @@ async fn decide(
                 candidate: None,
             };
             match (candidate, recorder) {
-                (Some(candidate), recorder) => shared.shadow.decide(candidate, decided, recorder),
+                (Some(candidate), recorder) => {
+                    shared
+                        .shadow
+                        .decide(&snapshot, candidate, decided, recorder);
+                }
                 (None, Some(recorder)) => recorder.record(decided),
                 (None, None) => {}
             }

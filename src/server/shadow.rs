@@ -7,6 +7,12 @@
 //!   (on the blocking pool), and only counted, logged and recorded;
 //! - fail or slow the check: the check hands its inputs over and answers at once; a panic in
 //!   the candidate is caught and counted (`candidate="error"`);
+//! - cost what it need not: when the candidate's schema, entities and routes are the live
+//!   set's, its policies read the same request data, and the policies that can apply to this
+//!   request (its slice: action, principal type, resource type) are the live set's, word for
+//!   word, the candidate decides as the live set did, and is not evaluated ([`Comparison`];
+//!   `tests/decide.rs` proves the shortcut equal to evaluating). Most checks of most changes
+//!   are in slices the change does not touch;
 //! - take the CPU without bound: at most [`Shadow::IN_FLIGHT_PER_CORE`] candidate
 //!   evaluations per core run at once; a check that finds them all busy is not shadowed and
 //!   is counted (`candidate="skipped"`), so a slow candidate costs shadow coverage, never
@@ -17,8 +23,11 @@
 //! request id and both outcomes and determining policies. The record of the check (when
 //! `records` is on) is written once the candidate has decided, with its outcome.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use cedar_policy::{EntityTypeName, EntityUid};
 
 use tokio::sync::Semaphore;
 
@@ -33,6 +42,68 @@ use crate::telemetry::SHADOW_DECISIONS_TOTAL;
 pub struct Shadow {
     places: Arc<Semaphore>,
     total: u32,
+    /// The comparison of the live and candidate sets in use, made once per pair.
+    comparison: Mutex<Option<Arc<Comparison>>>,
+}
+
+/// What is known of a live set and a candidate without evaluating the candidate.
+#[derive(Debug)]
+pub struct Comparison {
+    live: u64,
+    candidate: u64,
+    /// Same schema, entities and routes, and policies that read the same request data (so
+    /// the same route, identity, body and near-miss rules, and the same Cedar request).
+    same_frame: bool,
+    /// Per slice: the same policies, word for word.
+    slices: Mutex<HashMap<(EntityUid, EntityTypeName, EntityTypeName), bool>>,
+}
+
+impl Comparison {
+    pub fn new(live: &Snapshot, candidate: &Snapshot) -> Self {
+        Self {
+            live: live.id,
+            candidate: candidate.id,
+            same_frame: live.frame == candidate.frame
+                && live.reads == candidate.reads
+                && live.path_literals == candidate.path_literals,
+            slices: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `candidate` decides the check `live` decided as `evaluation` exactly as `live`
+    /// did (then it need not be evaluated). `false` when that is not known.
+    pub fn decides_alike(
+        &self,
+        live: &Snapshot,
+        candidate: &Snapshot,
+        evaluation: &Evaluation,
+    ) -> bool {
+        if !self.same_frame || live.id != self.live || candidate.id != self.candidate {
+            return false;
+        }
+        match (
+            &evaluation.principal,
+            &evaluation.action,
+            &evaluation.resource,
+        ) {
+            // Decided before any policy: by the frame alone.
+            (None, None, None) => true,
+            (Some(principal), Some(action), Some(resource)) => {
+                let key = (
+                    action.clone(),
+                    principal.type_name().clone(),
+                    resource.type_name().clone(),
+                );
+                let Ok(mut slices) = self.slices.lock() else {
+                    return false;
+                };
+                *slices
+                    .entry(key)
+                    .or_insert_with_key(|(a, p, r)| live.slices.same_as(&candidate.slices, a, p, r))
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Default for Shadow {
@@ -42,6 +113,7 @@ impl Default for Shadow {
         Self {
             places: Arc::new(Semaphore::new(total as usize)),
             total,
+            comparison: Mutex::new(None),
         }
     }
 }
@@ -64,10 +136,26 @@ impl Shadow {
     /// shadowed (counted) and is recorded at once.
     pub fn decide(
         &self,
+        live: &Snapshot,
         candidate: Arc<Snapshot>,
-        decided: Decided,
+        mut decided: Decided,
         recorder: Option<Arc<Recorder>>,
     ) {
+        if self
+            .comparison(live, &candidate)
+            .decides_alike(live, &candidate, &decided.evaluation)
+        {
+            let mut same = decided.evaluation.clone();
+            same.version = Some(Arc::clone(&candidate.version));
+            let label = label(&same);
+            metrics::counter!(SHADOW_DECISIONS_TOTAL, "live" => label, "candidate" => label)
+                .increment(1);
+            decided.candidate = Some(same);
+            if let Some(recorder) = recorder {
+                recorder.record(decided);
+            }
+            return;
+        }
         let Ok(place) = Arc::clone(&self.places).try_acquire_owned() else {
             metrics::counter!(SHADOW_DECISIONS_TOTAL, "live" => label(&decided.evaluation), "candidate" => "skipped")
                 .increment(1);
@@ -84,6 +172,21 @@ impl Shadow {
             }
             drop(place);
         });
+    }
+
+    /// The comparison of `live` and `candidate`, made once per pair.
+    fn comparison(&self, live: &Snapshot, candidate: &Snapshot) -> Arc<Comparison> {
+        let Ok(mut held) = self.comparison.lock() else {
+            return Arc::new(Comparison::new(live, candidate));
+        };
+        match held.as_ref() {
+            Some(c) if c.live == live.id && c.candidate == candidate.id => Arc::clone(c),
+            _ => {
+                let fresh = Arc::new(Comparison::new(live, candidate));
+                *held = Some(Arc::clone(&fresh));
+                fresh
+            }
+        }
     }
 
     /// Waits (at most `within`) until no candidate evaluation is in flight (shutdown: their
