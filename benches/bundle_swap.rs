@@ -29,8 +29,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use cedargate::config::Limits;
+use cedargate::identity::Presented;
 use cedargate::identity::authn::Authenticator;
-use cedargate::identity::{Presented, VerifiedToken};
 use cedargate::policy::bundle;
 use cedargate::server::check::prepare;
 use cedargate::server::{Shared, envoy};
@@ -40,26 +40,6 @@ const NOW: i64 = 1_700_000_000;
 const BEFORE: u8 = 0;
 const DURING: u8 = 1;
 const AFTER: u8 = 2;
-
-fn token(user: usize) -> Arc<VerifiedToken> {
-    Arc::new(VerifiedToken {
-        issuer: "https://idp.test".into(),
-        subject: format!("u{user}"),
-        principal_type: "User".into(),
-        group_type: "Group".into(),
-        audience: vec!["orders".into()],
-        scopes: Vec::new(),
-        groups: vec![format!("g{}", user % policygen::GROUPS)],
-        expires_at: i64::MAX,
-        issued_at: None,
-        claims: Default::default(),
-        claims_json: Default::default(),
-        cnf_x5t_s256: None,
-        require_cert_binding: false,
-        cedar: Default::default(),
-        typed_claims: Default::default(),
-    })
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -135,7 +115,7 @@ fn main() {
         let (shared, phase, stop) = (shared.clone(), phase.clone(), stop.clone());
         std::thread::spawn(move || {
             let limits = Limits::default();
-            let tokens: Vec<_> = (0..20).map(token).collect();
+            let tokens: Vec<_> = (0..20).map(policygen::token).collect();
             let requests: Vec<_> = (0..200)
                 .map(|n| {
                     let request = check("GET", &format!("/svc0/items/item{}", n % 10))

@@ -31,8 +31,8 @@ use std::sync::Arc;
 use cedargate::app::load_policies;
 use cedargate::config::{Limits, PolicySource};
 use cedargate::decide;
+use cedargate::identity::Presented;
 use cedargate::identity::authn::Authenticator;
-use cedargate::identity::{Presented, VerifiedToken};
 use cedargate::policy::{Snapshot, store};
 use cedargate::record::replay::Replay;
 use cedargate::record::{Decided, Record, Redaction};
@@ -75,26 +75,6 @@ fn generated(policies: usize, extra: Option<&str>) -> Snapshot {
         std::fs::write(dir.path().join("extra.cedar"), extra).unwrap();
     }
     store::load_dir(dir.path()).unwrap()
-}
-
-fn token(user: usize) -> Arc<VerifiedToken> {
-    Arc::new(VerifiedToken {
-        issuer: "https://idp.test".into(),
-        subject: format!("u{user}"),
-        principal_type: "User".into(),
-        group_type: "Group".into(),
-        audience: vec!["orders".into()],
-        scopes: Vec::new(),
-        groups: vec![format!("g{}", user % policygen::GROUPS)],
-        expires_at: i64::MAX,
-        issued_at: None,
-        claims: Default::default(),
-        claims_json: Default::default(),
-        cnf_x5t_s256: None,
-        require_cert_binding: false,
-        cedar: Default::default(),
-        typed_claims: Default::default(),
-    })
 }
 
 fn handler(c: &mut Criterion) {
@@ -162,7 +142,7 @@ fn with_token(c: &mut Criterion) {
     let request = check("GET", "/svc0/items/item0")
         .header("x-tenant", "t0")
         .build();
-    let token = token(0);
+    let token = policygen::token(0);
     let run = |request, shadow: bool| {
         let prepared = prepare(&limits, &Default::default(), envoy::input(request), NOW).unwrap();
         let presented = Presented {
@@ -189,7 +169,7 @@ fn with_token(c: &mut Criterion) {
 fn records(snapshot: &Snapshot) -> Vec<String> {
     let limits = Limits::default();
     let services = policygen::services(100);
-    let tokens: Vec<_> = (0..policygen::USERS).map(token).collect();
+    let tokens: Vec<_> = (0..policygen::USERS).map(policygen::token).collect();
     let mut allowed = 0;
     let lines: Vec<String> = (0..1000)
         .map(|n| {

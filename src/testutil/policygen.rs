@@ -177,3 +177,25 @@ fn policy(i: usize, services: usize) -> String {
 fn policy_text(policies: usize, services: usize) -> String {
     (0..policies).map(|i| policy(i, services)).collect()
 }
+
+/// A verified token of the generated sets' user `u<user>`, member of group `g<user % GROUPS>`,
+/// as the token cache hands one out (for benchmarks that decide without a key server).
+pub fn token(user: usize) -> std::sync::Arc<crate::identity::VerifiedToken> {
+    std::sync::Arc::new(crate::identity::VerifiedToken {
+        issuer: "https://idp.test".into(),
+        subject: format!("u{user}"),
+        principal_type: "User".into(),
+        group_type: "Group".into(),
+        audience: vec!["orders".into()],
+        scopes: Vec::new(),
+        groups: vec![format!("g{}", user % GROUPS)],
+        expires_at: i64::MAX,
+        issued_at: None,
+        claims: Default::default(),
+        claims_json: Default::default(),
+        cnf_x5t_s256: None,
+        require_cert_binding: false,
+        cedar: Default::default(),
+        typed_claims: Default::default(),
+    })
+}
