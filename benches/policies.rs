@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use cedargate::config::Limits;
 use cedargate::decide;
-use cedargate::identity::{Presented, VerifiedToken};
+use cedargate::identity::Presented;
 use cedargate::policy::engine::{self, Verdict};
 use cedargate::policy::{Snapshot, store};
 use cedargate::server::check::prepare;
@@ -37,26 +37,6 @@ fn sizes() -> Vec<usize> {
                 .collect()
         },
     )
-}
-
-fn token() -> Arc<VerifiedToken> {
-    Arc::new(VerifiedToken {
-        issuer: "https://idp.test".into(),
-        subject: "u0".into(),
-        principal_type: "User".into(),
-        group_type: "Group".into(),
-        audience: vec!["orders".into()],
-        scopes: Vec::new(),
-        groups: vec!["g0".into()],
-        expires_at: i64::MAX,
-        issued_at: None,
-        claims: Default::default(),
-        claims_json: Default::default(),
-        cnf_x5t_s256: None,
-        require_cert_binding: false,
-        cedar: Default::default(),
-        typed_claims: Default::default(),
-    })
 }
 
 fn snapshot(policies: usize) -> Snapshot {
@@ -84,7 +64,7 @@ fn bench(c: &mut Criterion) {
         let presented = Presented {
             peer: Arc::new(prepared.peer.clone()),
             peer_refused: prepared.peer_refused.clone(),
-            token: Ok(Some(token())),
+            token: Ok(Some(policygen::token(0))),
             token_required_by_default: true,
         };
         let (evaluation, call) = decide::explain(&snapshot, &prepared.request, &presented, now);
@@ -108,7 +88,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| decide::evaluate(&snapshot, black_box(&prepared.request), &presented, now))
         });
         // One token, as the token cache hands it out: the same `Arc` every time.
-        let token = token();
+        let token = policygen::token(0);
         let run = |request| {
             let prepared =
                 prepare(&limits, &Default::default(), envoy::input(request), now).unwrap();
