@@ -19,5 +19,6 @@ pub mod routes;
 pub mod shapes;
 pub mod slices;
 pub mod store;
+pub mod validation;
 
 pub use store::{PolicyLoadError, Snapshot};

@@ -25,7 +25,7 @@
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
-use cedar_policy::{Entities, Entity, EntityTypeName, EntityUid, PolicySet, Schema};
+use cedar_policy::{Entities, Entity, EntityTypeName, EntityUid, Policy, PolicySet, Schema};
 use serde_json::Value;
 
 /// Facts about the schema the mapping checks per request.
@@ -206,11 +206,9 @@ impl PathLiterals {
         if let Ok(list) = entities.to_json_value() {
             collect_uids(&list, &mut uids);
         }
-        for policy in policies.policies() {
-            if let Ok(json) = policy.to_json() {
-                collect_uids(&json, &mut uids);
-            }
-        }
+        // The literals of scopes and conditions, from the parsed policy (its JSON form would
+        // parse the policy's text again).
+        uids.extend(policies.policies().flat_map(Policy::entity_literals));
         let exact: HashSet<String> = uids
             .iter()
             .filter(|uid| uid.type_name().to_string() == path_type)

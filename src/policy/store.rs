@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use cedar_policy::{Entities, PolicyId, PolicySet, Schema};
 use miette::Diagnostic;
 
 use super::mapping;
@@ -259,7 +259,12 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
         return Err(PolicyLoadError::Invalid { problems });
     };
 
-    let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+    // Typechecked by the actions each scope admits: the same diagnostics as Cedar's
+    // validator on the whole set, without typechecking every policy for every action.
+    let schema_json = schemas
+        .first()
+        .and_then(|file| super::shapes::json_form(&file.text).ok());
+    let validation = super::validation::validate(&schema, schema_json.as_ref(), &policies);
     let in_policy = |diag: &dyn Diagnostic, id: &PolicyId| {
         let file = policy_files.get(id);
         let text = file
@@ -270,11 +275,11 @@ pub fn load_files(files: Vec<SourceFile>) -> Result<Snapshot, PolicyLoadError> {
         problem.policy_id = Some(id.to_string());
         problem
     };
-    for err in validation.validation_errors() {
+    for err in validation.errors() {
         problems.push(in_policy(err, err.policy_id()));
     }
     let mut warnings: Vec<Problem> = validation
-        .validation_warnings()
+        .warnings()
         .map(|warning| in_policy(warning, warning.policy_id()))
         .collect();
 
