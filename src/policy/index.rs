@@ -5,7 +5,7 @@
 //!   (a request outside them is refused, as validating the request against the schema would),
 //!   and the entity types that may be members of `Group`;
 //! - [`EntityGraph`]: for every static entity (entities.json and the schema's actions) the
-//!   entities it refers to (parents, entity values in attributes and tags), and the entities
+//!   entities it refers to (entity values in attributes and tags), and the entities
 //!   the policies' conditions name literally. A Check's entity store holds only what its
 //!   evaluation can reach — the principal, action and resource, what they refer to
 //!   transitively, and the conditions' literals whose data may be read (not those only
@@ -18,9 +18,14 @@
 //! Why the smaller store decides the same: a Cedar expression reaches an entity only through
 //! `principal`, `action`, `resource`, the context, a literal in a condition (scope literals
 //! are only compared with the request's entities and their ancestors), or an entity-typed
-//! attribute or tag of an entity it already reached; `in` reads the ancestors of its left operand, and the
-//! store keeps every ancestor (parents are followed transitively, so the store's transitive
-//! closure is the same). `tests/slicing.rs` compares decisions against the whole store.
+//! attribute or tag of an entity it already reached; `in` reads only the ancestors of its left
+//! operand, and a static entity brings its ancestors with it: Cedar computed their transitive
+//! closure when the static store loaded, so an ancestor need not be in a Check's store (and is
+//! not, unless reached otherwise) for `in` to see it. What the request adds is closed again
+//! in the Check's store: the principal's groups are seeds (each with its own ancestors), and a
+//! static entity below the request's principal or a fetched entity gets their ancestors when
+//! Cedar computes the closure of that store. `tests/slicing.rs` and `tests/decide.rs` compare
+//! decisions against the whole store.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -109,7 +114,8 @@ impl EntityGraph {
                     continue;
                 };
                 let mut out = Vec::new();
-                for key in ["parents", "attrs", "tags"] {
+                // Not the parents: their closure is already in the entity's ancestors.
+                for key in ["attrs", "tags"] {
                     if let Some(value) = entity.get(key) {
                         collect_uids(value, &mut out);
                     }
@@ -379,12 +385,8 @@ mod tests {
         );
         assert_eq!(
             core,
-            [
-                r#"Group::"a""#,
-                r#"Group::"e""#,
-                r#"Group::"f""#,
-                r#"Group::"root""#
-            ]
+            // `Group::"root"`, an ancestor of `a`, is in `a`'s ancestors, not needed in the store.
+            [r#"Group::"a""#, r#"Group::"e""#, r#"Group::"f""#]
         );
     }
 
@@ -397,12 +399,7 @@ mod tests {
         );
         assert_eq!(
             core,
-            [
-                r#"Group::"a""#,
-                r#"Group::"b""#,
-                r#"Group::"c""#,
-                r#"Group::"root""#
-            ]
+            [r#"Group::"a""#, r#"Group::"b""#, r#"Group::"c""#]
         );
     }
 }
