@@ -170,3 +170,36 @@ fn every_kind_of_problem_is_reported_as_cedar_reports_it() {
     );
     assert!(cut > 0 && whole > 0, "cut {cut}, whole {whole}");
 }
+
+/// Two sets an outside review found accepted when the cut-down schemas dropped the actions a
+/// group did not name: an external action (Cedar refuses an incomplete schema) and a type
+/// error behind `in` with a right side that is not a literal (Cedar types it against every
+/// action of the hierarchy, here a member of another namespace's group).
+#[test]
+fn what_the_whole_schema_declares_is_seen_by_every_group() {
+    let external = format!("{SCHEMA}\nexternal action \"ghost\";\n");
+    let ((errors, _), _, _) = compare(
+        &external,
+        r#"@id("read") permit (principal, action == Shop::Action::"read", resource) when { resource.total > 1 };"#,
+    );
+    assert!(!errors.is_empty(), "an incomplete schema validates nothing");
+
+    let hierarchy = r#"
+entity Order { total: Long };
+entity User;
+action "read" appliesTo { principal: User, resource: Order, context: {} };
+action "w" in [X::Action::"g"] appliesTo { principal: User, resource: Order, context: {} };
+namespace X { action "g"; }
+"#;
+    let ((errors, _), _, _) = compare(
+        hierarchy,
+        r#"@id("cut") permit (principal, action == Action::"read", resource)
+           when { (action in (if true then X::Action::"g" else X::Action::"g") && resource.nope == 1) || resource.total > 0 };"#,
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|(id, message)| id == "cut" && message.contains("nope")),
+        "{errors:?}"
+    );
+}

@@ -7,13 +7,16 @@
 //! action, where the scope is false and nothing else is checked. Here the policies are grouped
 //! by the actions their scope admits (`action == A`, `action in [G, …]` with the actions in
 //! those groups), and each group is validated by Cedar's own validator against the schema cut
-//! down to those actions: every entity and common type is kept, and every action the group's
-//! policies name or descend from stays declared, but only the admitted actions keep their
-//! `appliesTo`, so only their environments exist. A policy's typing in an environment does not
-//! depend on the environments of other actions, so a group with no diagnostic here has none
-//! against the whole schema; a group with any diagnostic (or whose cut-down schema does not
-//! build) is validated again against the whole schema, so that the messages are exactly
-//! Cedar's. Policies whose scope admits every action or none, and sets with templates, are
+//! down to those actions' environments: every declaration is kept (entity, common and action
+//! types, the whole action hierarchy, external declarations), and only the admitted actions
+//! keep their `appliesTo`, so only their environments exist. Typing an expression in an
+//! environment reads the declarations, never the other environments, so a group with no
+//! diagnostic here has none against the whole schema; a group with any diagnostic (or whose
+//! cut-down schema does not build) is validated again against the whole schema, so that the
+//! messages are exactly Cedar's. (An earlier cut also dropped the actions a group did not
+//! name: an outside review found that this hid an incomplete schema's error, and a type error
+//! behind an `in` whose right side is not a literal, which Cedar types against the whole
+//! action hierarchy.) Policies whose scope admits every action or none, and sets with templates, are
 //! validated against the whole schema. `tests/validation.rs` compares the two on generated
 //! sets with deliberate errors.
 
@@ -66,7 +69,6 @@ pub fn validate(schema: &Schema, schema_json: Option<&Value>, policies: &PolicyS
         };
     };
     let actions: Vec<&EntityUid> = schema.actions().collect();
-    let action_entities = schema.action_entities().ok();
     let mut results = Vec::with_capacity(groups.len());
     let (mut cut_groups, mut whole_groups) = (0, 0);
     for (admitted, members) in groups {
@@ -81,30 +83,15 @@ pub fn validate(schema: &Schema, schema_json: Option<&Value>, policies: &PolicyS
                 };
             }
         }
-        let cut = match (admitted.is_empty(), &action_entities) {
-            (false, Some(action_entities)) => {
+        let cut = (!admitted.is_empty())
+            .then(|| {
                 let admitted: HashSet<&EntityUid> = admitted
                     .iter()
                     .filter_map(|&i| actions.get(i).copied())
                     .collect();
-                let mut named: HashSet<EntityUid> = admitted.iter().map(|&a| a.clone()).collect();
-                named.extend(
-                    members
-                        .iter()
-                        .flat_map(Policy::entity_literals)
-                        .filter(|uid| actions.contains(&uid)),
-                );
-                let ancestors: Vec<EntityUid> = named
-                    .iter()
-                    .filter_map(|uid| action_entities.ancestors(uid))
-                    .flatten()
-                    .cloned()
-                    .collect();
-                named.extend(ancestors);
-                Schema::from_json_value(cut_down(json, &admitted, &named)).ok()
-            }
-            _ => None,
-        };
+                Schema::from_json_value(cut_down(json, &admitted)).ok()
+            })
+            .flatten();
         let result = cut
             .map(|cut| Validator::new(cut).validate(&set, ValidationMode::Strict))
             .filter(|r| r.validation_passed() && r.validation_warnings().next().is_none());
@@ -163,9 +150,9 @@ fn by_admitted_actions(
     Some(groups)
 }
 
-/// The schema (JSON form) with only the actions in `named`, of which only those in
-/// `admitted` keep their `appliesTo`.
-fn cut_down(json: &Value, admitted: &HashSet<&EntityUid>, named: &HashSet<EntityUid>) -> Value {
+/// The schema (JSON form) with every declaration kept, and only the actions in `admitted`
+/// applying to principals and resources.
+fn cut_down(json: &Value, admitted: &HashSet<&EntityUid>) -> Value {
     let mut cut = json.clone();
     let Some(namespaces) = cut.as_object_mut() else {
         return cut;
@@ -185,18 +172,14 @@ fn cut_down(json: &Value, admitted: &HashSet<&EntityUid>, named: &HashSet<Entity
         else {
             continue;
         };
-        actions.retain(|id, declaration| {
+        for (id, declaration) in actions.iter_mut() {
             let uid = EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(id));
-            if !named.contains(&uid) {
-                return false;
-            }
             if !admitted.contains(&uid)
                 && let Some(declaration) = declaration.as_object_mut()
             {
                 declaration.remove("appliesTo");
             }
-            true
-        });
+        }
     }
     cut
 }
