@@ -6,8 +6,9 @@
 //!   runs Cedar), without and with a candidate set (the example set plus one forbid) decided
 //!   beside it on every check (`sample: 1.0`): `on_other_slice`, a change to another slice
 //!   (the candidate is known to decide alike and is not evaluated), and `on_same_slice`, a
-//!   change to this check's slice (the candidate is evaluated off the check's path, on the
-//!   blocking pool; the bench waits for it after each check, so that every check is
+//!   change to this check's slice (the candidate's policies are evaluated on the live set's
+//!   Cedar call, which it would build the same, off the check's path, on the blocking pool;
+//!   the bench waits for it after each check, so that every check is
 //!   shadowed and the time includes the hand-over). Their CPU is best read in instructions
 //!   (callgrind: the handler's plus the candidate evaluation's, per check).
 //! - `shadow_token/{off,on}`: protobuf → normalised request → `decide::evaluate` on the

@@ -39,6 +39,35 @@ pub fn evaluate(
     run(snapshot, request, presented, now, Mode::Fast).0
 }
 
+/// [`evaluate`], also returning the Cedar call it evaluated, when it asked Cedar (not when it
+/// refused before the policies or recalled a verdict): a candidate set with the same frame
+/// decides the same call with its own policies ([`evaluate_call`]).
+pub fn evaluate_keeping_call(
+    snapshot: &Snapshot,
+    request: &Request,
+    presented: &Presented,
+    now: i64,
+) -> (Evaluation, Option<CedarCall>) {
+    run(snapshot, request, presented, now, Mode::Fast)
+}
+
+/// The evaluation of `call`, the Cedar call another snapshot's [`evaluate_keeping_call`]
+/// built for a check it decided as `decided`, by `snapshot`'s policies. Equal to
+/// [`evaluate`] with `snapshot` when the two snapshots would build the same call: the same
+/// schema, entities and routes, policies that read the same request data and look up the
+/// same entities (the shadow set's `Comparison` checks that; `tests/decide.rs` proves it).
+pub fn evaluate_call(snapshot: &Snapshot, decided: &Evaluation, call: &CedarCall) -> Evaluation {
+    let mut evaluation = Evaluation::denied(DenyReason::PolicyDenied);
+    evaluation.version = Some(Arc::clone(&snapshot.version));
+    evaluation.route_dry_run = decided.route_dry_run;
+    evaluation.fetched = decided.fetched.clone();
+    evaluation.principal = Some(call.principal.clone());
+    evaluation.action = Some(call.action.clone());
+    evaluation.resource = Some(call.resource.clone());
+    conclude(&mut evaluation, engine::evaluate(snapshot, call));
+    evaluation
+}
+
 /// [`evaluate`], also returning the Cedar request when one was built (Explain, the CLI).
 pub fn explain(
     snapshot: &Snapshot,
@@ -225,6 +254,12 @@ fn run(
         Err(err) if err.is_unknown_action() => return deny(evaluation, DenyReason::NoRoute(err)),
         Err(err) => return deny(evaluation, DenyReason::Mapping(err)),
     };
+    conclude(&mut evaluation, verdict);
+    (evaluation, call)
+}
+
+/// The outcome and the policies of Cedar's verdict.
+fn conclude(evaluation: &mut Evaluation, verdict: Verdict) {
     match verdict {
         Verdict::Allow { determining } => {
             evaluation.policy_ids = determining;
@@ -236,6 +271,4 @@ fn run(
             evaluation.outcome = Outcome::Deny(DenyReason::PolicyError(failed));
         }
     }
-    let call = call.filter(|_| mode == Mode::Explain);
-    (evaluation, call)
 }

@@ -1174,3 +1174,119 @@ fn a_candidate_known_to_decide_alike_decides_alike() {
     assert_eq!(new_header.0, 0, "{counts:?}");
     assert_eq!(same.1, 0, "{counts:?}");
 }
+
+/// The candidate set decided on the live set's Cedar call (`decide::evaluate_call`, what the
+/// shadow does in a slice a change touches when the candidate would build the same call)
+/// decides exactly as evaluating the candidate does; the comparison says the call is the same
+/// for changes that look up no other entity, and never for one that looks one up.
+#[test]
+fn a_candidate_decided_on_the_live_call_decides_as_evaluating_it() {
+    use cedargate::server::shadow::Comparison;
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let files = store::read_dir(&base).unwrap();
+    let with = |extra: &str| {
+        let mut set = files.clone();
+        set.push(store::SourceFile {
+            path: base.join("extra.cedar"),
+            text: extra.to_owned(),
+        });
+        store::load_files(set).unwrap()
+    };
+    let live = store::load_files(files.clone()).unwrap();
+    let candidates = [
+        (
+            "a forbid in one slice",
+            with(
+                r#"@id("no-workload-create") forbid (principal is Workload, action == Action::"orders:create", resource);"#,
+            ),
+            true,
+        ),
+        (
+            "a forbid over every order read",
+            with(
+                r#"@id("orders-closed") forbid (principal, action == Action::"orders:read", resource) unless { principal in Group::"admins" };"#,
+            ),
+            true,
+        ),
+        (
+            "a permit for everyone",
+            with(r#"@id("open") permit (principal, action, resource);"#),
+            true,
+        ),
+        (
+            "a policy that looks up another entity",
+            with(
+                r#"@id("lookup") forbid (principal, action, resource) when { Order::"1002" has owner && Order::"1002".owner == principal };"#,
+            ),
+            false,
+        ),
+    ];
+    let callers = [
+        Caller::Token(token("alice", &["admins"], &[])),
+        Caller::Token(token("bob", &[], &[])),
+        Caller::Workload,
+        Caller::Anonymous,
+    ];
+    let targets = [
+        ("GET", "/orders"),
+        ("POST", "/orders"),
+        ("GET", "/orders/1001"),
+        ("GET", "/orders/1002"),
+        ("GET", "/profiles/alice"),
+        ("GET", "/healthz"),
+    ];
+    for (name, candidate, same_call) in &candidates {
+        let comparison = Comparison::new(&live, candidate);
+        assert_eq!(comparison.same_call(), *same_call, "{name}");
+        if !same_call {
+            continue;
+        }
+        let (mut on_the_call, mut changed) = (0, 0);
+        for caller in &callers {
+            for (method, path) in targets {
+                let mut builder = check(method, path);
+                if matches!(caller, Caller::Workload) {
+                    builder = builder.peer(CHECKOUT);
+                }
+                let prepared = prepare(
+                    &Limits::default(),
+                    &Default::default(),
+                    envoy::input(builder.build()),
+                    NOW,
+                )
+                .unwrap();
+                // A fresh token value, so that the live set asks Cedar (no recalled verdict).
+                let presented = Presented {
+                    peer: Arc::new(prepared.peer.clone()),
+                    peer_refused: prepared.peer_refused.clone(),
+                    token: Ok(match caller {
+                        Caller::Token(token) => Some(Arc::new(VerifiedToken::clone(token))),
+                        _ => None,
+                    }),
+                    token_required_by_default: false,
+                };
+                let request = &prepared.request;
+                let (live_said, call) =
+                    decide::evaluate_keeping_call(&live, request, &presented, NOW);
+                let evaluated = decide::evaluate(candidate, request, &presented, NOW);
+                let Some(call) = call else {
+                    continue;
+                };
+                let on_call = decide::evaluate_call(candidate, &live_said, &call);
+                assert_eq!(
+                    said(&on_call),
+                    said(&evaluated),
+                    "{name}: {method} {path} {caller:?}"
+                );
+                assert_eq!(on_call.version, evaluated.version);
+                on_the_call += 1;
+                changed += usize::from(said(&on_call) != said(&live_said));
+            }
+        }
+        assert!(
+            on_the_call >= 12,
+            "{name}: {on_the_call} decided on the call"
+        );
+        assert!(changed > 0, "{name}: the change changes no decision");
+    }
+}

@@ -176,6 +176,14 @@ impl EntityGraph {
             .collect()
     }
 
+    /// Whether `other` puts the same static entities in every Check's store (the policies'
+    /// looked-up literals and what they reach).
+    pub fn same_core(&self, other: &Self) -> bool {
+        let mine: HashSet<&EntityUid> = self.core.iter().collect();
+        let theirs: HashSet<&EntityUid> = other.core.iter().collect();
+        mine == theirs
+    }
+
     /// The static entities reachable from `seeds` that `known` (a [`Self::subset`] already
     /// taken, with the policies' literals) does not hold, cloned from `store`.
     pub fn subset_beyond(
@@ -397,9 +405,6 @@ mod tests {
                permit (principal, action, resource) when { principal is User in Group::"b".parent };
                permit (principal, action, resource) when { {"in": Group::"c".x}["in"] == 1 };"#,
         );
-        assert_eq!(
-            core,
-            [r#"Group::"a""#, r#"Group::"b""#, r#"Group::"c""#]
-        );
+        assert_eq!(core, [r#"Group::"a""#, r#"Group::"b""#, r#"Group::"c""#]);
     }
 }

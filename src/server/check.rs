@@ -436,8 +436,16 @@ async fn decide(
             request.fetched = cache.get(&schema, &wanted, left - left / 10).await;
         }
     }
+    // The candidate set shadows this check (a sample of checks, not Explain): the Cedar call
+    // is kept for it, which it decides with its own policies when it would build the same.
+    let candidate = shared.candidate.load_full().filter(|_| {
+        let sample = shared.options.candidate_sample;
+        !keep_call && (sample >= 1.0 || fastrand::f64() < sample)
+    });
     let (evaluation, call) = if keep_call {
         crate::decide::explain(&snapshot, &request, &presented, now)
+    } else if candidate.is_some() {
+        crate::decide::evaluate_keeping_call(&snapshot, &request, &presented, now)
     } else {
         (
             crate::decide::evaluate(&snapshot, &request, &presented, now),
@@ -447,11 +455,12 @@ async fn decide(
     let envelope = envelope(shared, &request, &presented, &evaluation, trace);
     // The candidate set and the record, after the answer is made and off the check's path:
     // for checks, not for Explain.
+    let (call, live_call) = if keep_call {
+        (call, None)
+    } else {
+        (None, call)
+    };
     if !keep_call {
-        let candidate = shared.candidate.load_full().filter(|_| {
-            let sample = shared.options.candidate_sample;
-            sample >= 1.0 || fastrand::f64() < sample
-        });
         let recorder = shared
             .options
             .recorder
@@ -471,7 +480,7 @@ async fn decide(
                 (Some(candidate), recorder) => {
                     shared
                         .shadow
-                        .decide(&snapshot, candidate, decided, recorder);
+                        .decide(&snapshot, candidate, decided, live_call, recorder);
                 }
                 (None, Some(recorder)) => recorder.record(decided),
                 (None, None) => {}

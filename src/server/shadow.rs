@@ -12,7 +12,10 @@
 //!   request (its slice: action, principal type, resource type) are the live set's, word for
 //!   word, the candidate decides as the live set did, and is not evaluated ([`Comparison`];
 //!   `tests/decide.rs` proves the shortcut equal to evaluating). Most checks of most changes
-//!   are in slices the change does not touch;
+//!   are in slices the change does not touch. In a slice a change touches, when the
+//!   candidate's policies also look up the same entities, it would build the very Cedar call
+//!   the live set evaluated: only its policies are evaluated on that call
+//!   ([`crate::decide::evaluate_call`]), not the request mapped again;
 //! - take the CPU without bound: at most [`Shadow::IN_FLIGHT_PER_CORE`] candidate
 //!   evaluations per core run at once; a check that finds them all busy is not shadowed and
 //!   is counted (`candidate="skipped"`), so a slow candidate costs shadow coverage, never
@@ -33,6 +36,7 @@ use tokio::sync::Semaphore;
 
 use crate::decision::{DenyReason, Evaluation, Outcome};
 use crate::policy::Snapshot;
+use crate::policy::engine::CedarCall;
 use crate::record::Decided;
 use crate::record::writer::Recorder;
 use crate::telemetry::SHADOW_DECISIONS_TOTAL;
@@ -54,20 +58,30 @@ pub struct Comparison {
     /// Same schema, entities and routes, and policies that read the same request data (so
     /// the same route, identity, body and near-miss rules, and the same Cedar request).
     same_frame: bool,
+    /// The same frame, and policies that look up the same entities: the candidate's Cedar
+    /// call for a check is the live one, and only its policies need evaluating.
+    same_call: bool,
     /// Per slice: the same policies, word for word.
     slices: Mutex<HashMap<(EntityUid, EntityTypeName, EntityTypeName), bool>>,
 }
 
 impl Comparison {
     pub fn new(live: &Snapshot, candidate: &Snapshot) -> Self {
+        let same_frame = live.frame == candidate.frame
+            && live.reads == candidate.reads
+            && live.path_literals == candidate.path_literals;
         Self {
             live: live.id,
             candidate: candidate.id,
-            same_frame: live.frame == candidate.frame
-                && live.reads == candidate.reads
-                && live.path_literals == candidate.path_literals,
+            same_frame,
+            same_call: same_frame && live.graph.same_core(&candidate.graph),
             slices: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether the candidate would build the live set's Cedar call for every check.
+    pub fn same_call(&self) -> bool {
+        self.same_call
     }
 
     /// Whether `candidate` decides the check `live` decided as `evaluation` exactly as `live`
@@ -134,17 +148,18 @@ impl Shadow {
     /// Decides `decided` with `candidate` off the check's path, then records it (with the
     /// candidate's outcome) when `recorder` is given. With no place free, the check is not
     /// shadowed (counted) and is recorded at once.
+    /// `call` is the Cedar call the live set evaluated for the check, when it asked Cedar:
+    /// when the candidate would build the same, only its policies are evaluated on it.
     pub fn decide(
         &self,
         live: &Snapshot,
         candidate: Arc<Snapshot>,
         mut decided: Decided,
+        call: Option<CedarCall>,
         recorder: Option<Arc<Recorder>>,
     ) {
-        if self
-            .comparison(live, &candidate)
-            .decides_alike(live, &candidate, &decided.evaluation)
-        {
+        let comparison = self.comparison(live, &candidate);
+        if comparison.decides_alike(live, &candidate, &decided.evaluation) {
             let mut same = decided.evaluation.clone();
             same.version = Some(Arc::clone(&candidate.version));
             let label = label(&same);
@@ -164,9 +179,10 @@ impl Shadow {
             }
             return;
         };
+        let call = call.filter(|_| comparison.same_call && comparison.live == live.id);
         tokio::task::spawn_blocking(move || {
             let mut decided = decided;
-            decided.candidate = evaluate(&candidate, &decided);
+            decided.candidate = evaluate(&candidate, &decided, call.as_ref());
             if let Some(recorder) = recorder {
                 recorder.record(decided);
             }
@@ -197,10 +213,17 @@ impl Shadow {
 }
 
 /// The candidate's evaluation of a decided check, counted and, on a disagreement, logged.
-fn evaluate(candidate: &Snapshot, decided: &Decided) -> Option<Evaluation> {
+fn evaluate(
+    candidate: &Snapshot,
+    decided: &Decided,
+    call: Option<&CedarCall>,
+) -> Option<Evaluation> {
     let live = &decided.evaluation;
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        crate::decide::evaluate(candidate, &decided.request, &decided.presented, decided.now)
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match call {
+        Some(call) => crate::decide::evaluate_call(candidate, live, call),
+        None => {
+            crate::decide::evaluate(candidate, &decided.request, &decided.presented, decided.now)
+        }
     }));
     let Ok(shadow) = outcome else {
         crate::telemetry::panicked();
