@@ -100,6 +100,12 @@ impl KeyWriter {
         self.text(value);
     }
 
+    /// A number (a fetched answer's generation, unique process-wide to that answer).
+    pub fn number(&mut self, input: Input, value: u64) {
+        self.bytes.push(input as u8);
+        self.bytes.extend(value.to_le_bytes());
+    }
+
     pub fn flag(&mut self, input: Input, value: bool) {
         self.bytes.extend([input as u8, u8::from(value)]);
     }

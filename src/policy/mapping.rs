@@ -232,11 +232,10 @@ pub fn map(
         )));
     }
     // Data fetched from the application changes between two checks with the same inputs:
-    // the answers used (by generation) are inputs too.
-    for (uid, generation) in &request.fetched.consulted {
-        parts
-            .key
-            .value(Input::Fetched, &format!("{uid}#{generation}"));
+    // the answers used are inputs too, each by its generation (unique to one answer for one
+    // uid, process-wide, so the uid need not be written).
+    for (_, generation) in &request.fetched.consulted {
+        parts.key.number(Input::Fetched, *generation);
     }
     // Only a token's cached parts have decisions; the key holds every value built above.
     let remember = match &parts.principal.decisions {
