@@ -90,7 +90,8 @@ pub fn evaluate_reference(
 }
 
 /// The entities a check of `request` may need from the entity source: its resource (as the
-/// route, a context extension or the path fallback names it), and nothing when [`evaluate`]
+/// route, a context extension or the path fallback names it) and its principal (the caller
+/// asks the source only for the types it fetches), and nothing when [`evaluate`]
 /// would refuse the request before the policies (a misspelt name, a refused token or peer,
 /// a near miss of a route, a bad body): a caller that is refused never makes cedargate ask
 /// the source. Pure; the caller fetches them and puts them in [`Request::fetched`].
@@ -104,14 +105,18 @@ pub fn wanted(
         return Vec::new();
     };
     let requirement = route.as_ref().and_then(|r| r.token);
-    if snapshot.lenient_names.near_miss(http).is_some()
-        || establish(snapshot, presented, requirement).is_err()
-        || crate::policy::body::parse(snapshot, request).is_err()
-    {
+    if snapshot.lenient_names.near_miss(http).is_some() {
+        return Vec::new();
+    }
+    let Ok(identity) = establish(snapshot, presented, requirement) else {
+        return Vec::new();
+    };
+    if crate::policy::body::parse(snapshot, request).is_err() {
         return Vec::new();
     }
     mapping::resource_of(snapshot, request, route.as_ref())
         .into_iter()
+        .chain(mapping::principal_of(&identity))
         .collect()
 }
 

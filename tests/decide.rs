@@ -1290,3 +1290,168 @@ fn a_candidate_decided_on_the_live_call_decides_as_evaluating_it() {
         assert!(changed > 0, "{name}: the change changes no decision");
     }
 }
+
+/// A principal the entity source answers for: its attributes and parents join the principal
+/// the token makes (whose groups stay), decided as the reference decides, never cached with
+/// the token, and nothing of the answer replaces what the token asserts.
+#[test]
+fn a_fetched_principal_decides_like_the_reference() {
+    let schema = TYPED_SCHEMA.replace(
+        "entity User in [Group];",
+        "entity User in [Group] { department?: String };",
+    );
+    assert_ne!(
+        schema, TYPED_SCHEMA,
+        "the example schema declares `entity User in [Group];`"
+    );
+    let snapshot = load_on(
+        &schema,
+        "",
+        "",
+        r#"
+@id("sales") permit (principal is User, action == Action::"orders:read", resource)
+when { principal has department && principal.department == "sales" };
+@id("vip") permit (principal in Group::"vip", action == Action::"orders:list", resource);
+@id("admins") permit (principal in Group::"admins", action == Action::"orders:list", resource);
+"#,
+        r#"[{ "uid": { "type": "Order", "id": "1002" }, "attrs": { "owner": { "__entity": { "type": "User", "id": "alice" } } }, "parents": [] }]"#,
+    );
+    let answer = |user: &str, department: &str, parents: &[&str]| {
+        let parents: Vec<_> = parents
+            .iter()
+            .map(|g| serde_json::json!({ "type": "Group", "id": g }))
+            .collect();
+        let json = serde_json::json!({
+            "uid": { "type": "User", "id": user },
+            "attrs": { "department": department },
+            "parents": parents
+        });
+        Arc::new(cedargate::entities::FetchedEntity {
+            entity: cedar_policy::Entity::from_json_value(json.clone(), Some(&snapshot.schema))
+                .unwrap(),
+            names: cedargate::entities::named_uids(&json),
+        })
+    };
+    let tokens: BTreeMap<&str, Arc<VerifiedToken>> = [
+        ("alice", token("alice", &["admins"], &[])),
+        ("bob", token("bob", &[], &[])),
+        ("carol", token("carol", &[], &[])),
+    ]
+    .into_iter()
+    .collect();
+    let answers: BTreeMap<&str, _> = [
+        ("alice", answer("alice", "sales", &[])),
+        ("bob", answer("bob", "support", &["vip"])),
+    ]
+    .into_iter()
+    .collect();
+    let decide_as = |user: &str, method: &str, path: &str, generation: u64| {
+        let mut prepared = prepare(
+            &Limits::default(),
+            &Default::default(),
+            envoy::input(check(method, path).build()),
+            NOW,
+        )
+        .unwrap();
+        if let Some(entity) = answers.get(user) {
+            prepared.request.fetched = cedargate::entities::Fetched {
+                consulted: vec![(entity.entity.uid(), generation)],
+                entities: vec![Arc::clone(entity)],
+                unavailable: Vec::new(),
+            };
+        }
+        let presented = Presented {
+            peer: Arc::new(prepared.peer.clone()),
+            peer_refused: None,
+            token: Ok(Some(Arc::clone(&tokens[user]))),
+            token_required_by_default: true,
+        };
+        let wanted = decide::wanted(&snapshot, &prepared.request, &presented);
+        assert!(
+            wanted
+                .iter()
+                .any(|uid| uid.to_string() == format!("User::\"{user}\"")),
+            "the principal is wanted: {wanted:?}"
+        );
+        let core = decide::evaluate(&snapshot, &prepared.request, &presented, NOW);
+        let reference = decide::evaluate_reference(&snapshot, &prepared.request, &presented, NOW);
+        assert_eq!(said(&core), said(&reference), "{user} {method} {path}");
+        said(&core).0
+    };
+    for generation in [1, 2] {
+        // The fetched department.
+        assert_eq!(
+            decide_as("alice", "GET", "/orders/1002", generation),
+            "allow"
+        );
+        assert_eq!(
+            decide_as("bob", "GET", "/orders/1002", generation),
+            "policy_denied"
+        );
+        // A fetched parent, and the token's group beside the fetched answer.
+        assert_eq!(decide_as("bob", "GET", "/orders", generation), "allow");
+        assert_eq!(decide_as("alice", "GET", "/orders", generation), "allow");
+        // Nothing fetched: neither.
+        assert_eq!(
+            decide_as("carol", "GET", "/orders", generation),
+            "policy_denied"
+        );
+        assert_eq!(
+            decide_as("carol", "GET", "/orders/1002", generation),
+            "policy_denied"
+        );
+    }
+}
+
+/// What the certificate asserts is not replaced by the entity source: a workload's
+/// `trust_domain` stays the certificate's whatever the source answers for it.
+#[test]
+fn a_fetched_workload_keeps_the_certificates_trust_domain() {
+    let snapshot = load_on(
+        TYPED_SCHEMA,
+        "",
+        "",
+        r#"
+@id("create") permit (principal is Workload, action == Action::"orders:create", resource);
+@id("home") forbid (principal is Workload, action, resource) unless { principal.trust_domain == "shop.example" };
+"#,
+        "[]",
+    );
+    let mut prepared = prepare(
+        &Limits::default(),
+        &Default::default(),
+        envoy::input(check("POST", "/orders").peer(CHECKOUT).build()),
+        NOW,
+    )
+    .unwrap();
+    let presented = Presented {
+        peer: Arc::new(prepared.peer.clone()),
+        peer_refused: None,
+        token: Ok(None),
+        token_required_by_default: false,
+    };
+    let wanted = decide::wanted(&snapshot, &prepared.request, &presented);
+    let workload = wanted
+        .iter()
+        .find(|uid| uid.type_name().to_string() == "Workload")
+        .expect("the workload is wanted")
+        .clone();
+    let json = serde_json::json!({
+        "uid": { "type": "Workload", "id": workload.id().unescaped() },
+        "attrs": { "trust_domain": "evil.example" },
+        "parents": []
+    });
+    prepared.request.fetched = cedargate::entities::Fetched {
+        consulted: vec![(workload.clone(), 1)],
+        entities: vec![Arc::new(cedargate::entities::FetchedEntity {
+            entity: cedar_policy::Entity::from_json_value(json.clone(), Some(&snapshot.schema))
+                .unwrap(),
+            names: cedargate::entities::named_uids(&json),
+        })],
+        unavailable: Vec::new(),
+    };
+    let core = decide::evaluate(&snapshot, &prepared.request, &presented, NOW);
+    let reference = decide::evaluate_reference(&snapshot, &prepared.request, &presented, NOW);
+    assert_eq!(said(&core), said(&reference));
+    assert_eq!(said(&core).0, "allow", "{core:?}");
+}

@@ -542,6 +542,66 @@ async fn the_entities_a_fetched_entity_names_are_fetched_too() {
     );
 }
 
+/// The principal is fetched too when its type is: its attributes and parents come from the
+/// application (asked in the same batch as the resource), the token's groups stay, and a
+/// principal the application does not know gets no attribute from it.
+#[tokio::test]
+async fn a_principal_of_a_fetched_type_is_fetched_with_the_resource() {
+    let schema = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/schema.cedarschema"),
+    )
+    .unwrap();
+    let with_departments = schema.replacen(
+        "entity User in [Group];",
+        "entity User in [Group] { department?: String };",
+        1,
+    );
+    assert_ne!(
+        with_departments, schema,
+        "the example schema declares User as expected"
+    );
+    let support = r#"@id("support-reads") permit (principal is User, action == Action::"orders:read", resource is Order)
+                     when { principal has department && principal.department == "support" };"#;
+    let mut f = fixture_with(
+        "1h",
+        "1h",
+        Duration::from_secs(2),
+        &[
+            ("schema.cedarschema", &with_departments),
+            ("support.cedar", support),
+        ],
+        |config| {
+            let source = config.entity_source.as_mut().unwrap();
+            let order = source.types["Order"];
+            source.types.insert("User".into(), order);
+        },
+    )
+    .await;
+    f.source.order("2001", owned_by("alice"));
+    f.source.state.entities.lock().unwrap().insert(
+        "bob".into(),
+        json!({ "uid": { "type": "User", "id": "bob" }, "attrs": { "department": "support" }, "parents": [] }),
+    );
+    let bob = f.read("bob", "2001").await;
+    assert_eq!(bob.code(), Code::Ok, "{}", bob.body_text());
+    let asked = f.source.state.asked.lock().unwrap().clone();
+    let mut uids = asked[0]["uids"].as_array().unwrap().clone();
+    uids.sort_by_key(ToString::to_string);
+    assert_eq!(
+        uids,
+        [
+            json!({ "type": "Order", "id": "2001" }),
+            json!({ "type": "User", "id": "bob" })
+        ],
+        "the order and the principal, in one request"
+    );
+    // Alice owns the order (the example's owner policy); carol is unknown to the application.
+    assert_eq!(f.read("alice", "2001").await.code(), Code::Ok);
+    let carol = f.read("carol", "2001").await;
+    assert_eq!(carol.code(), Code::PermissionDenied);
+    assert_eq!(carol.body()["error"], "policy_denied");
+}
+
 /// Findings of an attack review: a static entity is never asked of the source (it wins, also
 /// while the source fails); an answer with one uid twice is refused, not resolved; a caller
 /// whose deadline ends before a healthy source answers gets a 503, not the kept copy past its

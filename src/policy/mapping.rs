@@ -394,7 +394,13 @@ fn parts(
     let resource = resource(snapshot, request, route.as_ref(), names)?;
     let params = route.map(|m| m.params).unwrap_or_default();
 
-    let principal = principal_parts(snapshot, identity, reads, build)?;
+    let principal = principal_parts(
+        snapshot,
+        identity,
+        fetched_principal(request, identity),
+        reads,
+        build,
+    )?;
     let mut key = KeyWriter::default();
     let context = match &principal.context {
         Some(context) => context.clone(),
@@ -506,6 +512,29 @@ pub fn resource_of(
     resource(snapshot, request, route, names().ok()?).ok()
 }
 
+/// The entity of the caller's principal, when it has one (not an anonymous caller): what a
+/// check may ask the entity source for besides its resource.
+pub fn principal_of(identity: &Identity) -> Option<EntityUid> {
+    match principal(identity, names().ok()?) {
+        Ok((uid, Some(_), _)) => Some(uid),
+        _ => None,
+    }
+}
+
+/// The principal's entity as the entity source answered it, when the check fetched it.
+fn fetched_principal<'a>(request: &'a Request, identity: &Identity) -> Option<&'a Entity> {
+    if request.fetched.entities.is_empty() {
+        return None;
+    }
+    let uid = principal_of(identity)?;
+    request
+        .fetched
+        .entities
+        .iter()
+        .map(|f| &f.entity)
+        .find(|e| e.uid() == uid)
+}
+
 /// The fetched entities a check adds to its store: those without a static entry of the same
 /// uid (a static entity wins) and not among `taken` (already in the store).
 fn fetched_entities<'a>(
@@ -598,6 +627,7 @@ struct PrincipalParts {
 fn principal_parts(
     snapshot: &Snapshot,
     identity: &Identity,
+    fetched: Option<&Entity>,
     reads: &Reads,
     build: Build,
 ) -> Result<std::sync::Arc<PrincipalParts>, MappingError> {
@@ -606,6 +636,11 @@ fn principal_parts(
         let (uid, entity, groups) = principal(identity, names)?;
         let mut entities: Vec<Entity> = entity
             .map(|e| with_static(snapshot, e))
+            .transpose()?
+            .map(|e| match fetched {
+                Some(fetched) => with_fetched(e, fetched),
+                None => Ok(e),
+            })
             .transpose()?
             .into_iter()
             .collect();
@@ -673,7 +708,10 @@ fn principal_parts(
         })
     };
     match (&identity.token, build) {
-        (Some(token), Build::Read) => {
+        // A principal fetched from the entity source differs from one answer to the next:
+        // built per check, not cached with the token (the answer's generation keys the
+        // decision cache, which such a check does not use).
+        (Some(token), Build::Read) if fetched.is_none() => {
             if let Some(parts) = token.cedar.get::<PrincipalParts>(snapshot.id) {
                 return Ok(parts);
             }
@@ -968,6 +1006,20 @@ fn with_static(snapshot: &Snapshot, entity: Entity) -> Result<Entity, MappingErr
     let (_, request_attrs, request_parents) = entity.into_inner();
     attrs.extend(request_attrs);
     parents.extend(request_parents);
+    Entity::new(uid, attrs, parents).map_err(invalid)
+}
+
+/// The principal built from the request, with what the entity source answered for it: its
+/// attributes and parents are added; an attribute the token or certificate already gives
+/// (a workload's `trust_domain`) is kept as they give it, and the token's groups stay. Tags
+/// of the answer are not carried over (as for a static entry).
+fn with_fetched(entity: Entity, fetched: &Entity) -> Result<Entity, MappingError> {
+    let (uid, mut attrs, mut parents) = entity.into_inner();
+    let (_, fetched_attrs, fetched_parents) = fetched.clone().into_inner();
+    for (name, value) in fetched_attrs {
+        attrs.entry(name).or_insert(value);
+    }
+    parents.extend(fetched_parents);
     Entity::new(uid, attrs, parents).map_err(invalid)
 }
 
