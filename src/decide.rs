@@ -91,10 +91,10 @@ pub fn evaluate_reference(
 
 /// The entities a check of `request` may need from the entity source: its resource (as the
 /// route, a context extension or the path fallback names it) and its principal (the caller
-/// asks the source only for the types it fetches), and nothing when [`evaluate`]
-/// would refuse the request before the policies (a misspelt name, a refused token or peer,
-/// a near miss of a route, a bad body): a caller that is refused never makes cedargate ask
-/// the source. Pure; the caller fetches them and puts them in [`Request::fetched`].
+/// asks the source only for the types it fetches), and nothing when [`evaluate`] would refuse
+/// the request before the policies (a misspelt name, a refused token or peer, a near miss of
+/// a route, a bad body, an action that is not declared or does not apply to this principal
+/// and resource): a caller that is refused never makes cedargate ask the source. Pure; the caller fetches them and puts them in [`Request::fetched`].
 pub fn wanted(
     snapshot: &Snapshot,
     request: &Request,
@@ -114,10 +114,7 @@ pub fn wanted(
     if crate::policy::body::parse(snapshot, request).is_err() {
         return Vec::new();
     }
-    mapping::resource_of(snapshot, request, route.as_ref())
-        .into_iter()
-        .chain(mapping::principal_of(&identity))
-        .collect()
+    mapping::entities_wanted(snapshot, request, route.as_ref(), &identity)
 }
 
 /// The identity rules, with the token's claims judged against the typed claims the snapshot

@@ -1401,6 +1401,28 @@ when { principal has department && principal.department == "sales" };
             "policy_denied"
         );
     }
+    // Refused before any policy (no declared action applies): neither the principal nor the
+    // resource is asked of the source (an outside review found the principal asked, and a
+    // source outage turning these 403s into 503s).
+    for (method, path) in [("POST", "/nowhere"), ("DELETE", "/orders/1")] {
+        let prepared = prepare(
+            &Limits::default(),
+            &Default::default(),
+            envoy::input(check(method, path).build()),
+            NOW,
+        )
+        .unwrap();
+        let presented = Presented {
+            peer: Arc::new(prepared.peer.clone()),
+            peer_refused: None,
+            token: Ok(Some(Arc::clone(&tokens["alice"]))),
+            token_required_by_default: true,
+        };
+        let refused = decide::evaluate(&snapshot, &prepared.request, &presented, NOW);
+        assert_eq!(said(&refused).0, "no_route", "{method} {path}");
+        let wanted = decide::wanted(&snapshot, &prepared.request, &presented);
+        assert!(wanted.is_empty(), "{method} {path}: {wanted:?}");
+    }
 }
 
 /// What the certificate asserts is not replaced by the entity source: a workload's

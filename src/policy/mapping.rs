@@ -373,23 +373,7 @@ fn parts(
         body: _,
         fetched: _,
     } = request;
-    let action = match extensions.get(EXTENSION_ACTION) {
-        Some(name) => action_uid(name).ok_or_else(|| MappingError::BadExtension {
-            key: EXTENSION_ACTION,
-            value: name.clone(),
-            what: "action",
-        })?,
-        None => match &route {
-            Some(m) => m.action.clone(),
-            None => action_uid(&http.method)
-                .ok_or_else(|| MappingError::UnknownAction(crate::text::clip(&http.method)))?,
-        },
-    };
-    if !snapshot.index.is_action(&action) {
-        return Err(MappingError::UnknownAction(crate::text::clip(
-            &action.to_string(),
-        )));
-    }
+    let action = action_of(snapshot, request, route.as_ref())?;
 
     let resource = resource(snapshot, request, route.as_ref(), names)?;
     let params = route.map(|m| m.params).unwrap_or_default();
@@ -510,6 +494,63 @@ pub fn resource_of(
     route: Option<&RouteMatch<'_>>,
 ) -> Option<EntityUid> {
     resource(snapshot, request, route, names().ok()?).ok()
+}
+
+/// The declared action of a request: Envoy's `cedargate.action`, else the route's, else the
+/// method.
+fn action_of(
+    snapshot: &Snapshot,
+    request: &Request,
+    route: Option<&RouteMatch<'_>>,
+) -> Result<EntityUid, MappingError> {
+    let action = match request.extensions.get(EXTENSION_ACTION) {
+        Some(name) => action_uid(name).ok_or_else(|| MappingError::BadExtension {
+            key: EXTENSION_ACTION,
+            value: name.clone(),
+            what: "action",
+        })?,
+        None => match route {
+            Some(m) => m.action.clone(),
+            None => action_uid(&request.http.method).ok_or_else(|| {
+                MappingError::UnknownAction(crate::text::clip(&request.http.method))
+            })?,
+        },
+    };
+    if !snapshot.index.is_action(&action) {
+        return Err(MappingError::UnknownAction(crate::text::clip(
+            &action.to_string(),
+        )));
+    }
+    Ok(action)
+}
+
+/// The resource and the principal of a request whose declared action applies to them (else
+/// the request is refused before any policy, and needs no entity): what a check may ask the
+/// entity source for. No principal for an anonymous caller.
+pub fn entities_wanted(
+    snapshot: &Snapshot,
+    request: &Request,
+    route: Option<&RouteMatch<'_>>,
+    identity: &Identity,
+) -> Vec<EntityUid> {
+    let (Ok(action), Some(resource)) = (
+        action_of(snapshot, request, route),
+        resource_of(snapshot, request, route),
+    ) else {
+        return Vec::new();
+    };
+    let Ok((principal, entity, _)) = names().and_then(|names| principal(identity, names)) else {
+        return Vec::new();
+    };
+    if !snapshot
+        .index
+        .applies(&action, principal.type_name(), resource.type_name())
+    {
+        return Vec::new();
+    }
+    // An anonymous caller has no entity to ask for.
+    let principal = entity.map(|_| principal);
+    std::iter::once(resource).chain(principal).collect()
 }
 
 /// The entity of the caller's principal, when it has one (not an anonymous caller): what a
