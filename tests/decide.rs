@@ -1087,6 +1087,17 @@ when { resource has owner && resource.owner in Group::"banned" };
     assert_eq!(said(&evaluation).0, "entity_unavailable");
 }
 
+/// The example set with `extra.cedar` holding `extra` (empty: the example set itself).
+fn example_with(extra: &str) -> Snapshot {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let mut files = store::read_dir(&base).unwrap();
+    files.push(store::SourceFile {
+        path: base.join("extra.cedar"),
+        text: extra.to_owned(),
+    });
+    store::load_files(files).unwrap()
+}
+
 /// The candidate (shadow) set's shortcut (`server::shadow::Comparison`): whenever it says the
 /// candidate decides a check as the live set did, evaluating the candidate gives exactly that
 /// decision; it says so for checks outside the slices a change touches, never for a change
@@ -1094,17 +1105,8 @@ when { resource has owner && resource.owner in Group::"banned" };
 #[test]
 fn a_candidate_known_to_decide_alike_decides_alike() {
     use cedargate::server::shadow::Comparison;
-    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let files = store::read_dir(&base).unwrap();
-    let with = |extra: &str| {
-        let mut set = files.clone();
-        set.push(store::SourceFile {
-            path: base.join("extra.cedar"),
-            text: extra.to_owned(),
-        });
-        store::load_files(set).unwrap()
-    };
-    let live = store::load_files(files.clone()).unwrap();
+    let with = example_with;
+    let live = example_with("");
     let candidates = [
         (
             "a forbid in one slice",
@@ -1124,7 +1126,7 @@ fn a_candidate_known_to_decide_alike_decides_alike() {
                 r#"@id("new-header") forbid (principal, action, resource) when { context.request.headers.hasTag("x-new") };"#,
             ),
         ),
-        ("the same set", store::load_files(files.clone()).unwrap()),
+        ("the same set", example_with("")),
     ];
     let callers = [
         Caller::Token(token("alice", &["admins"], &[])),
@@ -1182,17 +1184,8 @@ fn a_candidate_known_to_decide_alike_decides_alike() {
 #[test]
 fn a_candidate_decided_on_the_live_call_decides_as_evaluating_it() {
     use cedargate::server::shadow::Comparison;
-    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let files = store::read_dir(&base).unwrap();
-    let with = |extra: &str| {
-        let mut set = files.clone();
-        set.push(store::SourceFile {
-            path: base.join("extra.cedar"),
-            text: extra.to_owned(),
-        });
-        store::load_files(set).unwrap()
-    };
-    let live = store::load_files(files.clone()).unwrap();
+    let with = example_with;
+    let live = example_with("");
     let candidates = [
         (
             "a forbid in one slice",
