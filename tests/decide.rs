@@ -153,13 +153,13 @@ fn said(e: &Evaluation) -> (String, Option<String>, Option<String>, Vec<String>)
     )
 }
 
-fn decide_both(
-    snapshot: &Snapshot,
+/// A check's normalised request and what its caller presents.
+fn inputs(
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     caller: &Caller,
-) -> (Evaluation, Evaluation) {
+) -> (cedargate::request::Request, Presented) {
     let mut builder = check(method, path);
     for (name, value) in headers {
         builder = builder.header(name, value);
@@ -183,9 +183,20 @@ fn decide_both(
         }),
         token_required_by_default: false,
     };
+    (prepared.request, presented)
+}
+
+fn decide_both(
+    snapshot: &Snapshot,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    caller: &Caller,
+) -> (Evaluation, Evaluation) {
+    let (request, presented) = inputs(method, path, headers, caller);
     (
-        decide::evaluate(snapshot, &prepared.request, &presented, NOW),
-        decide::evaluate_reference(snapshot, &prepared.request, &presented, NOW),
+        decide::evaluate(snapshot, &request, &presented, NOW),
+        decide::evaluate_reference(snapshot, &request, &presented, NOW),
     )
 }
 
@@ -1237,28 +1248,14 @@ fn a_candidate_decided_on_the_live_call_decides_as_evaluating_it() {
         let (mut on_the_call, mut changed) = (0, 0);
         for caller in &callers {
             for (method, path) in targets {
-                let mut builder = check(method, path);
-                if matches!(caller, Caller::Workload) {
-                    builder = builder.peer(CHECKOUT);
-                }
-                let prepared = prepare(
-                    &Limits::default(),
-                    &Default::default(),
-                    envoy::input(builder.build()),
-                    NOW,
-                )
-                .unwrap();
                 // A fresh token value, so that the live set asks Cedar (no recalled verdict).
-                let presented = Presented {
-                    peer: Arc::new(prepared.peer.clone()),
-                    peer_refused: prepared.peer_refused.clone(),
-                    token: Ok(match caller {
-                        Caller::Token(token) => Some(Arc::new(VerifiedToken::clone(token))),
-                        _ => None,
-                    }),
-                    token_required_by_default: false,
+                let fresh = match caller {
+                    Caller::Token(token) => Caller::Token(Arc::new(VerifiedToken::clone(token))),
+                    Caller::Workload => Caller::Workload,
+                    Caller::Anonymous => Caller::Anonymous,
                 };
-                let request = &prepared.request;
+                let (request, presented) = inputs(method, path, &[], &fresh);
+                let request = &request;
                 let (live_said, call) =
                     decide::evaluate_keeping_call(&live, request, &presented, NOW);
                 let evaluated = decide::evaluate(candidate, request, &presented, NOW);
