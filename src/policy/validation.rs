@@ -24,8 +24,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 
 use cedar_policy::{
-    ActionConstraint, EntityId, EntityTypeName, EntityUid, Policy, PolicySet, Schema,
-    ValidationError, ValidationMode, ValidationResult, ValidationWarning, Validator,
+    ActionConstraint, EntityId, EntityTypeName, EntityUid, PolicySet, Schema, ValidationError,
+    ValidationMode, ValidationResult, ValidationWarning, Validator,
 };
 use serde_json::Value;
 
@@ -71,18 +71,7 @@ pub fn validate(schema: &Schema, schema_json: Option<&Value>, policies: &PolicyS
     let actions: Vec<&EntityUid> = schema.actions().collect();
     let mut results = Vec::with_capacity(groups.len());
     let (mut cut_groups, mut whole_groups) = (0, 0);
-    for (admitted, members) in groups {
-        let mut set = PolicySet::new();
-        for policy in &members {
-            // Ids are unique in the set they come from.
-            if set.add(policy.clone()).is_err() {
-                return Validation {
-                    results: vec![whole(policies)],
-                    cut: 0,
-                    whole: 1,
-                };
-            }
-        }
+    for (admitted, set) in groups {
         let cut = (!admitted.is_empty())
             .then(|| {
                 let admitted: HashSet<&EntityUid> = admitted
@@ -115,14 +104,14 @@ pub fn validate(schema: &Schema, schema_json: Option<&Value>, policies: &PolicyS
 
 /// The policies grouped by the actions their scope admits (indexes into `schema.actions()`,
 /// sorted; empty for every action or none), or `None` when the schema's action hierarchy
-/// cannot be built.
+/// cannot be built (or, impossibly, a policy id repeats).
 fn by_admitted_actions(
     schema: &Schema,
     policies: &PolicySet,
-) -> Option<BTreeMap<Vec<usize>, Vec<Policy>>> {
+) -> Option<BTreeMap<Vec<usize>, PolicySet>> {
     let actions: Vec<&EntityUid> = schema.actions().collect();
     let hierarchy = schema.action_entities().ok()?;
-    let mut groups: BTreeMap<Vec<usize>, Vec<Policy>> = BTreeMap::new();
+    let mut groups: BTreeMap<Vec<usize>, PolicySet> = BTreeMap::new();
     for policy in policies.policies() {
         let admitted: Vec<usize> = match policy.action_constraint() {
             ActionConstraint::Any => Vec::new(),
@@ -145,7 +134,12 @@ fn by_admitted_actions(
                 .map(|(i, _)| i)
                 .collect(),
         };
-        groups.entry(admitted).or_default().push(policy.clone());
+        // Ids are unique in the set they come from.
+        groups
+            .entry(admitted)
+            .or_default()
+            .add(policy.clone())
+            .ok()?;
     }
     Some(groups)
 }
